@@ -1,0 +1,3 @@
+from rankface.models.bi_encoder.modeling_bi_encoder import BiEncoder
+
+__all__ = ["BiEncoder"]

