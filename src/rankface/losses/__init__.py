@@ -1,0 +1,3 @@
+"""Losses: tensors in, tensors out; a loss never holds a model."""
+
+from rankface.losses.cet import cet_loss, coupled_weights  # noqa: F401
