@@ -1,0 +1,19 @@
+"""Every rankface AutoConfig / AutoModel registration, in one place.
+
+Importing this module makes `AutoConfig.from_pretrained` / `AutoModel.from_pretrained` understand rankface's
+model types (all prefixed "rankface-") without `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from rankface.models.face_processor import FaceImageProcessor
+from rankface.models.iresnet import IResNetConfig, IResNetModel
+from rankface.models.mobilefacenet import MobileFaceNetConfig, MobileFaceNetModel
+
+# Face encoders: config, backbone, and the image processor holding their input contract.
+for _config, _model in ((MobileFaceNetConfig, MobileFaceNetModel), (IResNetConfig, IResNetModel)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    AutoImageProcessor.register(_config, slow_image_processor_class=FaceImageProcessor, exist_ok=True)
