@@ -17,3 +17,9 @@ for _config, _model in ((MobileFaceNetConfig, MobileFaceNetModel), (IResNetConfi
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     AutoImageProcessor.register(_config, slow_image_processor_class=FaceImageProcessor, exist_ok=True)
+
+# CET pair (relevance + selection); the exported relevance model is a standard *ForSequenceClassification checkpoint.
+from rankface.models.cet import CETConfig, CETModel  # noqa: E402
+
+AutoConfig.register(CETConfig.model_type, CETConfig, exist_ok=True)
+AutoModel.register(CETConfig, CETModel, exist_ok=True)

@@ -20,3 +20,16 @@ class FaceEncoderOutput(ModelOutput):
 
     embedding: torch.FloatTensor | None = None
     feature_map: torch.FloatTensor | None = None
+
+
+@dataclass
+class CETOutput(ModelOutput):
+    """Output of a CET pair (`rankface.models.cet.CETModel`).
+
+    Args:
+        relevance_scores: `[Q, D]` relevance-model logits, when relevance features were given.
+        selection_scores: `[Q, D]` selection-model logits, when selection features were given.
+    """
+
+    relevance_scores: torch.FloatTensor | None = None
+    selection_scores: torch.FloatTensor | None = None
