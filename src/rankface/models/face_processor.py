@@ -7,7 +7,7 @@ so a checkpoint can never be fed with the wrong normalisation by accident.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ class FaceImageProcessor(BaseImageProcessor):
         do_resize: resize inputs of another size (else such inputs raise).
     """
 
-    model_input_names = ["pixel_values"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values"]
 
     def __init__(
         self,

@@ -119,7 +119,10 @@ class MobileFaceNetModel(MobileFaceNetPreTrainedModel):
     def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, H, W]` -> last spatial feature map `[N, C, h, w]` (`C = config.feature_channels`)."""
         expected = (self.config.num_channels, self.config.input_size, self.config.input_size)
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+        # Skipped while exporting: the check is Python control flow the ONNX tracer cannot record.
+        if not torch.onnx.is_in_onnx_export() and (
+            pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected
+        ):
             raise ValueError(
                 f"MobileFaceNetModel: pixel_values has shape {tuple(pixel_values.shape)}, expected [N, {expected[0]}, "
                 f"{expected[1]}, {expected[2]}] (config.input_size = {self.config.input_size})"
