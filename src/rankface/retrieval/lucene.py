@@ -1,0 +1,239 @@
+"""Lucene (pyserini/Anserini) first stage: build an index from a corpus file, BM25 search and batch search.
+
+pyserini is imported lazily, after `ensure_pyserini()` has set up Java 21, so importing rankface stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rankface.retrieval.java import ensure_pyserini, run_pyserini_module
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Bm25Retriever", "Hit", "build_index", "iter_corpus"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One first-stage result: document id, retrieval score and 1-based rank within its query."""
+
+    docid: str
+    score: float
+    rank: int
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: expected one JSON object per line, found invalid JSON ({err})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")  # noqa: TRY004 - bad data
+            if "id" in obj and "contents" in obj:
+                docid, text = obj["id"], obj["contents"]
+            elif "_id" in obj and ("text" in obj or "title" in obj):
+                # BEIR layout: title and body are indexed together, as pyserini's BEIR "flat" indexes do.
+                docid = obj["_id"]
+                text = " ".join(part for part in (obj.get("title") or "", obj.get("text") or "") if part)
+            else:
+                raise ValueError(
+                    f"{where}: expected fields {{'id', 'contents'}} or BEIR {{'_id', 'title', 'text'}}, "
+                    f"found keys {sorted(obj)}"
+                )
+            if not isinstance(docid, str | int) or isinstance(docid, bool) or str(docid) == "":
+                raise ValueError(f"{where}: the document id must be a non-empty string, found {docid!r}")
+            if not isinstance(text, str):
+                raise ValueError(f"{where}: the document text must be a string, found {type(text).__name__}")  # noqa: TRY004
+            yield str(docid), text
+
+
+def _iter_tsv(path: Path) -> Iterator[tuple[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line:
+                continue
+            docid, sep, text = line.partition("\t")
+            if not sep or not docid:
+                raise ValueError(f"{path}:{lineno}: expected `docid<TAB>text`, found {line[:80]!r}")
+            yield docid, text
+
+
+def iter_corpus(corpus: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """Yield `(docid, text)` from a `corpus.jsonl` (`{"id","contents"}` or BEIR `{"_id","title","text"}`) or a
+    docs TSV (`docid<TAB>text`, e.g. MS MARCO `collection.tsv`). Malformed lines raise `ValueError` naming
+    file and line."""
+    path = Path(corpus)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path} (expected a corpus.jsonl or a docs .tsv file)")
+    if path.suffix in {".tsv", ".txt"}:
+        return _iter_tsv(path)
+    if path.suffix in {".jsonl", ".json"}:
+        return _iter_jsonl(path)
+    raise ValueError(f"{path}: unknown corpus format; expected a .jsonl file (id/contents or BEIR) or a .tsv file")
+
+
+def build_index(corpus: str | os.PathLike, index_dir: str | os.PathLike, threads: int = 2,
+                overwrite: bool = False) -> Path:
+    """Build a Lucene index (Anserini's default English analyzer, raw text stored) from a corpus file.
+
+    The corpus is validated and rewritten as a one-file `JsonCollection` in a temporary folder, then indexed by
+    `python -m pyserini.index.lucene` in a subprocess (the JVM and Anserini's `System.exit` stay out of this
+    process). The index is built in a temporary folder beside `index_dir` and renamed into place, so a failed
+    build never leaves a half-written index behind.
+
+    Args:
+        corpus: `corpus.jsonl` (`{"id","contents"}` or BEIR `{"_id","title","text"}`) or a docs TSV.
+        index_dir: where the index goes.
+        threads: indexing threads.
+        overwrite: replace an existing `index_dir`; otherwise an existing non-empty folder is an error.
+
+    Returns:
+        The index folder.
+    """
+    index_dir = Path(index_dir)
+    if index_dir.exists() and any(index_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"index folder {index_dir} already exists and is not empty; pass overwrite=True")
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=index_dir.parent))
+    try:
+        collection = work / "collection"
+        collection.mkdir()
+        count = 0
+        seen: set[str] = set()
+        with (collection / "docs.jsonl").open("w", encoding="utf-8") as out:
+            for docid, text in iter_corpus(corpus):
+                if docid in seen:
+                    raise ValueError(f"{corpus}: document id {docid!r} occurs more than once")
+                seen.add(docid)
+                out.write(json.dumps({"id": docid, "contents": text}, ensure_ascii=False) + "\n")
+                count += 1
+        if count == 0:
+            raise ValueError(f"{corpus}: no documents found")
+        built = work / "index"
+        run_pyserini_module(
+            "pyserini.index.lucene",
+            ["--collection", "JsonCollection", "--input", collection, "--index", built,
+             "--generator", "DefaultLuceneDocumentGenerator", "--threads", str(threads),
+             "--storePositions", "--storeDocvectors", "--storeRaw"],
+        )
+        if not any(built.glob("segments_*")):
+            raise RuntimeError(f"pyserini finished but wrote no Lucene index into {built}")
+        if index_dir.exists():
+            shutil.rmtree(index_dir)
+        os.replace(built, index_dir)
+        logger.info("indexed %d documents from %s into %s", count, corpus, index_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return index_dir
+
+
+class Bm25Retriever:
+    """BM25 over a Lucene index through pyserini's `LuceneSearcher`.
+
+    Args:
+        index_dir: a Lucene index built by `build_index` (or by pyserini/Anserini with `--storeRaw`).
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike, k1: float = 0.9, b: float = 0.4) -> None:
+        index_dir = Path(index_dir)
+        if not index_dir.is_dir() or not any(index_dir.glob("segments_*")):
+            raise FileNotFoundError(f"no Lucene index at {index_dir} (build one with rankface.retrieval.build_index)")
+        ensure_pyserini()
+        from pyserini.search.lucene import LuceneSearcher
+
+        self._init(LuceneSearcher(str(index_dir)), str(index_dir), k1, b)
+
+    def _init(self, searcher, index_dir: str, k1: float, b: float) -> None:
+        self.searcher = searcher
+        self.index_dir = index_dir
+        self.k1, self.b = float(k1), float(b)
+        self.searcher.set_bm25(self.k1, self.b)
+        self.num_docs: int = int(self.searcher.num_docs)
+        # Query ids that got no hit in the last batch_search (all their terms absent from the index).
+        self.last_empty_queries: list[str] = []
+
+    @classmethod
+    def from_prebuilt_index(cls, name: str, k1: float = 0.9, b: float = 0.4) -> Bm25Retriever:
+        """Open one of pyserini's prebuilt indexes (downloads it: needs network access the first time)."""
+        ensure_pyserini()
+        from pyserini.search.lucene import LuceneSearcher
+
+        searcher = LuceneSearcher.from_prebuilt_index(name)
+        if searcher is None:  # pyserini prints the failure and returns None instead of raising
+            raise RuntimeError(
+                f"pyserini could not open the prebuilt index {name!r} (unknown name, or its download failed: "
+                "offline machines cannot fetch prebuilt indexes). Build a local index instead: "
+                "rankface.retrieval.build_index('corpus.jsonl', 'index_dir')."
+            )
+        self = cls.__new__(cls)
+        self._init(searcher, str(searcher.index_dir), k1, b)
+        return self
+
+    @staticmethod
+    def _hits(raw) -> list[Hit]:
+        return [Hit(docid=h.docid, score=float(h.score), rank=i) for i, h in enumerate(raw, 1)]
+
+    def search(self, query: str, k: int = 1000) -> list[Hit]:
+        """Top-`k` BM25 hits for one query, best first (an empty list when no query term is in the index)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self._hits(self.searcher.search(query, k))
+
+    def batch_search(self, queries: Mapping[str, str], k: int = 1000, threads: int = 2) -> dict[str, list[Hit]]:
+        """Top-`k` hits for every query, searched concurrently by Anserini.
+
+        Args:
+            queries: `{qid: text}`.
+            k: hits per query.
+            threads: search threads.
+
+        Returns:
+            `{qid: [Hit, ...]}` in the order of `queries`; every qid is present, with an empty list when nothing
+            matched (those qids are also in `self.last_empty_queries` and logged as a count).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        qids = [str(q) for q in queries]
+        if not qids:
+            self.last_empty_queries = []
+            return {}
+        raw = self.searcher.batch_search([queries[q] for q in queries], qids, k, threads)
+        out = {qid: self._hits(raw.get(qid, [])) for qid in qids}
+        self.last_empty_queries = [qid for qid, hits in out.items() if not hits]
+        if self.last_empty_queries:
+            logger.warning("%d of %d queries retrieved no document (kept as empty rankings)",
+                           len(self.last_empty_queries), len(qids))
+        return out
+
+    def doc_text(self, docid: str) -> str:
+        """The stored text (`contents`) of a document; `KeyError` if the index does not hold it."""
+        doc = self.searcher.doc(str(docid))
+        if doc is None:
+            raise KeyError(f"document {docid!r} is not in the index {self.index_dir}")
+        raw = doc.raw()
+        if raw is None:
+            raise RuntimeError(f"index {self.index_dir} stores no raw text; rebuild it with --storeRaw (build_index)")
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw  # collections other than JsonCollection store the raw text itself
+        return obj.get("contents", raw) if isinstance(obj, dict) else raw
+
+    def close(self) -> None:
+        self.searcher.close()
