@@ -91,7 +91,9 @@ def test_k1_pairwise_reproduces_authors_form_exactly():
     pos, neg, other_neg = (torch.randn(8, generator=gen) * 4 for _ in range(3))
     t = 10.0
     w = 1.0 / (1.0 - torch.sigmoid(other_neg / t))
-    ce = torch.nn.functional.cross_entropy(torch.stack([pos, neg], 1), torch.zeros(8, dtype=torch.long), reduction="none")
+    ce = torch.nn.functional.cross_entropy(
+        torch.stack([pos, neg], 1), torch.zeros(8, dtype=torch.long), reduction="none"
+    )
     authors = (w * ce).mean()
     ours = cet_loss(torch.stack([pos, neg], 1), coupled_weights(other_neg[:, None], temperature=t))
     torch.testing.assert_close(ours, authors, rtol=1e-6, atol=1e-7)

@@ -11,8 +11,33 @@ import rankface.models.auto  # noqa: F401  (registers rankface-cet)
 from rankface.models.cet import CETConfig, CETModel, RankFeatureSelector, rank_table
 from rankface.models.cross_encoder import CrossEncoder
 
-WORDS = "the a of and to in is vitamin cancer diet heart risk study protein fat sugar blood cell brain bone".split()
-PAIRS = [("vitamin risk", "a study of vitamin and heart risk"), ("sugar", "blood sugar in the brain"), ("fat diet", "bone")]
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "vitamin",
+    "cancer",
+    "diet",
+    "heart",
+    "risk",
+    "study",
+    "protein",
+    "fat",
+    "sugar",
+    "blood",
+    "cell",
+    "brain",
+    "bone",
+]
+PAIRS = [
+    ("vitamin risk", "a study of vitamin and heart risk"),
+    ("sugar", "blood sugar in the brain"),
+    ("fat diet", "bone"),
+]
 
 
 def _tiny_bert(**extra) -> BertConfig:
@@ -48,7 +73,8 @@ def test_pair_round_trip_through_auto_model(encoder_dir, tmp_path, selection):
     for key in before:
         assert torch.equal(before[key], after[key]), key
     np.testing.assert_array_equal(
-        model.relevance_scorer().predict(PAIRS, precision="fp32"), loaded.relevance_scorer().predict(PAIRS, precision="fp32")
+        model.relevance_scorer().predict(PAIRS, precision="fp32"),
+        loaded.relevance_scorer().predict(PAIRS, precision="fp32"),
     )
     if selection == "mlp":
         assert loaded.selection_tokenizer is None
@@ -105,7 +131,9 @@ def test_export_relevance_loads_everywhere_with_identical_scores(encoder_dir, tm
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert hf.config.num_labels == 1 and type(hf).__name__ == "BertForSequenceClassification"
     tok = model.relevance_tokenizer
-    batch = tok([p[0] for p in PAIRS], [p[1] for p in PAIRS], padding=True, truncation=True, max_length=48, return_tensors="pt")
+    batch = tok(
+        [p[0] for p in PAIRS], [p[1] for p in PAIRS], padding=True, truncation=True, max_length=48, return_tensors="pt"
+    )
     with torch.no_grad():
         hf_scores = hf(**batch).logits.squeeze(-1).numpy()
     np.testing.assert_allclose(hf_scores, reference, atol=1e-5)

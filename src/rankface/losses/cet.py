@@ -140,12 +140,16 @@ def _split_weights(
     cols = weights.shape[1]
     if weight_on == "negative":
         if cols != num_neg:
-            raise ValueError(f"weight_on='negative' needs weights [Q, K] = [{num_queries}, {num_neg}], got {cols} columns")
+            raise ValueError(
+                f"weight_on='negative' needs weights [Q, K] = [{num_queries}, {num_neg}], got {cols} columns"
+            )
         return None, weights
     if weight_on == "positive":
         if cols not in (1, num_neg + 1):
             raise ValueError(f"weight_on='positive' needs weights [Q, 1] or [Q, 1 + K], got {cols} columns")
         return weights[:, :1], None
     if cols != num_neg + 1:
-        raise ValueError(f"weight_on='both' needs weights [Q, 1 + K] = [{num_queries}, {num_neg + 1}], got {cols} columns")
+        raise ValueError(
+            f"weight_on='both' needs weights [Q, 1 + K] = [{num_queries}, {num_neg + 1}], got {cols} columns"
+        )
     return weights[:, :1], weights[:, 1:]

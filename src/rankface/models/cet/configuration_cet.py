@@ -68,7 +68,9 @@ class CETConfig(PretrainedConfig):
             return data
         model_type = data.pop("model_type", None)
         if model_type is None:
-            raise ValueError(f"CETConfig.{which}_config has no 'model_type'; expected the dict of a transformers config")
+            raise ValueError(
+                f"CETConfig.{which}_config has no 'model_type'; expected the dict of a transformers config"
+            )
         config = AutoConfig.for_model(model_type, **data)
         if kind == "cross" and config.num_labels != 1:
             raise ValueError(f"CETConfig.{which}_config: a cross-encoder needs num_labels=1, got {config.num_labels}")
