@@ -1,0 +1,135 @@
+"""Ranking metrics with ir_measures (trec_eval conventions), per-query values kept for significance tests.
+
+Conventions (those of `trec_eval -c`, the figures in the shared READMEs):
+- every query in the qrels counts; a query missing from the run (or with an empty ranking) scores 0;
+- run queries without any judgment are ignored;
+- nDCG uses the grades as linear gains; R@k, AP and RR count grade >= 1 as relevant; `RR@k` written without an
+  explicit `rel=` uses grade >= `rr_min_grade`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_MEASURES", "Evaluation", "evaluate", "format_table", "paired_ttest"]
+
+DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100", "AP")
+
+
+@dataclass
+class Evaluation:
+    """Metric values of one run against one qrels.
+
+    Attributes:
+        aggregate: `{measure: mean over every qrels query}`.
+        per_query: `{measure: {qid: value}}`, every qrels query present (0 where the run has nothing).
+        num_queries: number of qrels queries averaged over.
+        missing_queries: qrels queries absent from the run (or with an empty ranking); they count as 0.
+    """
+
+    aggregate: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    num_queries: int
+    missing_queries: list[str] = field(default_factory=list)
+
+    def __getitem__(self, measure: str) -> float:
+        return self.aggregate[measure]
+
+
+def _parse(name: str, rr_min_grade: int):
+    import ir_measures
+
+    measure = ir_measures.parse_measure(name)
+    # ir_measures' RR defaults to rel=1; apply the caller's relevance threshold unless the name sets one.
+    if measure.NAME == "RR" and "rel" not in measure.params and rr_min_grade != 1:
+        measure = measure(rel=rr_min_grade)
+    return measure
+
+
+def evaluate(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+             measures: Sequence[str] = DEFAULT_MEASURES, rr_min_grade: int = 1) -> Evaluation:
+    """Score a run against qrels with ir_measures.
+
+    Args:
+        run: `{qid: {docid: score}}` (higher is better; ties go to the larger docid, as in trec_eval, for every
+            measure).
+        qrels: `{qid: {docid: grade}}`.
+        measures: ir_measures names, e.g. `nDCG@10`, `RR@10`, `R@100`, `AP`, `P@5`, `RR(rel=2)@10`; the results
+            are keyed by these strings.
+        rr_min_grade: the lowest grade that counts as relevant for `RR` measures given without `rel=`.
+
+    Returns:
+        An `Evaluation` averaged over every query in `qrels`.
+    """
+    import ir_measures
+
+    if not qrels:
+        raise ValueError("qrels are empty: nothing to evaluate against")
+    if isinstance(measures, str):
+        measures = [measures]
+    names = list(dict.fromkeys(measures))
+    if not names:
+        raise ValueError("no measures given")
+    parsed = {name: _parse(name, rr_min_grade) for name in names}
+    qrels_list = [ir_measures.Qrel(str(q), str(d), int(g)) for q, docs in qrels.items() for d, g in docs.items()]
+    judged = {str(q) for q in qrels}
+    # ir_measures' providers break score ties differently (pytrec_eval: docid descending, like trec_eval; its
+    # msmarco provider, used for RR@k: docid ascending). Ranking each query once here, trec_eval's way, and
+    # passing strictly decreasing scores makes every measure see the same order.
+    run_list = []
+    for q, docs in run.items():
+        if str(q) not in judged:
+            continue
+        ordered = sorted(((float(s), str(d)) for d, s in docs.items()), reverse=True)
+        run_list.extend(ir_measures.ScoredDoc(str(q), d, float(len(ordered) - i)) for i, (_, d) in enumerate(ordered))
+    per_query: dict[str, dict[str, float]] = {name: dict.fromkeys(sorted(judged), 0.0) for name in names}
+    by_measure: dict = {}
+    for name, m in parsed.items():  # two names may parse to one measure (e.g. `R@100` and `R(rel=1)@100`)
+        by_measure.setdefault(m, []).append(name)
+    if run_list:
+        for metric in ir_measures.iter_calc(list(by_measure), qrels_list, run_list):
+            for name in by_measure[metric.measure]:
+                per_query[name][metric.query_id] = float(metric.value)
+    present = {str(q) for q, docs in run.items() if docs}
+    aggregate = {name: math.fsum(values.values()) / len(values) for name, values in per_query.items()}
+    return Evaluation(aggregate=aggregate, per_query=per_query, num_queries=len(judged),
+                      missing_queries=sorted(judged - present))
+
+
+def paired_ttest(a: Evaluation, b: Evaluation, measure: str) -> tuple[float, float]:
+    """Two-sided paired t-test of `measure` between two systems over the queries both were scored on.
+
+    Returns:
+        `(t, p)`; `t > 0` means `a` scores higher. Identical per-query values give `(0.0, 1.0)`.
+    """
+    from scipy import stats
+
+    qa, qb = a.per_query[measure], b.per_query[measure]
+    common = sorted(set(qa) & set(qb))
+    if len(common) < 2:
+        raise ValueError(f"a paired t-test needs at least 2 common queries, found {len(common)}")
+    xa = [qa[q] for q in common]
+    xb = [qb[q] for q in common]
+    if all(x == y for x, y in zip(xa, xb, strict=True)):
+        return 0.0, 1.0  # scipy returns nan for zero variance; no difference is no evidence of one
+    result = stats.ttest_rel(xa, xb)
+    return float(result.statistic), float(result.pvalue)
+
+
+def format_table(rows: Mapping[str, Evaluation], measures: Iterable[str] | None = None, digits: int = 4) -> str:
+    """A Markdown table: one row per system, one column per measure (plus the number of queries)."""
+    if not rows:
+        raise ValueError("no systems to tabulate")
+    measures = list(measures) if measures is not None else list(next(iter(rows.values())).aggregate)
+    header = "| system | " + " | ".join(measures) + " | queries |"
+    sep = "|---|" + "---:|" * len(measures) + "---:|"
+    lines = [header, sep]
+    for system, ev in rows.items():
+        missing = [m for m in measures if m not in ev.aggregate]
+        if missing:
+            raise KeyError(f"system {system!r} was not evaluated on {missing}; it has {list(ev.aggregate)}")
+        cells = " | ".join(f"{ev.aggregate[m]:.{digits}f}" for m in measures)
+        lines.append(f"| {system} | {cells} | {ev.num_queries} |")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Real pyserini/Lucene index on a tiny corpus written by the test; BM25 checked against the formula."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+
+from rankface.retrieval.lucene import Bm25Retriever, Hit, build_index, iter_corpus
+
+pytestmark = pytest.mark.slow  # one indexing subprocess + one JVM start (~15 s together)
+
+# Words the default English analyzer keeps as they are (no stop words, Porter-stable), so that document
+# lengths and term counts are known exactly for the BM25 reference.
+DOCS = {
+    "d1": ("lion", "lion tiger river"),
+    "d2": ("zebra", "zebra river desert forest"),
+    "d3": ("tiger", "tiger tiger tiger"),
+    "d4": ("", "mountain forest river river lion zebra"),
+    "d5": ("desert", "desert"),
+}
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    """One index for the module: the indexing subprocess and the JVM start take seconds."""
+    root = tmp_path_factory.mktemp("lucene")
+    corpus = root / "corpus.jsonl"
+    # BEIR layout on purpose: build_index must convert it (title + text) into a JsonCollection.
+    with corpus.open("w") as handle:
+        for docid, (title, text) in DOCS.items():
+            handle.write(json.dumps({"_id": docid, "title": title, "text": text}) + "\n")
+    return build_index(corpus, root / "index", threads=1)
+
+
+@pytest.fixture(scope="module")
+def retriever(index):
+    return Bm25Retriever(index, k1=0.9, b=0.4)
+
+
+def _tokens(docid):
+    title, text = DOCS[docid]
+    return f"{title} {text}".split()
+
+
+def reference_bm25(query, k1=0.9, b=0.4):
+    """Lucene's BM25: idf = ln(1 + (N - n + 0.5) / (n + 0.5)), tf part = tf / (tf + k1 (1 - b + b dl / avgdl))."""
+    n_docs = len(DOCS)
+    avgdl = sum(len(_tokens(d)) for d in DOCS) / n_docs
+    scores = {}
+    for docid in DOCS:
+        toks = _tokens(docid)
+        total = 0.0
+        for term in query.split():
+            tf = toks.count(term)
+            if tf == 0:
+                continue
+            df = sum(1 for d in DOCS if term in _tokens(d))
+            idf = math.log(1 + (n_docs - df + 0.5) / (df + 0.5))
+            total += idf * tf / (tf + k1 * (1 - b + b * len(toks) / avgdl))
+        if total > 0:
+            scores[docid] = total
+    return scores
+
+
+def test_index_holds_every_document_with_text(retriever):
+    assert retriever.num_docs == len(DOCS)
+    assert retriever.doc_text("d1") == "lion lion tiger river"  # BEIR title + text
+    assert retriever.doc_text("d4") == "mountain forest river river lion zebra"  # empty title dropped
+    with pytest.raises(KeyError, match="nope"):
+        retriever.doc_text("nope")
+
+
+@pytest.mark.parametrize("query", ["lion", "river tiger", "zebra desert forest", "tiger"])
+def test_search_matches_bm25_formula(retriever, query):
+    hits = retriever.search(query, k=10)
+    expected = reference_bm25(query)
+    assert {h.docid for h in hits} == set(expected)
+    for hit in hits:
+        # Anserini rounds scores to 4 decimals (for reproducible tie-breaking): allow that rounding.
+        assert hit.score == pytest.approx(expected[hit.docid], abs=6e-5)
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+    assert isinstance(hits[0], Hit)
+
+
+def test_k_limits_hits(retriever):
+    assert len(retriever.search("river", k=2)) == 2
+    with pytest.raises(ValueError):
+        retriever.search("river", k=0)
+
+
+def test_batch_search_equals_search_and_keeps_empty_queries(retriever):
+    queries = {"q1": "river lion", "q2": "unicorn", "q3": "tiger"}
+    results = retriever.batch_search(queries, k=3, threads=2)
+    assert list(results) == ["q1", "q2", "q3"]
+    assert results["q2"] == []
+    assert retriever.last_empty_queries == ["q2"]
+    for qid in ("q1", "q3"):
+        single = retriever.search(queries[qid], k=3)
+        assert [(h.docid, h.rank) for h in results[qid]] == [(h.docid, h.rank) for h in single]
+        assert [h.score for h in results[qid]] == pytest.approx([h.score for h in single])
+    assert retriever.batch_search({}, k=3) == {}
+
+
+def test_other_bm25_parameters_change_scores(index, retriever):
+    other = Bm25Retriever(index, k1=1.2, b=0.75)
+    hits = other.search("river tiger", k=10)
+    expected = reference_bm25("river tiger", k1=1.2, b=0.75)
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[hit.docid], abs=6e-5)
+    assert hits[0].score != pytest.approx(retriever.search("river tiger", k=10)[0].score)
+
+
+def test_existing_index_is_not_overwritten(index, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "x", "contents": "lion"}) + "\n")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        build_index(corpus, index)
+
+
+def test_corpus_formats_and_errors(tmp_path):
+    tsv = tmp_path / "docs.tsv"
+    tsv.write_text("a\tfirst doc\nb\tsecond\twith tab\n")
+    assert list(iter_corpus(tsv)) == [("a", "first doc"), ("b", "second\twith tab")]
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_text(json.dumps({"id": "a", "contents": "x"}) + "\n" + json.dumps({"docid": "b", "body": "y"}) + "\n")
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: expected fields .*found keys \['body', 'docid'\]"):
+        build_index(bad, tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "contents": "x"}\n{not json\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl:2: .*invalid JSON"):
+        list(iter_corpus(broken))
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(json.dumps({"id": "a", "contents": "x"}) + "\n" + json.dumps({"id": "a", "contents": "y"}) + "\n")
+    with pytest.raises(ValueError, match="'a' occurs more than once"):
+        build_index(dup, tmp_path / "idx2")
+    with pytest.raises(FileNotFoundError, match="no Lucene index"):
+        Bm25Retriever(tmp_path / "missing")
+
+
+def test_prebuilt_index_failure_is_an_error(retriever):
+    # pyserini prints and returns None for an unknown (or undownloadable) prebuilt index; rankface raises.
+    with pytest.raises(RuntimeError, match="build_index"):
+        Bm25Retriever.from_prebuilt_index("rankface-no-such-prebuilt-index")
