@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,8 +34,8 @@ class PairScorer(Protocol):
 
 
 def rerank(hits: Mapping[str, Sequence[Hit]], queries: Mapping[str, str], doc_text: Callable[[str], str],
-           model: PairScorer, top_k: int = 100, batch_size: int = 32,
-           show_progress_bar: bool | None = None) -> dict[str, list[RerankedHit]]:
+           model: PairScorer, top_k: int = 100, batch_size: int = 32, show_progress_bar: bool | None = None,
+           predict_kwargs: Mapping[str, Any] | None = None) -> dict[str, list[RerankedHit]]:
     """Rescore the top `top_k` first-stage hits of every query with `model`.
 
     All pairs of all queries go to one `model.predict` call, so batches span queries (and a length-sorting model
@@ -48,6 +48,8 @@ def rerank(hits: Mapping[str, Sequence[Hit]], queries: Mapping[str, str], doc_te
         model: has `predict(pairs, batch_size=..., show_progress_bar=...) -> float [N]`.
         top_k: hits per query to rescore.
         batch_size: passed to `predict`.
+        show_progress_bar: passed to `predict`.
+        predict_kwargs: further keyword arguments for `predict` (e.g. `{"precision": "fp32"}` for rankface models).
 
     Returns:
         `{qid: [RerankedHit, ...]}` sorted by the new score, ranks 1.., same qids and order as `hits`.
@@ -67,8 +69,12 @@ def rerank(hits: Mapping[str, Sequence[Hit]], queries: Mapping[str, str], doc_te
                 texts[hit.docid] = doc_text(hit.docid)
             pairs.append((queries[qid], texts[hit.docid]))
         spans[qid] = (start, len(pairs))
-    scores = np.asarray(model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar),
-                        dtype=np.float64).reshape(-1)
+    if pairs:
+        raw = model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                            **(predict_kwargs or {}))
+        scores = np.asarray(raw, dtype=np.float64).reshape(-1)
+    else:  # every query came with an empty ranking: nothing to score
+        scores = np.zeros(0)
     if scores.shape[0] != len(pairs):
         raise ValueError(f"model.predict returned {scores.shape[0]} scores for {len(pairs)} pairs")
     if not np.all(np.isfinite(scores)):
