@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,8 +45,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17) -> P
     dummy = torch.zeros(2, config.num_channels, config.input_size, config.input_size)
     path = Path(path)
     try:
-        # The TorchScript exporter (dynamo=False) gives a self-contained file and a plain dynamic batch axis.
-        with atomic_write(path, "wb") as handle:
+        # The TorchScript exporter (dynamo=False) gives a self-contained file and a plain dynamic batch axis, and
+        # needs no onnxscript (the torch.export-based exporter does); its deprecation notice is expected here.
+        with atomic_write(path, "wb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 _EmbeddingOnly(model), (dummy,), handle, input_names=["pixel_values"], output_names=["embedding"],
                 dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=opset,
