@@ -189,3 +189,26 @@ def test_missing_tokenizer_is_explained():
     config = CETConfig(relevance_config=_tiny_bert(num_labels=1).to_dict(), selection_kind="mlp")
     with pytest.raises(ValueError, match="no tokenizer"):
         CETModel(config).relevance_scorer()
+
+
+@pytest.mark.parametrize("selection", ["cross", "mlp"])
+def test_from_scorers_pairs_trained_models(encoder_dir, tmp_path, selection):
+    rel = CrossEncoder.from_pretrained(encoder_dir, max_length=40, device="cpu")
+    sel = (
+        CrossEncoder.from_pretrained(encoder_dir, max_length=40, device="cpu")
+        if selection == "cross"
+        else RankFeatureSelector(hidden_size=8, num_hidden_layers=1)
+    )
+    pair = CETModel.from_scorers(rel, sel)
+    assert pair.relevance is rel.model and pair.config.max_seq_length == 40
+    pair.save_pretrained(tmp_path / "pair")
+    loaded = AutoModel.from_pretrained(tmp_path / "pair").eval()
+    np.testing.assert_allclose(
+        loaded.relevance_scorer().predict(PAIRS, precision="fp32"),
+        rel.eval().predict(PAIRS, precision="fp32"),
+        atol=1e-6,
+    )
+    if selection == "mlp":
+        torch.testing.assert_close(loaded.selection(torch.ones(1, 2, 2)), sel.eval()(torch.ones(1, 2, 2)))
+    with pytest.raises(TypeError, match="relevance must be"):
+        CETModel.from_scorers(sel if selection == "mlp" else object(), rel)

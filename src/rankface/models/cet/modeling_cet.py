@@ -205,6 +205,50 @@ class CETModel(CETPreTrainedModel):
         )
         return cls(config, rel_model, sel_model, rel_tok, sel_tok)
 
+    @classmethod
+    def from_scorers(cls, relevance, selection, bi_scale: float | None = None) -> CETModel:
+        """Pair two trained rankface models (e.g. the recipe's two `Learner` models) without copying weights.
+
+        Args:
+            relevance: a `CrossEncoder` or `BiEncoder`.
+            selection: a `CrossEncoder`, `BiEncoder` or `RankFeatureSelector`.
+            bi_scale: dual-encoder score scale; default the `BiEncoder`'s own.
+        """
+        kinds = []
+        for which, scorer in (("relevance", relevance), ("selection", selection)):
+            if isinstance(scorer, CrossEncoder):
+                kinds.append("cross")
+            elif isinstance(scorer, BiEncoder):
+                kinds.append("bi")
+            elif isinstance(scorer, RankFeatureSelector) and which == "selection":
+                kinds.append("mlp")
+            else:
+                raise TypeError(
+                    f"{which} must be a rankface CrossEncoder or BiEncoder (or, for selection, a "
+                    f"RankFeatureSelector), got {type(scorer).__name__}"
+                )
+        if kinds[1] == "mlp":
+            sel_module, sel_tok = selection, None
+            first = next(m for m in selection.net if isinstance(m, nn.Linear))
+            sel_config = {
+                "num_features": selection.num_features,
+                "hidden_size": first.out_features if len(selection.net) > 1 else SELECTOR_DEFAULTS["hidden_size"],
+                "num_hidden_layers": sum(isinstance(m, nn.Linear) for m in selection.net) - 1,
+                "dropout": next((m.p for m in selection.net if isinstance(m, nn.Dropout)), 0.0),
+            }
+        else:
+            sel_module, sel_tok, sel_config = selection.model, selection.tokenizer, selection.model.config.to_dict()
+        scale = bi_scale if bi_scale is not None else getattr(relevance, "scale", getattr(selection, "scale", 20.0))
+        config = CETConfig(
+            relevance_config=relevance.model.config.to_dict(),
+            relevance_kind=kinds[0],
+            selection_config=sel_config,
+            selection_kind=kinds[1],
+            max_seq_length=relevance.max_length,
+            bi_scale=scale,
+        )
+        return cls(config, relevance.model, sel_module, relevance.tokenizer, sel_tok)
+
     # ------------------------------------------------------------------ scoring
     def relevance_scorer(self) -> CrossEncoder | BiEncoder:
         """The relevance model in its rankface wrapper (shares parameters): `predict`, `rank`, `collate_groups`."""
