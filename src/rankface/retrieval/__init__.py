@@ -1,12 +1,30 @@
 """First-stage retrieval (pyserini/Lucene BM25), strict TREC run/qrels I/O, and the rerank pipeline.
 
-pyserini and Java load lazily: nothing heavy is imported until an index is built or searched.
+pyserini and Java load lazily: nothing heavy is imported until an index is built or searched. The names below are
+resolved on first access, so that `python -m rankface.retrieval.java` does not import its own module twice.
 """
 
-from rankface.retrieval.java import ensure_pyserini, run_pyserini_module
-from rankface.retrieval.lucene import Bm25Retriever, Hit, build_index
-from rankface.retrieval.pipeline import RerankedHit, hits_to_run, rerank, run_to_hits
-from rankface.retrieval.trec import TrecFormatError, read_qrels, read_run, write_qrels, write_run
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ensure_pyserini": "java",
+    "run_pyserini_module": "java",
+    "Bm25Retriever": "lucene",
+    "Hit": "lucene",
+    "build_index": "lucene",
+    "RerankedHit": "pipeline",
+    "hits_to_run": "pipeline",
+    "rerank": "pipeline",
+    "run_to_hits": "pipeline",
+    "TrecFormatError": "trec",
+    "read_qrels": "trec",
+    "read_run": "trec",
+    "write_qrels": "trec",
+    "write_run": "trec",
+}
 
 __all__ = [
     "Bm25Retriever",
@@ -24,3 +42,13 @@ __all__ = [
     "write_qrels",
     "write_run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
