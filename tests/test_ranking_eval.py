@@ -8,6 +8,7 @@ import random
 import pytest
 
 from rankface.evaluation.ranking import Evaluation, evaluate, format_table, paired_ttest
+from rankface.retrieval.lucene import Hit
 
 
 # ---------------------------------------------------------------- independent reference (trec_eval semantics)
@@ -113,6 +114,9 @@ def test_hand_computed_example():
     assert ev["RR@10"] == pytest.approx(0.5)
     assert ev["AP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
     assert ev["R@2"] == pytest.approx(0.5)
+    # ranked hits are accepted as well as {docid: score}
+    hits = {"q": [Hit(d, s, r) for r, (d, s) in enumerate(run["q"].items(), 1)]}
+    assert evaluate(hits, qrels, measures=["nDCG@10", "RR@10", "AP", "R@2"]).aggregate == ev.aggregate
 
 
 def test_paired_ttest_against_formula():

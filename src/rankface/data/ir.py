@@ -141,7 +141,7 @@ class IRCollection:
                     raise DataUnavailableError(f"ir_datasets id {self.docs_id!r} has no documents")
                 docs: dict[str, str] = {}
                 for doc in dataset.docs_iter():
-                    docs[doc.doc_id] = _doc_text(doc)
+                    docs[str(doc.doc_id)] = _doc_text(doc)  # JSON corpora may hold numeric ids
             except DataUnavailableError:
                 raise
             except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
@@ -167,7 +167,7 @@ class IRCollection:
         """`{qid: text}` of a split (default: `default_split`)."""
         dataset_id = self._split_id(split)
         try:
-            return {q.query_id: _doc_text(q) for q in self._dataset(dataset_id).queries_iter()}
+            return {str(q.query_id): _doc_text(q) for q in self._dataset(dataset_id).queries_iter()}
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
             raise self._unavailable(f"queries ({dataset_id})", err) from err
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DEFAULT_MEASURES", "Evaluation", "evaluate", "format_table", "paired_ttest"]
 
@@ -48,12 +49,12 @@ def _parse(name: str, rr_min_grade: int):
     return measure
 
 
-def evaluate(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+def evaluate(run: Mapping[str, Mapping[str, float] | Sequence[Any]], qrels: Mapping[str, Mapping[str, int]],
              measures: Sequence[str] = DEFAULT_MEASURES, rr_min_grade: int = 1) -> Evaluation:
     """Score a run against qrels with ir_measures.
 
     Args:
-        run: `{qid: {docid: score}}` (higher is better; ties go to the larger docid, as in trec_eval, for every
+        run: `{qid: {docid: score}}` or `{qid: [Hit, ...]}` (higher is better; ties go to the larger docid, as in trec_eval, for every
             measure).
         qrels: `{qid: {docid: grade}}`.
         measures: ir_measures names, e.g. `nDCG@10`, `RR@10`, `R@100`, `AP`, `P@5`, `RR(rel=2)@10`; the results
@@ -82,6 +83,8 @@ def evaluate(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping
     for q, docs in run.items():
         if str(q) not in judged:
             continue
+        if not isinstance(docs, Mapping):  # a ranked list of hits (`Hit`, `RerankedHit`)
+            docs = {h.docid: h.score for h in docs}
         ordered = sorted(((float(s), str(d)) for d, s in docs.items()), reverse=True)
         run_list.extend(ir_measures.ScoredDoc(str(q), d, float(len(ordered) - i)) for i, (_, d) in enumerate(ordered))
     per_query: dict[str, dict[str, float]] = {name: dict.fromkeys(sorted(judged), 0.0) for name in names}
