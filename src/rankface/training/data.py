@@ -1,0 +1,88 @@
+"""What reranker training reads: training groups mined from a first-stage run, and evaluation candidates."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rankface.data.ir import IRCollection, build_training_groups, load_collection
+from rankface.paths import resolve_collection
+from rankface.retrieval.first_stage import bm25_run
+from rankface.retrieval.trec import read_qrels, read_run
+
+
+@dataclass
+class TrainingData:
+    collection: IRCollection
+    docs: dict[str, str]
+    train_queries: dict[str, str]
+    groups: list  # list[TrainingGroup]
+    group_report: dict
+    eval_queries: dict[str, str]
+    eval_qrels: dict[str, dict[str, int]]
+    eval_candidates: dict[str, dict[str, float]]
+
+    def group_texts(self, groups: Sequence) -> tuple[list[str], list[list[str]]]:
+        """`(queries, [[positive, negative_1, ..., negative_K], ...])` for a batch of groups."""
+        queries = [self.train_queries[g.qid] for g in groups]
+        documents = [[self.docs[g.positive_docid], *(self.docs[d] for d in g.negative_docids)] for g in groups]
+        return queries, documents
+
+
+def prepare_training_data(args) -> TrainingData:
+    """Load the collection, mine negatives, build groups and the evaluation candidates, as `args` says."""
+    collection = load_collection(resolve_collection(args.collection))
+    docs = collection.docs()
+    train_queries = dict(collection.queries(args.train_split))
+    excluded = _texts_of_other_splits(collection, args.exclude_queries_in)
+    train_queries = {q: t for q, t in train_queries.items() if t not in excluded}
+    if args.max_train_queries is not None and args.max_train_queries < len(train_queries):
+        chosen = random.Random(args.seed).sample(sorted(train_queries), args.max_train_queries)
+        train_queries = {q: train_queries[q] for q in sorted(chosen)}
+    qrels = read_qrels(args.train_qrels) if args.train_qrels else collection.qrels(args.train_split)
+    if args.negatives_run:
+        run = read_run(args.negatives_run)
+    else:
+        run = bm25_run(collection, args.train_split, depth=args.negatives_to_rank, cache_dir=args.cache_dir)
+    groups, report = build_training_groups(
+        train_queries,
+        qrels,
+        run,
+        num_negatives=args.num_negatives,
+        rank_window=(args.negatives_from_rank, args.negatives_to_rank),
+        positives=args.positives,
+        doc_ids=docs.keys(),
+        seed=args.seed,
+    )
+    if not groups:
+        raise ValueError(f"no training groups could be built from split {args.train_split!r}: {report.as_dict()}")
+
+    eval_queries, eval_qrels, eval_candidates = {}, {}, {}
+    if args.eval_split:
+        eval_queries = dict(collection.queries(args.eval_split))
+        eval_qrels = collection.qrels(args.eval_split)
+        eval_queries = {q: t for q, t in eval_queries.items() if q in eval_qrels}
+        if args.eval_max_queries is not None and args.eval_max_queries < len(eval_queries):
+            chosen = random.Random(args.seed).sample(sorted(eval_queries), args.eval_max_queries)
+            eval_queries = {q: eval_queries[q] for q in sorted(chosen)}
+        eval_qrels = {q: eval_qrels[q] for q in eval_queries}
+        full = bm25_run(collection, args.eval_split, depth=args.eval_depth, cache_dir=args.cache_dir)
+        eval_candidates = {q: full.get(q, {}) for q in eval_queries}
+    return TrainingData(
+        collection=collection,
+        docs=docs,
+        train_queries=train_queries,
+        groups=groups,
+        group_report=report.as_dict(),
+        eval_queries=eval_queries,
+        eval_qrels=eval_qrels,
+        eval_candidates=eval_candidates,
+    )
+
+
+def _texts_of_other_splits(collection: IRCollection, splits: Sequence[str]) -> set[str]:
+    texts: set[str] = set()
+    for split in splits:
+        texts.update(collection.queries(split).values())
+    return texts

@@ -1,0 +1,297 @@
+"""The reranker training loop: Accelerate from one CPU process to many GPUs, plain or CET objective.
+
+Read top to bottom: build the model(s), the data, the optimizers; resume if asked; loop over groups of
+(query, positive, K negatives); evaluate on the dev split; save resumable checkpoints and the final model.
+Nothing here names a device or a precision: Accelerate decides from its launch configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from rankface.evaluation.ranking import evaluate
+from rankface.losses.ranking import ranking_loss
+from rankface.paths import minilm_path
+from rankface.training.arguments import RerankerTrainingArguments
+from rankface.training.data import TrainingData, prepare_training_data
+from rankface.utils.io import write_json
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass
+class Learner:
+    """One trained model with its own optimizer and schedule (CET trains two)."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def train(args: RerankerTrainingArguments) -> dict:
+    """Train a reranker as `args` says; returns the final evaluation (empty without an eval split)."""
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    with accelerator.main_process_first():
+        data = prepare_training_data(args)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(output_dir / "training_args.json", asdict(args))
+        write_json(output_dir / "training_groups_report.json", data.group_report)
+
+    models = build_models(args)
+    collate = GroupCollator(models[0], data)
+    loader = DataLoader(list(range(len(data.groups))), batch_size=args.batch_size, shuffle=True, collate_fn=collate)
+    optimizers = [make_optimizer(m, args) for m in models]
+    prepared = accelerator.prepare(*models, *optimizers, loader)
+    models, optimizers, loader = list(prepared[: len(models)]), list(prepared[len(models) : -1]), prepared[-1]
+
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    total_steps = args.max_steps or math.ceil(steps_per_epoch * args.epochs)
+    names = ["relevance", "selection"] if args.method == "cet" else ["model"]
+    learners = []
+    for name, model, optimizer in zip(names, models, optimizers):
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+        accelerator.register_for_checkpointing(scheduler)
+        learners.append(Learner(name, model, optimizer, scheduler))
+    step_fn = make_step_function(args, accelerator)
+
+    state = {"step": 0, "epoch": 0, "batches_done_in_epoch": 0, "log": []}
+    checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
+
+    progress = tqdm(
+        total=total_steps, initial=state["step"], desc="Training", disable=args.quiet or not accelerator.is_main_process
+    )
+    started = time.perf_counter()
+    while state["step"] < total_steps:
+        loader.set_epoch(state["epoch"])
+        batches = loader
+        if state["batches_done_in_epoch"]:
+            batches = accelerator.skip_first_batches(loader, state["batches_done_in_epoch"])
+        for features in batches:
+            with accelerator.accumulate(*[lr.model for lr in learners]):
+                losses = step_fn(learners, features)
+                for learner in learners:
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(learner.model.parameters(), args.max_grad_norm)
+                    learner.optimizer.step()
+                    learner.optimizer.zero_grad(set_to_none=True)
+            state["batches_done_in_epoch"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            for learner in learners:
+                learner.scheduler.step()
+            state["step"] += 1
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+            state["log"].append({"step": state["step"], **losses})
+            if args.eval_steps and state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
+                record_evaluation(accelerator, learners[0].model, data, args, state)
+            if args.checkpoint_steps and state["step"] % args.checkpoint_steps == 0:
+                save_checkpoint(accelerator, output_dir, state, args.checkpoints_to_keep)
+            if state["step"] >= total_steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_done_in_epoch"] = 0
+    progress.close()
+    state["train_seconds"] = time.perf_counter() - started
+
+    state["world_size"] = accelerator.num_processes
+    state["rank_fingerprints"] = check_ranks_agree(accelerator, learners)
+    final = record_evaluation(accelerator, learners[0].model, data, args, state) if args.eval_split else {}
+    if accelerator.is_main_process:
+        save_final_models(accelerator, learners, output_dir)
+        write_json(output_dir / "trainer_state.json", state)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------- models
+def build_models(args: RerankerTrainingArguments) -> list[torch.nn.Module]:
+    """The relevance model, and for CET the selection model (same kind, its own head and initial state)."""
+    count = 2 if args.method == "cet" else 1
+    if args.method == "cet" and args.cet_selection != "same":
+        raise NotImplementedError(f"cet_selection={args.cet_selection!r} is not wired into the recipe yet")
+    return [load_text_model(args) for _ in range(count)]
+
+
+def load_text_model(args: RerankerTrainingArguments) -> torch.nn.Module:
+    from rankface.models.bi_encoder import BiEncoder
+    from rankface.models.cross_encoder import CrossEncoder
+
+    path = minilm_path() if args.model_name_or_path == "minilm" else args.model_name_or_path
+    # Models are built on the CPU; `accelerator.prepare` moves them where the launch configuration says.
+    if args.encoder == "cross":
+        model = CrossEncoder.from_pretrained(path, max_length=args.max_length, num_layers=args.num_layers, device="cpu")
+    else:
+        model = BiEncoder.from_pretrained(
+            path, max_length=args.max_length, scale=args.bi_scale, num_layers=args.num_layers, device="cpu"
+        )
+    if args.lora_rank:
+        model.model = apply_lora(model.model, args)
+    return model
+
+
+def apply_lora(hf_model, args: RerankerTrainingArguments):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_CLS if args.encoder == "cross" else TaskType.FEATURE_EXTRACTION
+    config = LoraConfig(
+        task_type=task, r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.1, target_modules=["query", "value"]
+    )
+    return get_peft_model(hf_model, config)
+
+
+def make_optimizer(model: torch.nn.Module, args: RerankerTrainingArguments) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and LayerNorm; the new head may get its own learning rate."""
+    head_lr = args.head_learning_rate or args.learning_rate
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        is_head = "classifier" in name or "pooler" in name
+        key = (head_lr if is_head else args.learning_rate, 0.0 if no_decay else args.weight_decay)
+        groups.setdefault(key, []).append(param)
+    return torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()], eps=1e-8)
+
+
+class GroupCollator:
+    """Turns a list of group indices into the model's tokenized `[Q, 1 + K]` batch."""
+
+    def __init__(self, model, data: TrainingData):
+        self.model = model
+        self.data = data
+
+    def __call__(self, indices: list[int]) -> dict:
+        queries, documents = self.data.group_texts([self.data.groups[i] for i in indices])
+        return self.model.collate_groups(queries, documents)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def make_step_function(args: RerankerTrainingArguments, accelerator: Accelerator):
+    """The forward/backward of one micro-batch; returns the loss values to log."""
+    if args.method == "cet":
+        from rankface.training.cet_step import make_cet_step
+
+        return make_cet_step(args, accelerator)
+
+    def plain_step(learners: list[Learner], features: dict) -> dict[str, float]:
+        scores = learners[0].model(features)
+        loss = ranking_loss(args.loss, scores.float())
+        accelerator.backward(loss)
+        return {"loss": loss.item()}
+
+    return plain_step
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def rerank_candidates(model, queries: dict, candidates: dict, docs: dict, batch_size: int, quiet: bool) -> dict:
+    """Score every (query, candidate) pair in one `predict` call; returns a run `{qid: {docid: score}}`."""
+    keys = [(qid, docid) for qid, cands in candidates.items() for docid in cands]
+    pairs = [(queries[qid], docs[docid]) for qid, docid in keys]
+    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=not quiet)
+    run: dict[str, dict[str, float]] = {qid: {} for qid in candidates}
+    for (qid, docid), score in zip(keys, scores):
+        run[qid][docid] = float(score)
+    return run
+
+
+def record_evaluation(accelerator: Accelerator, model, data: TrainingData, args, state: dict) -> dict:
+    """Rerank the eval split's candidates on the main process and log the metrics."""
+    metrics: dict = {}
+    if accelerator.is_main_process and data.eval_queries:
+        unwrapped = accelerator.unwrap_model(model)
+        run = rerank_candidates(unwrapped, data.eval_queries, data.eval_candidates, data.docs, args.eval_batch_size, args.quiet)
+        metrics = evaluate(run, data.eval_qrels).aggregate
+        state["log"].append({"step": state["step"], "eval": metrics})
+        accelerator.print(f"step {state['step']} {args.eval_split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        unwrapped.train()
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def check_ranks_agree(accelerator: Accelerator, learners: list[Learner]) -> list[str]:
+    """A fingerprint of every rank's weights; they must be equal, or the processes were not one DDP job.
+
+    (`accelerate launch --multi_gpu` without a distributed backend runs unsynchronised copies without error.)
+    """
+    digest = hashlib.sha256()
+    for learner in learners:
+        for tensor in accelerator.unwrap_model(learner.model).state_dict().values():
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    fingerprints = accelerator.gather_object([digest.hexdigest()[:16]])
+    if len(set(fingerprints)) != 1:
+        raise RuntimeError(f"ranks ended with different weights {fingerprints}: the processes were not synchronised")
+    return fingerprints
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def find_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a rankface checkpoint (no trainer_state.json)")
+        return path
+    found = sorted((output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: int(p.name.split("-")[1]))
+    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
+    """Save the full training state into a temporary folder, then rename it: a checkpoint is whole or absent."""
+    folder = output_dir / "checkpoints"
+    final = folder / f"{CHECKPOINT_PREFIX}{state['step']:07d}"
+    staging = folder / f".staging-{state['step']:07d}"
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        write_json(staging / "trainer_state.json", state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def save_final_models(accelerator: Accelerator, learners: list[Learner], output_dir: Path) -> None:
+    """`output_dir/model` (the relevance model: a standard checkpoint) and, for CET, `output_dir/selection`."""
+    for learner in learners:
+        model = accelerator.unwrap_model(learner.model)
+        if hasattr(model.model, "merge_and_unload"):  # LoRA: export plain weights, loadable without PEFT
+            model.model = model.model.merge_and_unload()
+        target = output_dir / ("model" if learner.name in ("model", "relevance") else learner.name)
+        staging = output_dir / f".staging-{target.name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
