@@ -179,7 +179,8 @@ def _group_fixture():
         "q_no_text": {"p1": 1},
     }
     run = {
-        "q1": {"p1": 9.0, "n1": 8.0, "p2": 7.0, "j0": 6.0, "n2": 5.0, "unknown": 4.5, "n3": 4.0, "n4": 3.0, "far": 1.0},
+        "q1": {"p1": 9.0, "n1": 8.0, "p2": 7.0, "j0": 6.0, "n2": 5.0, "unknown": 4.5, "n3": 4.0, "n4": 3.0,
+               "far": 1.0},
         "q2": {"n1": 1.0},
         "q4": {"p2": 2.0, "p1": 1.0},
         "q5": {"n1": 3.0, "p1": 2.0, "n2": 1.0},
@@ -260,8 +261,12 @@ def test_training_groups_top_positive_and_hits_input():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"num_negatives": 0}, "num_negatives"), ({"num_negatives": 1, "rank_window": (0, 5)}, "rank_window"),
-     ({"num_negatives": 1, "positives": "best"}, "positives"), ({"num_negatives": 1, "min_positive_grade": 0}, "grade")],
+    [
+        ({"num_negatives": 0}, "num_negatives"),
+        ({"num_negatives": 1, "rank_window": (0, 5)}, "rank_window"),
+        ({"num_negatives": 1, "positives": "best"}, "positives"),
+        ({"num_negatives": 1, "min_positive_grade": 0}, "grade"),
+    ],
 )
 def test_training_groups_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

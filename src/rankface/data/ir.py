@@ -485,7 +485,7 @@ def build_training_groups(
     if positives not in ("all", "top"):
         raise ValueError(f"positives must be 'all' or 'top', got {positives!r}")
     if min_positive_grade < 1:
-        raise ValueError(f"min_positive_grade must be >= 1 (grade 0 means judged non-relevant), got {min_positive_grade}")
+        raise ValueError(f"min_positive_grade must be >= 1 (0 means judged non-relevant), got {min_positive_grade}")
     excluded = {str(q) for q in exclude}
     rng = random.Random(seed)
     report = GroupReport()

@@ -54,8 +54,8 @@ def evaluate(run: Mapping[str, Mapping[str, float] | Sequence[Any]], qrels: Mapp
     """Score a run against qrels with ir_measures.
 
     Args:
-        run: `{qid: {docid: score}}` or `{qid: [Hit, ...]}` (higher is better; ties go to the larger docid, as in trec_eval, for every
-            measure).
+        run: `{qid: {docid: score}}` or `{qid: [Hit, ...]}` (higher is better; ties go to the larger docid, as
+            in trec_eval, for every measure).
         qrels: `{qid: {docid: grade}}`.
         measures: ir_measures names, e.g. `nDCG@10`, `RR@10`, `R@100`, `AP`, `P@5`, `RR(rel=2)@10`; the results
             are keyed by these strings.

@@ -41,7 +41,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, str]]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: expected one JSON object per line, found invalid JSON ({err})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")  # noqa: TRY004 - bad data
+                # A data error, not a programming one: ValueError like every other malformed line.
+                raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")  # noqa: TRY004
             if "id" in obj and "contents" in obj:
                 docid, text = obj["id"], obj["contents"]
             elif "_id" in obj and ("text" in obj or "title" in obj):
@@ -56,7 +57,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, str]]:
             if not isinstance(docid, str | int) or isinstance(docid, bool) or str(docid) == "":
                 raise ValueError(f"{where}: the document id must be a non-empty string, found {docid!r}")
             if not isinstance(text, str):
-                raise ValueError(f"{where}: the document text must be a string, found {type(text).__name__}")  # noqa: TRY004
+                found = type(text).__name__
+                raise ValueError(f"{where}: the document text must be a string, found {found}")  # noqa: TRY004
             yield str(docid), text
 
 

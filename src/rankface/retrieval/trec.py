@@ -60,11 +60,13 @@ def read_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
         try:
             int(rank)
         except ValueError:
-            raise TrecFormatError(path, lineno, RUN_FORMAT, f"rank {rank!r} (not an integer) in {_show(line)}") from None
+            found = f"rank {rank!r} (not an integer) in {_show(line)}"
+            raise TrecFormatError(path, lineno, RUN_FORMAT, found) from None
         try:
             value = float(score)
         except ValueError:
-            raise TrecFormatError(path, lineno, RUN_FORMAT, f"score {score!r} (not a number) in {_show(line)}") from None
+            found = f"score {score!r} (not a number) in {_show(line)}"
+            raise TrecFormatError(path, lineno, RUN_FORMAT, found) from None
         if not math.isfinite(value):
             raise TrecFormatError(path, lineno, RUN_FORMAT, f"score {score!r} (not finite) in {_show(line)}")
         docs = run.setdefault(qid, {})
@@ -118,7 +120,8 @@ def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
         try:
             value = int(grade)
         except ValueError:
-            raise TrecFormatError(path, lineno, QRELS_FORMAT, f"grade {grade!r} (not an integer) in {_show(line)}") from None
+            found = f"grade {grade!r} (not an integer) in {_show(line)}"
+            raise TrecFormatError(path, lineno, QRELS_FORMAT, found) from None
         docs = qrels.setdefault(qid, {})
         if docid in docs and docs[docid] != value:
             raise TrecFormatError(path, lineno, "one grade per (qid, docid)",
