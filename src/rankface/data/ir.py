@@ -276,12 +276,16 @@ def _cache_link(src: Path, cache_dir: Path) -> Path:
     dst = cache_dir / src.name
     if dst.is_symlink() and os.path.realpath(dst) == str(src.resolve()):
         return dst
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
+    # Made under a private name and renamed over `dst`: processes loading the same folder at once (e.g. the ranks
+    # of a multi-process training run) never see a missing or half-copied file.
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
     try:
-        dst.symlink_to(src.resolve())
+        tmp.symlink_to(src.resolve())
     except OSError:
-        shutil.copyfile(src, dst)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
     return dst
 
 
