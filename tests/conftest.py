@@ -31,3 +31,11 @@ def shared():
 @pytest.fixture(scope="session")
 def minilm_dir():
     return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A saved random tiny `BertModel` + tokenizer (see tests/tiny_models.py)."""
+    from tiny_models import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

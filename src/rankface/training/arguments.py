@@ -75,6 +75,8 @@ class RerankerTrainingArguments:
     quiet: bool = _help("No progress bars.", default=False)
 
     def __post_init__(self):
+        if self.eval_split in ("", "none", "None"):  # "no evaluation" spelled on a command line
+            self.eval_split = None
         choices = {
             "encoder": ("cross", "bi"),
             "method": ("plain", "cet"),

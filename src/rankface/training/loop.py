@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -246,7 +246,7 @@ def check_ranks_agree(accelerator: Accelerator, learners: list[Learner]) -> list
     for learner in learners:
         for tensor in accelerator.unwrap_model(learner.model).state_dict().values():
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    fingerprints = accelerator.gather_object([digest.hexdigest()[:16]])
+    fingerprints = gather_object([digest.hexdigest()[:16]])
     if len(set(fingerprints)) != 1:
         raise RuntimeError(f"ranks ended with different weights {fingerprints}: the processes were not synchronised")
     return fingerprints

@@ -1,0 +1,153 @@
+"""Reranker training end to end on a synthetic collection and a tiny random BERT: plain, CET, resume, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rankface.training import parse_training_args, train
+from tiny_models import WORDS
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_reranker.py"
+
+
+def write_collection(folder: Path, seed: int = 0) -> Path:
+    """20 topics; each query names its topic word, relevant docs contain it, others do not."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    docs, qrels, queries = {}, {"train": [], "dev": []}, {"train": [], "dev": []}
+    for t, word in enumerate(WORDS[:20]):
+        others = [w for w in WORDS if w != word]
+        for j in range(3):
+            docs[f"D{t}-{j}"] = " ".join([word, *rng.sample(others, 5)])
+        split = "dev" if t % 5 == 0 else "train"
+        queries[split].append((f"Q{t}", f"{word} {rng.choice(others)}"))
+        qrels[split] += [(f"Q{t}", f"D{t}-{j}", 2 if j == 0 else 1) for j in range(3)]
+    with open(folder / "corpus.jsonl", "w") as handle:
+        for docid, text in docs.items():
+            handle.write(json.dumps({"id": docid, "contents": text}) + "\n")
+    for split in ("train", "dev"):
+        (folder / f"queries.{split}.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in queries[split]))
+        (folder / f"qrels.{split}.txt").write_text("".join(f"{q} 0 {d} {g}\n" for q, d, g in qrels[split]))
+    # A first-stage run for training: every document, in a seeded random order, for every train query.
+    with open(folder / "negatives.trec", "w") as handle:
+        for qid, _ in queries["train"]:
+            order = rng.sample(sorted(docs), len(docs))
+            handle.writelines(f"{qid} Q0 {d} {r} {100 - r} rand\n" for r, d in enumerate(order, 1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return write_collection(tmp_path_factory.mktemp("synthetic"))
+
+
+def settings(collection: Path, tiny_bert_dir: Path, output: Path, **overrides) -> dict:
+    base = {
+        "collection": str(collection),
+        "negatives_run": str(collection / "negatives.trec"),
+        "eval_split": None,
+        "model_name_or_path": str(tiny_bert_dir),
+        "max_length": 32,
+        "num_negatives": 3,
+        "batch_size": 4,
+        "max_steps": 6,
+        "learning_rate": 1e-3,
+        "output_dir": str(output),
+        "cache_dir": str(output.parent / "cache"),
+        "quiet": True,
+    }
+    return base | overrides
+
+
+def write_config(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("encoder", ["cross", "bi"])
+def test_training_changes_weights_and_saves_a_loadable_model(collection, tiny_bert_dir, tmp_path, encoder):
+    config = write_config(tmp_path / "c.yaml", settings(collection, tiny_bert_dir, tmp_path / "out", encoder=encoder))
+    args = parse_training_args(["--config", str(config)])
+    assert args.encoder == encoder and args.max_steps == 6
+    train(args)
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["world_size"] == 1
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in state["log"] if "loss" in entry)
+    report = json.loads((tmp_path / "out" / "training_groups_report.json").read_text())
+    assert report["groups"] == 16 and report["queries_used"] == 16
+    from rankface.models.bi_encoder import BiEncoder
+    from rankface.models.cross_encoder import CrossEncoder
+
+    model = (CrossEncoder if encoder == "cross" else BiEncoder).from_pretrained(tmp_path / "out" / "model", device="cpu")
+    assert model.predict([("fish oil", "fish oil diet")]).shape == (1,)
+    start = load_file(str(tiny_bert_dir / "model.safetensors"))
+    trained = weights(tmp_path / "out" / "model")
+    key = "bert.encoder.layer.0.attention.self.query.weight" if encoder == "cross" else "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(trained[key], start["encoder.layer.0.attention.self.query.weight"])
+
+
+def test_cli_overrides_config_and_unknown_keys_are_named(collection, tiny_bert_dir, tmp_path):
+    config = write_config(tmp_path / "c.yaml", settings(collection, tiny_bert_dir, tmp_path / "out"))
+    assert parse_training_args(["--config", str(config), "--max_steps", "2"]).max_steps == 2
+    bad = write_config(tmp_path / "bad.yaml", {"learning_rat": 1e-3})
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting\(s\) \['learning_rat'\]"):
+        parse_training_args(["--config", str(bad)])
+    with pytest.raises(ValueError, match="loss must be one of"):
+        parse_training_args(["--config", str(config), "--loss", "hinge"])
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(collection, tiny_bert_dir, tmp_path):
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", checkpoint_steps=3, checkpoints_to_keep=5)
+    train(parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))]))
+    uninterrupted = weights(tmp_path / "out" / "model")
+    checkpoints = sorted((tmp_path / "out" / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["step-0000003", "step-0000006"]
+    # Pretend the run died after step 3: only the first checkpoint survives.
+    for path in (checkpoints[1], tmp_path / "out" / "model"):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    train(parse_training_args(["--config", str(tmp_path / "c.yaml"), "--resume_from_checkpoint", "latest"]))
+    resumed = weights(tmp_path / "out" / "model")
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_cet_trains_relevance_and_selection_models(collection, tiny_bert_dir, tmp_path):
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", method="cet", cet_temperature=2.0, max_steps=3)
+    train(parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))]))
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    logged = [e for e in state["log"] if "loss" in e]
+    assert {"loss", "selection_loss", "weight_mean"} <= set(logged[-1]) and logged[-1]["weight_mean"] > 1.0
+    relevance, selection = weights(tmp_path / "out" / "model"), weights(tmp_path / "out" / "selection")
+    assert not torch.equal(relevance["classifier.weight"], selection["classifier.weight"])
+
+
+@pytest.mark.slow
+def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir, tmp_path):
+    config = write_config(tmp_path / "c.yaml", settings(collection, tiny_bert_dir, tmp_path / "out", max_steps=4))
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(RECIPE), "--config", str(config),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1
+    assert state["step"] == 4
