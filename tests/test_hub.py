@@ -159,6 +159,22 @@ def test_push_then_load_from_local_hub(local_hub, tmp_path):
     assert ModelCard.load(repo_id).data.license == "mit"
 
 
+@pytest.mark.slow
+def test_push_rankface_cross_encoder_wrapper(local_hub, tmp_path):
+    from rankface.models.cross_encoder import CrossEncoder
+
+    model, tokenizer = _tiny_reranker(tmp_path)
+    reranker = CrossEncoder(model, tokenizer, max_length=48)
+    repo_id = "rankface-test/tiny-cross-encoder"
+    push_model_to_hub(reranker, repo_id, {**FIELDS["reranker"], "model_name": repo_id}, "reranker", private=True)
+    assert HfApi().model_info(repo_id).private is True
+
+    loaded = CrossEncoder.from_pretrained(repo_id, max_length=48, device="cpu")
+    pairs = [("what is a reranker", "it orders documents ."), ("the cat", "the mat")]
+    np_expected = reranker.predict(pairs, precision="fp32")
+    assert loaded.predict(pairs, precision="fp32").tolist() == np_expected.tolist()
+
+
 def test_local_hub_hides_private_repos_without_token(local_hub):
     api = HfApi()
     api.create_repo("rankface-test/secret", private=True)
