@@ -1,0 +1,227 @@
+"""Protocol R3 (../shared/docs/benchmarks.md): the cost of a CET training step against plain training.
+
+The same reranker (MiniLM weights, a new one-logit head), the same batches of NFCorpus training groups (train
+qrels, BM25 top-50 negatives) and the same optimizer settings, timed per optimizer step
+(forward + backward + clipping + AdamW + scheduler), exactly as `rankface.training.loop` runs it:
+
+- `plain`: the pairwise loss, 1 forward + 1 backward;
+- `cet/eval_forward`: the authors' algorithm, weights from an extra no-grad eval-mode forward of each model:
+  4 forwards + 2 backwards (two models);
+- `cet/train_logits`: weights from the detached training logits: 2 forwards + 2 backwards.
+
+The three systems are interleaved step by step (round robin) so that load from other processes on this shared
+machine hits them alike; the median over the timed steps is reported, with the ratios to plain.
+
+    python benchmarks/cet_step_cost.py --quick      # 2 layers, length 128, 4 queries x (1 + 3) docs, 6 timed steps
+    python benchmarks/cet_step_cost.py              # 6 layers, length 192, 4 queries x (1 + 7) docs, 20 timed steps
+
+R1 quality of both CET modes comes from the R1 benchmark (`--r1-results FILE`, JSON `{"eval_forward": nDCG@10,
+"train_logits": nDCG@10}`); without it the table says where to find it. Results are saved under
+benchmarks/results/cet_step_cost/ keyed by the settings, so a rerun prints them without retiming (`--force` retimes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from rankface.paths import shared_dir
+from rankface.utils.io import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cet_step_cost"
+SYSTEMS = {
+    "plain": {"method": "plain", "cet_weights_from": "eval_forward", "passes": "1 fwd + 1 bwd"},
+    "cet/eval_forward": {"method": "cet", "cet_weights_from": "eval_forward", "passes": "4 fwd + 2 bwd"},
+    "cet/train_logits": {"method": "cet", "cet_weights_from": "train_logits", "passes": "2 fwd + 2 bwd"},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 layers, length 128, K=3, 6 timed steps")
+    parser.add_argument(
+        "--collection",
+        default=str(shared_dir() / "data" / "ir" / "nfcorpus"),
+        help="local collection folder or ir_datasets id (default: the shared NFCorpus)",
+    )
+    parser.add_argument("--encoder", default="cross", choices=["cross", "bi"])
+    parser.add_argument("--num-layers", type=int, default=None, help="encoder layers kept (quick 2, full all 6)")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per pair (quick 128, full 192)")
+    parser.add_argument("--batch-size", type=int, default=4, help="queries per step")
+    parser.add_argument("--num-negatives", type=int, default=None, help="K (quick 3, full 7)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per system (quick 6, full 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per system first")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's current)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--r1-results", default=None, help="JSON {mode: nDCG@10} of the R1 CET runs, for the table")
+    parser.add_argument("--force", action="store_true", help="retime even when a saved result exists")
+    args = parser.parse_args(argv)
+    defaults = {"num_layers": (2, None), "max_length": (128, 192), "num_negatives": (3, 7), "steps": (6, 20)}
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
+
+
+def training_arguments(args: argparse.Namespace, cache_dir: str = "~/.cache/rankface"):
+    from rankface.training.arguments import RerankerTrainingArguments
+
+    needed = args.batch_size * (args.warmup + args.steps)
+    return RerankerTrainingArguments(
+        collection=args.collection,
+        eval_split=None,
+        num_negatives=args.num_negatives,
+        negatives_from_rank=1,
+        negatives_to_rank=50,
+        max_train_queries=2 * needed,  # some sampled queries have no positive or no BM25 candidates
+        encoder=args.encoder,
+        num_layers=args.num_layers,
+        max_length=args.max_length,
+        loss="pairwise",
+        cet_temperature=10.0,
+        learning_rate=2e-5,
+        head_learning_rate=1e-3,
+        batch_size=args.batch_size,
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        cache_dir=cache_dir,
+        quiet=True,
+    )
+
+
+def time_systems(args: argparse.Namespace) -> dict:
+    """Interleaved timing of the three systems on the same batches; returns per-system step times (s)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from rankface.training.data import prepare_training_data
+    from rankface.training.loop import Learner, build_models, make_optimizer, make_step_function
+
+    base = training_arguments(args)
+    data = prepare_training_data(base)
+    total = args.warmup + args.steps
+    if len(data.groups) < args.batch_size * total:
+        raise SystemExit(f"only {len(data.groups)} training groups for {total} steps of {args.batch_size} queries")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
+    runs = {}
+    for name, spec in SYSTEMS.items():
+        settings = replace(base, method=spec["method"], cet_weights_from=spec["cet_weights_from"])
+        set_seed(args.seed)  # every system starts from the same weights and heads
+        models = build_models(settings)
+        optimizers = [make_optimizer(m, settings) for m in models]
+        prepared = accelerator.prepare(*models, *optimizers)
+        models, optimizers = prepared[: len(models)], prepared[len(models) :]
+        learners = [
+            Learner(n, m, o, get_linear_schedule_with_warmup(o, 1, total))
+            for n, m, o in zip(["relevance", "selection"], models, optimizers)
+        ]
+        for learner in learners:
+            learner.model.train()
+        runs[name] = {"learners": learners, "step": make_step_function(settings, accelerator), "times": []}
+
+    collate_model = accelerator.unwrap_model(runs["plain"]["learners"][0].model)
+    batches = []
+    for i in range(total):
+        groups = data.groups[i * args.batch_size : (i + 1) * args.batch_size]
+        queries, documents = data.group_texts(groups)
+        features = collate_model.collate_groups(queries, documents)
+        batches.append(_to_device(features, accelerator.device))
+
+    sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
+    losses = {name: [] for name in runs}
+    for i, features in enumerate(batches):
+        for name, run in runs.items():  # round robin: the same moment's machine load for every system
+            sync()
+            start = time.perf_counter()
+            logged = run["step"](run["learners"], features)
+            for learner in run["learners"]:
+                accelerator.clip_grad_norm_(learner.model.parameters(), 1.0)
+                learner.optimizer.step()
+                learner.optimizer.zero_grad(set_to_none=True)
+                learner.scheduler.step()
+            sync()
+            if i >= args.warmup:
+                run["times"].append(time.perf_counter() - start)
+            losses[name].append(logged["loss"])
+    pairs = args.batch_size * (1 + args.num_negatives)
+    return {
+        "times": {name: run["times"] for name, run in runs.items()},
+        "losses": losses,
+        "pairs_per_step": pairs,
+        "device": str(accelerator.device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _to_device(features, device):
+    if isinstance(features, dict):
+        return {k: _to_device(v, device) for k, v in features.items()}
+    return features.to(device) if isinstance(features, torch.Tensor) else features
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mode = "quick" if args.quick else "full"
+    key_fields = [
+        "collection",
+        "encoder",
+        "num_layers",
+        "max_length",
+        "batch_size",
+        "num_negatives",
+        "steps",
+        "warmup",
+        "mixed_precision",
+        "seed",
+    ]
+    key = json.dumps({k: getattr(args, k) for k in key_fields}, sort_keys=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = RESULTS / f"{mode}-{device}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
+    if path.is_file() and not args.force:
+        result = json.loads(path.read_text())
+        print(f"(saved result {path}; --force retimes)")
+    else:
+        result = {"settings": json.loads(key), "mode": mode, "machine": platform.node(), **time_systems(args)}
+        write_json(path, result)
+
+    medians = {name: statistics.median(ts) for name, ts in result["times"].items()}
+    ratios = {name: medians[name] / medians["plain"] for name in medians}
+    r1 = json.loads(Path(args.r1_results).read_text()) if args.r1_results else {}
+    s = result["settings"]
+    print(
+        f"\nR3 CET step cost ({mode}): {s['encoder']}-encoder MiniLM, layers={s['num_layers'] or 6}, "
+        f"length {s['max_length']}, {s['batch_size']} queries x (1 + {s['num_negatives']}) docs, "
+        f"precision {s['mixed_precision']}, {len(result['times']['plain'])} timed steps per system (after "
+        f"{s['warmup']} warm-up), interleaved; device {result['device']}, {result['threads']} threads\n"
+    )
+    # The min-to-min ratio is shown beside the median one: on a loaded machine the fastest step is the least disturbed.
+    mins = {name: min(ts) for name, ts in result["times"].items()}
+    print("| system | passes per step | median step (s) | min | max | ratio to plain | ratio of mins | R1 nDCG@10 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, times in result["times"].items():
+        mode_key = name.split("/", 1)[-1]
+        quality = f"{r1[mode_key]:.4f}" if mode_key in r1 else ("-" if name == "plain" else "see R1")
+        print(
+            f"| {name} | {SYSTEMS[name]['passes']} | {medians[name]:.3f} | {min(times):.3f} | {max(times):.3f} | "
+            f"{ratios[name]:.2f} | {mins[name] / mins['plain']:.2f} | {quality} |"
+        )
+    print(
+        f"\nRESULT ratio_eval_forward={ratios['cet/eval_forward']:.3f} "
+        f"ratio_train_logits={ratios['cet/train_logits']:.3f} mode={mode}"
+    )
+
+
+if __name__ == "__main__":
+    main()
