@@ -200,3 +200,37 @@ def test_dense_run_matches_bi_encoder_scores(tmp_path):
         assert min(run[qid].values()) >= max(outside) - 1e-5
     with pytest.raises(ValueError, match="corpus"):
         dense_run(encoder, queries, {}, k=3)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_pool_labels_on_nfcorpus(shared, tmp_path):
+    """R1's pooled labels from BM25 top-10 over the real NFCorpus train split (starts the JVM: ~20 s)."""
+    out = tmp_path / "pooled.qrels"
+    argv = [
+        "--collection",
+        str(shared / "data" / "ir" / "nfcorpus"),
+        "--split",
+        "train",
+        "--drop-duplicates-of",
+        "test",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output",
+        str(out),
+    ]
+    assert pooled_labels_main(argv) == 0
+    pooled = read_qrels(out)
+    report = json.loads(out.with_name("pooled.qrels.report.json").read_text())
+    assert all(len(docs) == 1 and min(docs.values()) >= 2 for docs in pooled.values())
+    assert len(pooled) == report["queries_labelled"] > 1000
+    assert report["queries_excluded"] >= 1  # a few train queries duplicate test queries
+    parts = (
+        "queries_labelled",
+        "queries_excluded",
+        "queries_without_pooled_positive",
+        "queries_without_qrels",
+        "queries_missing_from_run",
+    )
+    assert sum(report[k] for k in parts) == report["queries_total"] == 2569
+    assert 1.0 <= report["positive_rank_mean"] <= 10.0
