@@ -138,10 +138,11 @@ def test_export_relevance_loads_everywhere_with_identical_scores(encoder_dir, tm
         hf_scores = hf(**batch).logits.squeeze(-1).numpy()
     np.testing.assert_allclose(hf_scores, reference, atol=1e-5)
 
-    st = STCrossEncoder(str(out), device="cpu", max_length=48, activation_fn=torch.nn.Identity())
+    st = STCrossEncoder(str(out), device="cpu", max_length=48)  # default activation: read from the checkpoint
     np.testing.assert_allclose(st.predict(PAIRS), reference, atol=1e-5)
-    # the selection model is not part of the export
+    # the selection model is not part of the export, and no staging folder is left behind
     assert not (out / "selection_tokenizer").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["reranker"]
 
 
 def test_bi_relevance_exports_a_bi_encoder(encoder_dir, tmp_path):
