@@ -125,14 +125,24 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(collection, tin
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
-def test_cet_trains_relevance_and_selection_models(collection, tiny_bert_dir, tmp_path):
-    values = settings(collection, tiny_bert_dir, tmp_path / "out", method="cet", cet_temperature=2.0, max_steps=3)
+@pytest.mark.parametrize("selection", ["same", "mlp"])
+def test_cet_trains_relevance_and_selection_models(collection, tiny_bert_dir, tmp_path, selection):
+    values = settings(
+        collection, tiny_bert_dir, tmp_path / "out", method="cet", cet_temperature=2.0, max_steps=3,
+        cet_selection=selection, cet_weights_from="eval_forward",
+    )
     train(parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))]))
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     logged = [e for e in state["log"] if "loss" in e]
     assert {"loss", "selection_loss", "weight_mean"} <= set(logged[-1]) and logged[-1]["weight_mean"] > 1.0
-    relevance, selection = weights(tmp_path / "out" / "model"), weights(tmp_path / "out" / "selection")
-    assert not torch.equal(relevance["classifier.weight"], selection["classifier.weight"])
+    from rankface.models.cet import CETModel
+
+    pair = CETModel.from_pretrained(tmp_path / "out" / "cet_pair")
+    assert pair.config.selection_kind == ("mlp" if selection == "mlp" else "cross")
+    relevance = weights(tmp_path / "out" / "model")
+    torch.testing.assert_close(pair.relevance.classifier.weight.detach(), relevance["classifier.weight"])
+    if selection == "same":
+        assert not torch.equal(pair.selection.classifier.weight, pair.relevance.classifier.weight)
 
 
 @pytest.mark.slow

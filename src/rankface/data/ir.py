@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOCAL_LAYOUT",
+    "read_queries_tsv",
     "DataUnavailableError",
     "GroupReport",
     "IRCollection",
@@ -236,8 +237,12 @@ class IRCollection:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _check_queries_tsv(path: Path) -> None:
-    seen: set[str] = set()
+def read_queries_tsv(path: str | os.PathLike) -> dict[str, str]:
+    """Strictly read a `qid<TAB>text` topics file: a malformed line or a repeated id names file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"queries file not found: {path} (expected `qid<TAB>text` lines)")
+    queries: dict[str, str] = {}
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
             line = line.rstrip("\n").rstrip("\r")
@@ -247,9 +252,10 @@ def _check_queries_tsv(path: Path) -> None:
             if len(cols) != 2 or not cols[0]:
                 raise ValueError(f"{path}:{lineno}: expected `qid<TAB>text` (2 tab-separated fields), "
                                  f"found {len(cols)} field(s): {line[:80]!r}")
-            if cols[0] in seen:
+            if cols[0] in queries:
                 raise ValueError(f"{path}:{lineno}: query id {cols[0]!r} occurs twice")
-            seen.add(cols[0])
+            queries[cols[0]] = cols[1]
+    return queries
 
 
 def _jsonl_layout(path: Path) -> Literal["plain", "beir"]:
@@ -325,7 +331,7 @@ def _local_collection(folder: Path) -> IRCollection:
     if ambiguous:
         raise ValueError(f"{folder}: more than one run file for a split: {ambiguous}; keep one run.<split>.* each")
     for path in queries.values():
-        _check_queries_tsv(path)
+        read_queries_tsv(path)
     for path in qrels.values():
         read_qrels(path)  # strict check: a malformed line raises TrecFormatError with file and line
 

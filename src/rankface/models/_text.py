@@ -59,3 +59,20 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[l
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+@contextlib.contextmanager
+def expected_weight_changes() -> Iterator[None]:
+    """Silence transformers' load report where rankface changes the architecture on purpose.
+
+    (A new scoring head on a plain encoder, or an encoder without its unused pooler: the report's
+    MISSING/UNEXPECTED keys are then the intended result, not a warning for the user.)
+    """
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)

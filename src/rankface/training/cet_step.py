@@ -26,10 +26,13 @@ def make_cet_step(args, accelerator: Accelerator):
 
     def cet_step(learners, features) -> dict[str, float]:
         relevance, selection = learners[0].model, learners[1].model
+        # Text features for both models, or separate ones when the selection model reads first-stage ranks.
+        rel_features = features.get("relevance", features)
+        sel_features = features.get("selection", features)
         if args.cet_weights_from == "eval_forward":
-            rel_view, sel_view = eval_forward(relevance, features), eval_forward(selection, features)
-        rel_scores = relevance(features).float()
-        sel_scores = selection(features).float()
+            rel_view, sel_view = eval_forward(relevance, rel_features), eval_forward(selection, sel_features)
+        rel_scores = relevance(rel_features).float()
+        sel_scores = selection(sel_features).float()
         if args.cet_weights_from == "train_logits":
             rel_view, sel_view = rel_scores.detach(), sel_scores.detach()
         # Weights on the negatives only ([Q, K]) or on every document of the group ([Q, 1 + K]).

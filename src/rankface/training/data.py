@@ -18,6 +18,7 @@ class TrainingData:
     docs: dict[str, str]
     train_queries: dict[str, str]
     groups: list  # list[TrainingGroup]
+    train_run: dict[str, dict[str, float]]  # the first stage the negatives came from
     group_report: dict
     eval_queries: dict[str, str]
     eval_qrels: dict[str, dict[str, int]]
@@ -74,6 +75,7 @@ def prepare_training_data(args) -> TrainingData:
         docs=docs,
         train_queries=train_queries,
         groups=groups,
+        train_run=run,
         group_report=report.as_dict(),
         eval_queries=eval_queries,
         eval_qrels=eval_qrels,

@@ -25,10 +25,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from rankface.evaluation.ranking import evaluate
 from rankface.losses.ranking import ranking_loss
+from rankface.models.cet.modeling_cet import rank_table
 from rankface.paths import minilm_path
+from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
 from rankface.training.arguments import RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
-from rankface.utils.io import write_json
+from rankface.utils.io import save_folder_atomically, write_json
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -59,8 +61,8 @@ def train(args: RerankerTrainingArguments) -> dict:
         write_json(output_dir / "training_args.json", asdict(args))
         write_json(output_dir / "training_groups_report.json", data.group_report)
 
-    models = build_models(args)
-    collate = GroupCollator(models[0], data)
+    models = build_models(args, data)
+    collate = GroupCollator(models[0], data, with_rank_features=args.method == "cet" and args.cet_selection == "mlp")
     loader = DataLoader(list(range(len(data.groups))), batch_size=args.batch_size, shuffle=True, collate_fn=collate)
     optimizers = [make_optimizer(m, args) for m in models]
     prepared = accelerator.prepare(*models, *optimizers, loader)
@@ -133,12 +135,21 @@ def train(args: RerankerTrainingArguments) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def build_models(args: RerankerTrainingArguments) -> list[torch.nn.Module]:
-    """The relevance model, and for CET the selection model (same kind, its own head and initial state)."""
-    count = 2 if args.method == "cet" else 1
-    if args.method == "cet" and args.cet_selection != "same":
-        raise NotImplementedError(f"cet_selection={args.cet_selection!r} is not wired into the recipe yet")
-    return [load_text_model(args) for _ in range(count)]
+def build_models(args: RerankerTrainingArguments, data: TrainingData) -> list[torch.nn.Module]:
+    """The relevance model; for CET also the selection model: a second text model of the same kind (own head),
+    or the light MLP on first-stage (rank, score) features."""
+    models = [load_text_model(args)]
+    if args.method == "cet":
+        if args.cet_selection == "mlp":
+            from rankface.models.cet import RankFeatureSelector
+
+            selector = RankFeatureSelector()
+            table = rank_table(data.train_run)
+            selector.fit_normalization(torch.tensor([[math.log1p(r), s] for d in table.values() for r, s in d.values()]))
+            models.append(selector)
+        else:
+            models.append(load_text_model(args))
+    return models
 
 
 def load_text_model(args: RerankerTrainingArguments) -> torch.nn.Module:
@@ -183,15 +194,27 @@ def make_optimizer(model: torch.nn.Module, args: RerankerTrainingArguments) -> t
 
 
 class GroupCollator:
-    """Turns a list of group indices into the model's tokenized `[Q, 1 + K]` batch."""
+    """Turns a list of group indices into the model's tokenized `[Q, 1 + K]` batch.
 
-    def __init__(self, model, data: TrainingData):
+    With `with_rank_features`, the batch is `{"relevance": text features, "selection": rank features}` for CET's
+    light selection model (first-stage rank and score of every document of each group).
+    """
+
+    def __init__(self, model, data: TrainingData, with_rank_features: bool = False):
         self.model = model
         self.data = data
+        self.rank_table = rank_table(data.train_run) if with_rank_features else None
 
     def __call__(self, indices: list[int]) -> dict:
-        queries, documents = self.data.group_texts([self.data.groups[i] for i in indices])
-        return self.model.collate_groups(queries, documents)
+        groups = [self.data.groups[i] for i in indices]
+        features = self.model.collate_groups(*self.data.group_texts(groups))
+        if self.rank_table is None:
+            return features
+        from rankface.models.cet import RankFeatureSelector
+
+        doc_ids = [[g.positive_docid, *g.negative_docids] for g in groups]
+        rank_features = RankFeatureSelector.collate_groups([g.qid for g in groups], doc_ids, self.rank_table)
+        return {"relevance": features, "selection": rank_features}
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -213,14 +236,12 @@ def make_step_function(args: RerankerTrainingArguments, accelerator: Accelerator
 
 # ---------------------------------------------------------------------------------------------- evaluation
 def rerank_candidates(model, queries: dict, candidates: dict, docs: dict, batch_size: int, quiet: bool) -> dict:
-    """Score every (query, candidate) pair in one `predict` call; returns a run `{qid: {docid: score}}`."""
-    keys = [(qid, docid) for qid, cands in candidates.items() for docid in cands]
-    pairs = [(queries[qid], docs[docid]) for qid, docid in keys]
-    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=not quiet)
-    run: dict[str, dict[str, float]] = {qid: {} for qid in candidates}
-    for (qid, docid), score in zip(keys, scores):
-        run[qid][docid] = float(score)
-    return run
+    """Rescore every query's candidates with `model`; returns a run `{qid: {docid: score}}`."""
+    hits = run_to_hits(candidates)
+    depth = max((len(h) for h in hits.values()), default=1) or 1
+    reranked = rerank(hits, queries, docs.__getitem__, model, top_k=depth, batch_size=batch_size,
+                      show_progress_bar=not quiet)
+    return hits_to_run(reranked)
 
 
 def record_evaluation(accelerator: Accelerator, model, data: TrainingData, args, state: dict) -> dict:
@@ -283,15 +304,14 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
 
 
 def save_final_models(accelerator: Accelerator, learners: list[Learner], output_dir: Path) -> None:
-    """`output_dir/model` (the relevance model: a standard checkpoint) and, for CET, `output_dir/selection`."""
-    for learner in learners:
-        model = accelerator.unwrap_model(learner.model)
-        if hasattr(model.model, "merge_and_unload"):  # LoRA: export plain weights, loadable without PEFT
+    """`output_dir/model`: the relevance model as a standard checkpoint; for CET also `output_dir/cet_pair`
+    (relevance + selection, `CETModel.from_pretrained`)."""
+    models = [accelerator.unwrap_model(learner.model) for learner in learners]
+    for model in models:
+        if hasattr(getattr(model, "model", None), "merge_and_unload"):  # LoRA: export plain, PEFT-free weights
             model.model = model.model.merge_and_unload()
-        target = output_dir / ("model" if learner.name in ("model", "relevance") else learner.name)
-        staging = output_dir / f".staging-{target.name}"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+    save_folder_atomically(models[0], output_dir / "model")
+    if len(models) == 2:
+        from rankface.models.cet import CETModel
+
+        save_folder_atomically(CETModel.from_scorers(models[0], models[1]), output_dir / "cet_pair")

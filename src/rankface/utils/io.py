@@ -38,3 +38,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path) as handle:
         json.dump(obj, handle, indent=2, sort_keys=False)
         handle.write("\n")
+
+
+def save_folder_atomically(model, target: str | os.PathLike) -> Path:
+    """`model.save_pretrained` into a temporary folder beside `target`, then rename it into place.
+
+    A checkpoint folder is then whole or absent: an interrupted save never leaves a half-written model that
+    a later `from_pretrained` would load.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -19,7 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-from rankface.models._text import autocast, length_sorted_batches, resolve_precision, truncate_layers
+from rankface.models._text import (
+    autocast,
+    expected_weight_changes,
+    length_sorted_batches,
+    resolve_precision,
+    truncate_layers,
+)
 from rankface.utils.io import write_json
 
 RANKFACE_SETTINGS = "rankface_bi_encoder.json"
@@ -56,7 +62,8 @@ class BiEncoder(nn.Module):
         config = AutoConfig.from_pretrained(name_or_path)
         # Mean pooling never uses BERT's pooler: leave it out rather than carry unused weights.
         extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
-        model = AutoModel.from_pretrained(name_or_path, config=config, **extra)
+        with expected_weight_changes():
+            model = AutoModel.from_pretrained(name_or_path, config=config, **extra)
         truncate_layers(model, num_layers)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         settings = _read_json(Path(name_or_path) / RANKFACE_SETTINGS)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from rankface.models.bi_encoder import BiEncoder
 from rankface.models.cet.configuration_cet import SELECTOR_DEFAULTS, CETConfig
 from rankface.models.cross_encoder import CrossEncoder
 from rankface.models.outputs import CETOutput
+from rankface.utils.io import save_folder_atomically
 
 SELECTION_TOKENIZER_DIR = "selection_tokenizer"
 
@@ -314,31 +313,13 @@ class CETModel(CETPreTrainedModel):
         `sentence_transformers.CrossEncoder`; a dual encoder becomes a `BiEncoder` / sentence-transformers folder.
         The folder is written beside the target and renamed into place, so it is whole or absent.
         """
-        scorer = self.relevance_scorer()
-        if self.config.relevance_kind == "cross":
-            # sentence-transformers applies a sigmoid to one-logit rerankers unless the checkpoint names another
-            # activation; the identity keeps its scores equal to rankface's raw logits.
-            self.relevance.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
-        _save_folder_atomically(scorer, save_directory)
+        save_folder_atomically(self.relevance_scorer(), save_directory)
 
     def export_selection(self, save_directory: str | os.PathLike) -> None:
         """Write a text selection model alone (for analysis of false-negative propensity)."""
         if self.config.selection_kind == "mlp":
             raise ValueError("the MLP selection model has no standalone format; it is saved inside the CET pair")
-        _save_folder_atomically(self.selection_scorer(), save_directory)
-
-
-def _save_folder_atomically(scorer, save_directory: str | os.PathLike) -> None:
-    target = Path(save_directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        scorer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        save_folder_atomically(self.selection_scorer(), save_directory)
 
 
 def _build_member(config: CETConfig, which: str) -> nn.Module:

@@ -19,7 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from rankface.models._text import autocast, length_sorted_batches, resolve_precision, truncate_layers
+from rankface.models._text import (
+    autocast,
+    expected_weight_changes,
+    length_sorted_batches,
+    resolve_precision,
+    truncate_layers,
+)
 from rankface.utils.io import write_json
 
 RANKFACE_SETTINGS = "rankface_reranker.json"
@@ -68,8 +74,11 @@ class CrossEncoder(nn.Module):
         is_reranker = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
         if is_reranker and config.num_labels != 1:
             raise ValueError(f"{name_or_path}: a reranker checkpoint must have num_labels=1, found {config.num_labels}")
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_kwargs)
-        if not is_reranker:
+        if is_reranker:
+            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_kwargs)
+        else:
+            with expected_weight_changes():
+                model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_kwargs)
             _reset_pooler_to_identity(model)
         truncate_layers(model, num_layers)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -80,6 +89,9 @@ class CrossEncoder(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Write a standard sequence-classification checkpoint (safetensors) with its tokenizer."""
         save_directory = Path(save_directory)
+        # sentence-transformers applies a sigmoid to one-logit rerankers unless the checkpoint names another
+        # activation; the identity keeps its scores equal to rankface's raw logits.
+        self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
         self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
         write_json(save_directory / RANKFACE_SETTINGS, {"max_length": self.max_length})

@@ -1,0 +1,164 @@
+"""The `rankface` command: index, search, rerank, train, evaluate, demo, and data/model conversions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rankface", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("index", help="Build a Lucene index from a corpus.jsonl or docs TSV.")
+    p.add_argument("--corpus", required=True, help="corpus.jsonl ({id, contents} or BEIR) or docs TSV")
+    p.add_argument("--index", required=True, help="index folder to create")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    p.set_defaults(handler=_index)
+
+    p = commands.add_parser("search", help="BM25 search of a topics file; writes a TREC run.")
+    _first_stage_arguments(p)
+    p.add_argument("--output", required=True, help="TREC run to write")
+    p.set_defaults(handler=_search)
+
+    p = commands.add_parser("rerank", help="BM25 (or a given run) first stage, then rerank with a model.")
+    _first_stage_arguments(p)
+    p.add_argument("--model", required=True, help="reranker folder or Hub id")
+    p.add_argument("--encoder", choices=("cross", "bi"), default="cross", help="model kind (default: cross)")
+    p.add_argument("--first-stage-run", help="rerank this TREC run instead of searching the index")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--output", required=True, help="TREC run to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_rerank)
+
+    p = commands.add_parser("train", help="Train a reranker (recipes/train_reranker.py); see `rankface train --help`.",
+                            add_help=False)
+    p.set_defaults(handler=_train)
+
+    p = commands.add_parser("evaluate", help="Evaluate TREC runs against qrels (nDCG@10, RR@10, R@100, AP).")
+    p.add_argument("--qrels", required=True)
+    p.add_argument("runs", nargs="+", help="one or more TREC run files")
+    p.add_argument("--measures", nargs="+", default=["nDCG@10", "RR@10", "R@100", "AP"])
+    p.add_argument("--rr-min-grade", type=int, default=1, help="lowest grade counted relevant by RR")
+    p.set_defaults(handler=_evaluate)
+
+    p = commands.add_parser("demo", help="The main job: index, BM25, train a reranker, rerank, evaluate.")
+    from rankface.demo import add_demo_arguments
+
+    add_demo_arguments(p)
+    p.set_defaults(handler=_demo)
+
+    p = commands.add_parser("pool-labels", help="Simulate pooled (sparse) labels from dense qrels and a run.",
+                            add_help=False)
+    p.set_defaults(handler=_pool_labels)
+
+    p = commands.add_parser("convert-mobilefacenet", help="Convert a MobileFaceNet state_dict to a rankface model.",
+                            add_help=False)
+    p.set_defaults(handler=_convert_mobilefacenet)
+
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in ("train", "pool-labels", "convert-mobilefacenet"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.handler(args, rest) or 0
+
+
+def _first_stage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="Lucene index folder (rankface index)")
+    p.add_argument("--topics", required=True, help="queries TSV: qid<TAB>text")
+    p.add_argument("--hits", type=int, default=100, help="documents per query")
+    p.add_argument("--k1", type=float, default=0.9)
+    p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _index(args, _rest) -> None:
+    from rankface.retrieval.lucene import build_index
+
+    print(build_index(args.corpus, args.index, threads=args.threads, overwrite=args.overwrite))
+
+
+def _bm25_hits(args):
+    from rankface.data.ir import read_queries_tsv
+    from rankface.retrieval.lucene import Bm25Retriever
+
+    queries = read_queries_tsv(args.topics)
+    retriever = Bm25Retriever(args.index, k1=args.k1, b=args.b)
+    return queries, retriever, retriever.batch_search(queries, k=args.hits, threads=args.threads)
+
+
+def _search(args, _rest) -> None:
+    from rankface.retrieval.pipeline import hits_to_run
+    from rankface.retrieval.trec import write_run
+
+    _, _, hits = _bm25_hits(args)
+    write_run(args.output, hits_to_run(hits, first_stage=True), tag="bm25")
+    print(f"wrote {args.output}")
+
+
+def _rerank(args, _rest) -> None:
+    from rankface.data.ir import read_queries_tsv
+    from rankface.retrieval.lucene import Bm25Retriever
+    from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
+    from rankface.retrieval.trec import read_run, write_run
+
+    if args.first_stage_run:
+        queries = read_queries_tsv(args.topics)
+        retriever = Bm25Retriever(args.index)
+        hits = run_to_hits(read_run(args.first_stage_run))
+    else:
+        queries, retriever, hits = _bm25_hits(args)
+    model = _load_scorer(args.model, args.encoder)
+    reranked = rerank(hits, queries, retriever.doc_text, model, top_k=args.hits, batch_size=args.batch_size,
+                      show_progress_bar=not args.quiet, predict_kwargs={"precision": args.precision})
+    write_run(args.output, hits_to_run(reranked), tag="rankface")
+    print(f"wrote {args.output}")
+
+
+def _load_scorer(name_or_path: str, encoder: str):
+    from rankface.models.bi_encoder import BiEncoder
+    from rankface.models.cross_encoder import CrossEncoder
+
+    return (CrossEncoder if encoder == "cross" else BiEncoder).from_pretrained(name_or_path)
+
+
+def _train(_args, rest) -> None:
+    from rankface.training import parse_training_args, train
+
+    train(parse_training_args(rest))
+
+
+def _evaluate(args, _rest) -> None:
+    from rankface.evaluation.ranking import evaluate, format_table
+    from rankface.retrieval.trec import read_qrels, read_run
+
+    qrels = read_qrels(args.qrels)
+    rows = {os.path.basename(r): evaluate(read_run(r), qrels, args.measures, args.rr_min_grade) for r in args.runs}
+    print(format_table(rows, args.measures))
+
+
+def _demo(args, _rest) -> int:
+    from rankface.demo import run_demo
+
+    return run_demo(args)
+
+
+def _pool_labels(_args, rest) -> int:
+    from rankface.data.mining import pooled_labels_main
+
+    return pooled_labels_main(rest)
+
+
+def _convert_mobilefacenet(_args, rest) -> int:
+    from rankface.models.mobilefacenet.convert import main as convert_main
+
+    return convert_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
