@@ -83,11 +83,13 @@ def test_adaface_matches_authors_formula_and_ema():
     n = np.clip(norms.numpy().astype(np.float64), 1e-3, 100)
     mean = 0.01 * n.mean() + 0.99 * 20.0
     std = 0.01 * n.std(ddof=1) + 0.99 * 100.0
+
     def target(i, c):
         z = min(max((n[i] - mean) / (std + 1e-3) * 0.333, -1.0), 1.0)
         theta = math.acos(min(max(c, -1 + 1e-7), 1 - 1e-7))
         theta_m = min(max(theta - 0.4 * z, 1e-3), math.pi - 1e-3)
         return math.cos(theta_m) - (0.4 + 0.4 * z)
+
     np.testing.assert_allclose(out, _ref_logits(cos, labels, target, 64), rtol=1e-5, atol=1e-4)
     assert head.batch_mean.item() == pytest.approx(mean, rel=1e-6)
     assert head.batch_std.item() == pytest.approx(std, rel=1e-6)
@@ -104,12 +106,16 @@ def test_magface_matches_formula_and_regularizer():
     cos, labels, norms = _data(seed=3)
     norms = torch.tensor([3.0, 10.0, 50.0, 109.0, 200.0, 60.0])
     head = MagFace()
+
     def margin(a):
         a = min(max(a, 10.0), 110.0)
         return (0.8 - 0.45) / 100.0 * (a - 10.0) + 0.45
+
     ref = _ref_logits(
-        cos, labels,
-        lambda i, c: math.cos(math.acos(min(max(c, -1 + 1e-7), 1 - 1e-7)) + margin(float(norms[i]))), 64,
+        cos,
+        labels,
+        lambda i, c: math.cos(math.acos(min(max(c, -1 + 1e-7), 1 - 1e-7)) + margin(float(norms[i]))),
+        64,
     )
     np.testing.assert_allclose(head(cos, labels, norms=norms).numpy(), ref, rtol=1e-5, atol=1e-4)
     a = np.clip(norms.numpy().astype(np.float64), 10, 110)

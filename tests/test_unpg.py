@@ -59,8 +59,14 @@ def test_unpg_matches_loop_reference(wisk):
     cos = clf(emb)
     loss_fn = UNPGLoss(ArcFace(), wisk=wisk)
     loss = loss_fn(emb, labels, cos)
-    ref, m = _ref_unpg(emb.numpy().astype(np.float64), labels.numpy(), cos.detach().numpy().astype(np.float64),
-                       lambda i, c: _arc(c), 64.0, wisk)
+    ref, m = _ref_unpg(
+        emb.numpy().astype(np.float64),
+        labels.numpy(),
+        cos.detach().numpy().astype(np.float64),
+        lambda i, c: _arc(c),
+        64.0,
+        wisk,
+    )
     assert loss_fn.last_num_negatives == m and m > 0
     assert loss.item() == pytest.approx(ref, rel=1e-5)
 
@@ -70,8 +76,14 @@ def test_cosface_unpg_matches_reference_and_explicit_concat_gradients():
     emb.requires_grad_()
     head = CosFace(s=32, m=0.35)
     loss = UNPGLoss(head)(emb, labels, clf(emb))
-    ref, _ = _ref_unpg(emb.detach().numpy().astype(np.float64), labels.numpy(),
-                       clf(emb).detach().numpy().astype(np.float64), lambda i, c: c - 0.35, 32.0, 1.5)
+    ref, _ = _ref_unpg(
+        emb.detach().numpy().astype(np.float64),
+        labels.numpy(),
+        clf(emb).detach().numpy().astype(np.float64),
+        lambda i, c: c - 0.35,
+        32.0,
+        1.5,
+    )
     assert loss.item() == pytest.approx(ref, rel=1e-5)
     g_emb, g_w = torch.autograd.grad(loss, [emb, clf.weight])
     # second formulation: the literal [B, C + M] concatenation of the paper, through autograd
@@ -128,8 +140,14 @@ def test_fewer_than_four_negatives_are_all_kept():
     labels = torch.tensor([0, 1, 1])  # 2 negative pairs
     loss_fn = UNPGLoss(ArcFace(), wisk=0.0)
     loss = loss_fn(emb, labels, clf(emb))
-    ref, m = _ref_unpg(emb.numpy().astype(np.float64), labels.numpy(), clf(emb).detach().numpy().astype(np.float64),
-                       lambda i, c: _arc(c), 64.0, 0.0)
+    ref, m = _ref_unpg(
+        emb.numpy().astype(np.float64),
+        labels.numpy(),
+        clf(emb).detach().numpy().astype(np.float64),
+        lambda i, c: _arc(c),
+        64.0,
+        0.0,
+    )
     assert m == 2 and loss_fn.last_num_negatives == 2
     assert loss.item() == pytest.approx(ref, rel=1e-5)
 
@@ -142,8 +160,14 @@ def test_magface_and_adaface_wired_up():
     norms = emb.norm(dim=1)
     a = norms.clamp(10, 110).numpy().astype(np.float64)
     m = (0.35 / 100) * (a - 10) + 0.45
-    ref, _ = _ref_unpg(emb.numpy().astype(np.float64), labels.numpy(), cos.detach().numpy().astype(np.float64),
-                       lambda i, c: _arc(c, m[i]), 64.0, 1.5)
+    ref, _ = _ref_unpg(
+        emb.numpy().astype(np.float64),
+        labels.numpy(),
+        cos.detach().numpy().astype(np.float64),
+        lambda i, c: _arc(c, m[i]),
+        64.0,
+        1.5,
+    )
     ref += 35.0 * np.mean(a / 110**2 + 1 / a)
     assert UNPGLoss(mag)(emb, labels, cos).item() == pytest.approx(ref, rel=1e-5)
     ada = AdaFace().eval()

@@ -48,8 +48,11 @@ def reference(head_name: str) -> dict:
     emb, cos = model(x)
     loss = loss_fn(emb, y, cos)
     loss.backward()
-    return {"loss": loss.detach(), "grads": {k: p.grad.clone() for k, p in model.named_parameters()},
-            "m": loss_fn.last_num_negatives}
+    return {
+        "loss": loss.detach(),
+        "grads": {k: p.grad.clone() for k, p in model.named_parameters()},
+        "m": loss_fn.last_num_negatives,
+    }
 
 
 def worker(rank: int, init_file: str, out_dir: str) -> None:

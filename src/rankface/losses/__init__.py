@@ -13,3 +13,9 @@ from rankface.losses.margins import (  # noqa: F401
     margin_cross_entropy,
 )
 from rankface.losses.unpg import UNPGLoss  # noqa: F401
+from rankface.losses.recognizability import (  # noqa: F401
+    RecognizabilityLoss,
+    UICentre,
+    make_unrecognizable,
+    recognizability_index,
+)

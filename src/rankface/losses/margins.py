@@ -174,8 +174,9 @@ class AdaFace(MarginHead):
 
     needs_norms = True
 
-    def __init__(self, s: float = 64.0, m: float = 0.4, h: float = 0.333, t_alpha: float = 0.01,
-                 eps: float = 1e-3) -> None:
+    def __init__(
+        self, s: float = 64.0, m: float = 0.4, h: float = 0.333, t_alpha: float = 0.01, eps: float = 1e-3
+    ) -> None:
         super().__init__(s)
         self.m, self.h, self.t_alpha, self.eps = float(m), float(h), float(t_alpha), float(eps)
         self.register_buffer("batch_mean", torch.tensor(20.0))
@@ -223,8 +224,16 @@ class MagFace(MarginHead):
 
     needs_norms = True
 
-    def __init__(self, s: float = 64.0, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45,
-                 u_m: float = 0.8, lambda_g: float = 35.0, monotonic: bool = False) -> None:
+    def __init__(
+        self,
+        s: float = 64.0,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_m: float = 0.45,
+        u_m: float = 0.8,
+        lambda_g: float = 35.0,
+        monotonic: bool = False,
+    ) -> None:
         super().__init__(s)
         if not 0 < l_a < u_a:
             raise ValueError(f"MagFace: need 0 < l_a < u_a, got l_a={l_a}, u_a={u_a}")
@@ -252,8 +261,9 @@ class MagFace(MarginHead):
             return self.lambda_g * (a / self.u_a**2 + 1.0 / a).mean()
 
     def extra_repr(self) -> str:
-        return (f"s={self.scale}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "
-                f"lambda_g={self.lambda_g}")
+        return (
+            f"s={self.scale}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, lambda_g={self.lambda_g}"
+        )
 
 
 class NormalizedClassifier(nn.Module):
@@ -271,7 +281,8 @@ class NormalizedClassifier(nn.Module):
         super().__init__()
         if embedding_size <= 0 or num_classes <= 0:
             raise ValueError(
-                f"NormalizedClassifier: embedding_size and num_classes must be > 0, got {embedding_size}, {num_classes}"
+                "NormalizedClassifier: embedding_size and num_classes must be > 0, "
+                f"got {embedding_size}, {num_classes}"
             )
         self.embedding_size, self.num_classes = int(embedding_size), int(num_classes)
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
