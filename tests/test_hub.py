@@ -171,8 +171,8 @@ def test_push_rankface_cross_encoder_wrapper(local_hub, tmp_path):
 
     loaded = CrossEncoder.from_pretrained(repo_id, max_length=48, device="cpu")
     pairs = [("what is a reranker", "it orders documents ."), ("the cat", "the mat")]
-    np_expected = reranker.predict(pairs, precision="fp32")
-    assert loaded.predict(pairs, precision="fp32").tolist() == np_expected.tolist()
+    expected = reranker.predict(pairs, precision="fp32")
+    assert loaded.predict(pairs, precision="fp32").tolist() == expected.tolist()
 
 
 def test_local_hub_hides_private_repos_without_token(local_hub):
