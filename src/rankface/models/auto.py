@@ -23,3 +23,10 @@ from rankface.models.cet import CETConfig, CETModel  # noqa: E402
 
 AutoConfig.register(CETConfig.model_type, CETConfig, exist_ok=True)
 AutoModel.register(CETConfig, CETModel, exist_ok=True)
+
+# Recognizability (RI) face encoder: backbone + attention + quality head; same image processor as its backbone.
+from rankface.models.recognizability import RecognizabilityConfig, RecognizabilityModel
+
+AutoConfig.register(RecognizabilityConfig.model_type, RecognizabilityConfig, exist_ok=True)
+AutoModel.register(RecognizabilityConfig, RecognizabilityModel, exist_ok=True)
+AutoImageProcessor.register(RecognizabilityConfig, slow_image_processor_class=FaceImageProcessor, exist_ok=True)
