@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -179,7 +181,8 @@ def test_convert_mobilefacenet_cli(shared, tmp_path):
 
 @pytest.mark.slow
 def test_lfw_accuracy_matches_readme(shared):
-    """The pretrained MobileFaceNet reproduces the lfw112 README: 99.37 % at 112 px, 81.08 % at 16 px LR-LR."""
+    """The pretrained MobileFaceNet reproduces the lfw112 README: 99.37 % at 112 px and, when
+    RANKFACE_LFW_16PX=1, 81.08 % at 16 px LR-LR (a second pass over the 7,701 images: minutes on 2 busy cores)."""
     from rankface.data.faces import image_to_rgb_array, load_face_dataset, pair_rows, read_lfw_pairs
     from rankface.evaluation.verification import evaluate_pairs_at_resolution
 
@@ -196,5 +199,7 @@ def test_lfw_accuracy_matches_readme(shared):
     full = evaluate_pairs_at_resolution(model, images, local, same, 112, folds=folds)
     assert abs(100 * full.accuracy - 99.37) <= 0.1
     assert abs(100 * full.accuracy_std - 0.28) <= 0.1
+    if os.environ.get("RANKFACE_LFW_16PX") != "1":
+        return
     low = evaluate_pairs_at_resolution(model, images, local, same, 16, setting="lr-lr", folds=folds)
     assert abs(100 * low.accuracy - 81.08) <= 0.1

@@ -254,7 +254,10 @@ def embed_uint8(model: torch.nn.Module, images: np.ndarray, batch_size: int = 25
     out = []
     try:
         for start in range(0, len(images), batch_size):
-            pixel_values = pixel_values_from_uint8(images[start:start + batch_size], model.config).to(device)
+            pixel_values = pixel_values_from_uint8(images[start:start + batch_size], model.config)
+            # channels_last input makes PyTorch pick NHWC convolution kernels: ~2x faster for these depthwise-heavy
+            # networks on CPU (measured with MobileFaceNet), same result to ~1e-6.
+            pixel_values = pixel_values.to(device).contiguous(memory_format=torch.channels_last)
             out.append(model(pixel_values).embedding.float().cpu().numpy())
     finally:
         model.train(was_training)
