@@ -6,9 +6,10 @@ The class logits of a margin head (CLPG) are extended with the mini-batch negati
     L = -1/B sum_i log( e^{s psi(theta_i,y_i)} / ( e^{s psi(theta_i,y_i)} + sum_{j != y_i} e^{s cos theta_ij}
                                                      + sum_{n in N'} e^{s n} ) )
 
-Appending the same M columns to every row adds the same term `logsumexp(s N')` to every row's
-log-partition, so the loss is computed as `logaddexp(logsumexp(row), logsumexp(s N')) - target`:
-identical in value and gradient to the concatenated cross-entropy, without a `[B, M]` matrix.
+Appending the same M columns to every row adds the same `sum_n e^{s n} = e^{logsumexp(s N')}` to every
+row's partition function, so the loss is computed as the cross-entropy of `[logits, logsumexp(s N')]`
+(one extra column): identical in value and gradient to the `[B, C + M]` concatenation of the paper,
+without building it, and with PyTorch's fused cross-entropy.
 
 Multi-process: features and labels are all-gathered with a differentiable gather, so N' comes from the
 global batch exactly as in a single process. Each rank returns `W / N * sum_{i in its rows} CE_i`
@@ -164,9 +165,10 @@ class UNPGLoss(nn.Module):
                 # exactly the base head's cross-entropy
                 ce = F.cross_entropy(logits, labels, reduction="mean" if equal else "sum")
             else:
-                lse = torch.logaddexp(torch.logsumexp(logits, dim=1), torch.logsumexp(kept * self.head.scale, dim=0))
-                rows = lse - logits.gather(1, labels[:, None]).squeeze(1)
-                ce = rows.mean() if equal else rows.sum()
+                # one extra column holding logsumexp(s N') stands for all M appended columns (see module doc)
+                lse_neg = torch.logsumexp(kept * self.head.scale, dim=0)
+                full = torch.cat([logits, lse_neg.reshape(1, 1).expand(logits.shape[0], 1)], dim=1)
+                ce = F.cross_entropy(full, labels, reduction="mean" if equal else "sum")
             loss = ce if equal else ce * world / sum(sizes)
             reg = self.head.regularizer(norms)  # a mean over this rank's rows: reweighted like the CE rows
             if reg is not None and not equal:
