@@ -191,6 +191,8 @@ def test_make_unrecognizable():
         return (x.diff(dim=-1).abs().mean() + x.diff(dim=-2).abs().mean()).item()
 
     assert tv(plain) < 0.2 * tv(images) and tv(a) < tv(make_unrecognizable(images, blur=False))
+    half = make_unrecognizable(images.to(torch.bfloat16), generator=torch.Generator().manual_seed(1))
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), a, atol=1e-2)
     with pytest.raises(ValueError, match="size_range"):
         make_unrecognizable(images, size_range=(6, 4))
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):

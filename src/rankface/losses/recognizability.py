@@ -78,12 +78,13 @@ def make_unrecognizable(
         raise ValueError(f"make_unrecognizable: `blur_sigma` must be > 0 when blur=True, got {blur_sigma}")
     b, _, h, w = images.shape
     sizes = torch.randint(lo, hi + 1, (b,), generator=generator)
-    out = torch.empty_like(images)
+    source = images.float()  # antialiased resizing has no bf16/fp16 kernel on CPU; fp32 then cast back
+    out = torch.empty_like(source)
     for r in sizes.unique().tolist():
         idx = (sizes == r).nonzero().squeeze(1).to(images.device)
-        small = F.interpolate(images[idx], size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+        small = F.interpolate(source[idx], size=(r, r), mode="bilinear", antialias=True, align_corners=False)
         out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-    return _gaussian_blur(out, blur_sigma) if blur else out
+    return (_gaussian_blur(out, blur_sigma) if blur else out).to(images.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- RI
