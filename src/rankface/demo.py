@@ -19,11 +19,17 @@ from rankface.training.arguments import RerankerTrainingArguments, load_yaml_set
 # bi-encoder weights needs thousands of steps (GPU work), a dual encoder improves within a few hundred.
 CPU_DEFAULTS = {
     "encoder": "bi",
-    "max_length": 192,
+    "method": "cet",
+    # CET's light selection model (an MLP on BM25 rank and score) and weights from the training logits keep the
+    # correction nearly free on a CPU; the authors' variant is cet_selection: same, cet_weights_from: eval_forward.
+    "cet_selection": "mlp",
+    "cet_weights_from": "train_logits",
+    "cet_temperature": 10.0,
+    "max_length": 128,
     "num_negatives": 7,
     "negatives_from_rank": 1,
     "negatives_to_rank": 100,
-    "batch_size": 16,
+    "batch_size": 8,
     "max_steps": 150,
     "learning_rate": 2e-5,
     "warmup_ratio": 0.1,
@@ -32,6 +38,8 @@ CPU_DEFAULTS = {
 }
 GPU_DEFAULTS = CPU_DEFAULTS | {
     "encoder": "cross",
+    "cet_selection": "same",
+    "cet_weights_from": "eval_forward",
     "max_length": 256,
     "batch_size": 32,
     "max_steps": 3000,

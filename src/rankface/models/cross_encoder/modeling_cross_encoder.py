@@ -8,7 +8,6 @@ the group-scoring contract its training recipe uses (`collate_groups` + `forward
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,10 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from rankface.models._text import (
-    autocast,
+    LowPrecisionCopy,
     expected_weight_changes,
     length_sorted_batches,
+    read_settings,
     resolve_precision,
     truncate_layers,
 )
@@ -47,6 +47,7 @@ class CrossEncoder(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._bf16 = LowPrecisionCopy()
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -82,7 +83,7 @@ class CrossEncoder(nn.Module):
             _reset_pooler_to_identity(model)
         truncate_layers(model, num_layers)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        settings = _read_settings(name_or_path)
+        settings = read_settings(name_or_path, RANKFACE_SETTINGS)
         encoder = cls(model, tokenizer, max_length=max_length or settings.get("max_length", 256))
         return encoder.to(_default_device(device))
 
@@ -138,10 +139,12 @@ class CrossEncoder(nn.Module):
         for i, pair in enumerate(pairs):
             if len(pair) != 2 or not all(isinstance(t, str) for t in pair):
                 raise TypeError(f"pairs[{i}] must be a (query, document) tuple of two strings, got {pair!r}")
-        was_training = self.model.training
-        self.model.eval()
         device = self.device
         precision = resolve_precision(precision, device)
+        # bf16 runs on a cached bf16 copy of the weights; fp32 on the model itself, in eval mode.
+        model = self._bf16.get(self.model) if precision == "bf16" else self.model
+        was_training = self.model.training
+        self.model.eval()
         encoded = self._tokenize([p[0] for p in pairs], [p[1] for p in pairs], padding=False)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         scores = np.empty(len(pairs), dtype=np.float32)
@@ -150,8 +153,7 @@ class CrossEncoder(nn.Module):
         for index in tqdm(batches, desc="Scoring pairs", disable=not show, unit="batch"):
             batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device, precision):
-                logits = self.model(**batch).logits
+            logits = model(**batch).logits
             scores[index] = logits.squeeze(-1).float().cpu().numpy()
         self.model.train(was_training)
         return scores
@@ -194,13 +196,6 @@ def _reset_pooler_to_identity(model: PreTrainedModel) -> None:
         with torch.no_grad():
             dense.weight.copy_(torch.eye(dense.in_features))
             dense.bias.zero_()
-
-
-def _read_settings(name_or_path) -> dict:
-    path = Path(name_or_path) / RANKFACE_SETTINGS
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return {}
 
 
 def _default_device(device) -> torch.device:
