@@ -1,0 +1,483 @@
+"""Face-encoder training: a margin head (+- UNPG) over MobileFaceNet / IResNet with very-low-resolution augmentation.
+
+Read top to bottom: load the face data and leave out the held-out View-2 folds' identities (protocol F1); build the
+encoder (the pretrained MobileFaceNet converted on the fly, a rankface checkpoint, or a fresh one) and the normalised
+classifier (class weights, initialised at the class centroids); train with Accelerate (one CPU process to many GPUs,
+bf16 if asked); evaluate LR-LR verification on the held-out pairs; save resumable checkpoints (encoder + class
+weights + optimizer + schedule) and, at the end, the encoder alone with `save_pretrained`.
+
+Nothing here names a device or a precision: Accelerate decides from its launch configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from rankface.data.faces import (
+    VeryLowResolution,
+    image_to_rgb_array,
+    lfw_fold_identities,
+    load_face_dataset,
+    pair_rows,
+    read_lfw_pairs,
+    read_lfw_splits,
+)
+from rankface.evaluation.verification import evaluate_pairs_at_resolution, pixel_values_from_uint8
+from rankface.losses.margins import MarginLoss, NormalizedClassifier, build_head
+from rankface.losses.unpg import UNPGLoss
+from rankface.paths import shared_dir
+from rankface.training.face_arguments import PRETRAINED_MOBILEFACENET, FaceTrainingArguments
+from rankface.training.loop import Learner, check_ranks_agree, find_checkpoint, save_checkpoint
+from rankface.utils.io import save_folder_atomically, write_json
+
+
+def train_face(args: FaceTrainingArguments) -> dict:
+    """Train a face encoder as `args` says.
+
+    Returns:
+        The final held-out evaluation `{"lr-lr@<r>": {"accuracy", "accuracy_std", "auc", "tar@far=..."}}` (empty
+        without held-out pairs or with `eval_at_end=False`).
+    """
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    with accelerator.main_process_first():  # the first process builds the `datasets` cache, the others reuse it
+        data = prepare_face_data(args)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(output_dir / "training_args.json", asdict(args))
+        write_json(output_dir / "data_report.json", data.report)
+        accelerator.print(data.report["summary"])
+
+    encoder = build_encoder(args)
+    model = FaceRecognitionModule(encoder, data.num_classes, freeze_batchnorm=args.freeze_batchnorm)
+    checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
+    if args.head_init == "centroids" and checkpoint is None:  # a resumed run loads its class weights instead
+        init_class_weights_at_centroids(accelerator, model, data, args)
+    head_kwargs = {k: v for k, v in (("s", args.margin_scale), ("m", args.margin)) if v is not None}
+    head = build_head(args.head, **head_kwargs)
+    loss_fn: nn.Module = UNPGLoss(head, wisk=args.unpg_wisk) if args.unpg else MarginLoss(head)
+
+    train_set = data.train_set
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        num_workers=args.num_workers)
+    optimizer = make_face_optimizer(model, args)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{args.dataset}: {len(train_set)} training images make no batch of {args.batch_size}")
+    total_steps = args.max_steps or math.ceil(steps_per_epoch * args.epochs)
+    scheduler = make_scheduler(optimizer, args, total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(head)  # AdaFace's norm statistics are buffers of the head
+    learner = Learner("face", model, optimizer, scheduler)
+
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_done_in_epoch": 0, "log": [],
+                             "num_classes": data.num_classes, "num_train_images": len(train_set)}
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
+    elif args.resume_from_checkpoint == "latest":
+        accelerator.print(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
+
+    progress = tqdm(total=total_steps, initial=state["step"], desc="Training",
+                    disable=args.quiet or not accelerator.is_main_process)
+    started = time.perf_counter()
+    while state["step"] < total_steps:
+        train_set.set_epoch(state["epoch"])
+        loader.set_epoch(state["epoch"])
+        batches = loader
+        if state["batches_done_in_epoch"]:
+            batches = accelerator.skip_first_batches(loader, state["batches_done_in_epoch"])
+        for pixel_values, labels in batches:
+            with accelerator.accumulate(model):
+                embedding, cos = model(pixel_values)
+                loss = loss_fn(embedding, labels, cos)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["batches_done_in_epoch"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state["step"] += 1
+            entry = {"step": state["step"], "loss": float(loss.item()), "lr": scheduler.get_last_lr()[0]}
+            if args.unpg:
+                entry["negatives"] = int(loss_fn.last_num_negatives)
+            if not math.isfinite(entry["loss"]):
+                raise FloatingPointError(f"step {state['step']}: loss is {entry['loss']} (lower learning_rate?)")
+            state["log"].append(entry)
+            progress.update(1)
+            progress.set_postfix(loss=f"{entry['loss']:.3f}")
+            if args.eval_steps and state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
+                record_face_evaluation(accelerator, model, data, args, state)
+            if args.checkpoint_steps and state["step"] % args.checkpoint_steps == 0:
+                save_checkpoint(accelerator, output_dir, state, args.checkpoints_to_keep)
+            if state["step"] >= total_steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_done_in_epoch"] = 0
+    progress.close()
+    state["train_seconds"] = time.perf_counter() - started
+    state["world_size"] = accelerator.num_processes
+    broadcast_buffers(accelerator, model)
+    state["rank_fingerprints"] = check_ranks_agree(accelerator, [learner])
+    final = record_face_evaluation(accelerator, model, data, args, state) if args.eval_at_end else {}
+    state["final_eval"] = final
+    if accelerator.is_main_process:
+        save_folder_atomically(_EncoderWithProcessor(accelerator.unwrap_model(model).encoder), output_dir / "model")
+        write_json(output_dir / "trainer_state.json", state)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------- data
+class FaceTrainSet(Dataset):
+    """Training images with remapped labels and the (seeded, per-epoch) very-low-resolution augmentation.
+
+    Item `i`: `(pixel_values [3, S, S] float32 normalised for `config`, label int64)`. Every random choice is a
+    function of `(seed, epoch, i)`, so a resumed run sees exactly the images the uninterrupted one saw.
+    """
+
+    def __init__(self, images, labels: np.ndarray, config: Any, degrade: VeryLowResolution | None,
+                 hflip_prob: float, seed: int, image_column: str = "image") -> None:
+        self.images, self.labels, self.config = images, np.asarray(labels, dtype=np.int64), config
+        self.degrade, self.hflip_prob, self.seed, self.image_column = degrade, hflip_prob, seed, image_column
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.degrade is not None:
+            self.degrade.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def raw_image(self, index: int) -> np.ndarray:
+        """`[S, S, 3]` uint8 RGB, as stored."""
+        image = image_to_rgb_array(self.images[int(index)][self.image_column])
+        size = int(self.config.input_size)
+        if image.shape[:2] != (size, size):
+            raise ValueError(f"training image {index} is {image.shape[1]}x{image.shape[0]} px, the encoder expects "
+                             f"{size}x{size} (input_size of its config): give aligned {size} px faces")
+        return image
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.raw_image(index)
+        if self.degrade is not None:
+            image = self.degrade(image, index)
+        if self.hflip_prob and np.random.default_rng([self.seed, self.epoch, int(index), 1]).random() < self.hflip_prob:
+            image = image[:, ::-1]
+        pixel_values = pixel_values_from_uint8(np.ascontiguousarray(image)[None], self.config)[0]
+        return pixel_values, torch.tensor(self.labels[index])
+
+
+@dataclass
+class HeldOutPairs:
+    """The held-out folds' pairs: their images decoded once, `[P, 2]` rows into them, same/different, fold ids."""
+
+    images: np.ndarray
+    pair_index: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+
+
+@dataclass
+class FaceData:
+    train_set: FaceTrainSet
+    num_classes: int
+    class_names: list[str]
+    pairs: HeldOutPairs | None
+    report: dict
+
+
+def resolve_face_dataset(spec: str) -> str:
+    """'lfw112' -> ../shared/data/face/lfw112; anything else unchanged."""
+    if spec == "lfw112":
+        path = shared_dir() / "data" / "face" / "lfw112"
+        if not path.is_dir():
+            raise FileNotFoundError(f"dataset 'lfw112' means {path}, which does not exist (set RANKFACE_SHARED)")
+        return str(path)
+    return spec
+
+
+def prepare_face_data(args: FaceTrainingArguments, config: Any | None = None) -> FaceData:
+    """Load the data, drop held-out identities and small classes, remap labels to 0..C-1, collect held-out pairs."""
+    spec = resolve_face_dataset(args.dataset)
+    dataset, load_report = load_face_dataset(spec, image_column=args.image_column, label_column=args.label_column,
+                                             check_images=args.check_images)
+    folder = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+    heldout_ids: set[str] = set()
+    pairs_path = Path(args.pairs_file) if args.pairs_file else folder / "pairs.txt"
+    if args.heldout_folds:
+        if args.identity_column not in dataset.column_names:
+            raise ValueError(f"{spec}: heldout_folds {args.heldout_folds} need an identity-name column "
+                             f"{args.identity_column!r}; columns are {dataset.column_names} (or set heldout_folds: [])")
+        splits = read_lfw_splits(Path(args.splits_file) if args.splits_file else folder / "splits.json")
+        for fold in args.heldout_folds:
+            heldout_ids |= lfw_fold_identities(splits, fold)[1]
+    names = dataset[args.identity_column] if args.identity_column in dataset.column_names else None
+    labels = np.asarray(dataset[args.label_column], dtype=np.int64)
+    keep = np.ones(len(labels), dtype=bool)
+    if names is not None and heldout_ids:
+        keep &= np.array([n not in heldout_ids for n in names])
+    counts = np.bincount(labels[keep], minlength=int(labels.max()) + 1 if labels.size else 0)
+    keep &= counts[labels] >= args.min_images_per_class
+    rows = np.flatnonzero(keep)
+    classes, remapped = np.unique(labels[rows], return_inverse=True)
+    if classes.size < 2:
+        raise ValueError(f"{spec}: {classes.size} training class(es) left after removing held-out folds "
+                         f"{args.heldout_folds} and classes with < {args.min_images_per_class} images; need >= 2")
+    feature = dataset.features[args.label_column]
+    class_names = [feature.names[c] if hasattr(feature, "names") else str(c) for c in classes.tolist()]
+    images = dataset.select(rows.tolist()).select_columns([args.image_column])
+    placeholder = config or _config_for(args)
+    degrade = VeryLowResolution(min_resolution=args.min_resolution, max_resolution=args.max_resolution,
+                                p=args.degrade_prob, blur_prob=args.blur_prob, jpeg_prob=args.jpeg_prob,
+                                noise_prob=args.noise_prob, seed=args.seed)
+    train_set = FaceTrainSet(images, remapped, placeholder, degrade, args.hflip_prob, args.seed, args.image_column)
+    pairs = None
+    if args.heldout_folds and (args.eval_at_end or args.eval_steps):
+        pairs = held_out_pairs(dataset, pairs_path, args)
+    report = {
+        "summary": f"{load_report.summary()}; training on {len(rows)} images of {classes.size} classes "
+                   f"(held-out folds {args.heldout_folds}, classes with >= {args.min_images_per_class} images)"
+                   + (f"; {len(pairs.same)} held-out pairs" if pairs is not None else ""),
+        "source": load_report.source, "num_rows": load_report.num_rows, "num_unreadable": load_report.num_corrupt,
+        "unreadable": [list(c) for c in load_report.corrupt], "num_train_images": len(rows),
+        "num_classes": int(classes.size), "heldout_folds": list(args.heldout_folds),
+        "num_heldout_identities": len(heldout_ids), "num_eval_pairs": 0 if pairs is None else len(pairs.same),
+    }
+    return FaceData(train_set, int(classes.size), class_names, pairs, report)
+
+
+def held_out_pairs(dataset, pairs_path: Path, args: FaceTrainingArguments) -> HeldOutPairs:
+    """The pairs of `args.heldout_folds` (at most `eval_max_pairs`, balanced over folds and same/different)."""
+    pairs = [p for p in read_lfw_pairs(pairs_path) if p.fold in set(args.heldout_folds)]
+    if args.eval_max_pairs:
+        per_cell = max(1, args.eval_max_pairs // (2 * len(args.heldout_folds)))
+        seen: dict[tuple[int, bool], int] = {}
+        kept = []
+        for p in pairs:
+            if seen.get((p.fold, p.same), 0) < per_cell:
+                seen[(p.fold, p.same)] = seen.get((p.fold, p.same), 0) + 1
+                kept.append(p)
+        pairs = kept
+    index = pair_rows(dataset, pairs)
+    rows, local = np.unique(index, return_inverse=True)
+    images = np.stack([image_to_rgb_array(dataset[int(r)][args.image_column]) for r in rows])
+    return HeldOutPairs(images=images, pair_index=local.reshape(index.shape),
+                        same=np.array([p.same for p in pairs]), folds=np.array([p.fold for p in pairs]))
+
+
+# ---------------------------------------------------------------------------------------------- models
+def _config_for(args: FaceTrainingArguments):
+    if args.from_scratch:
+        if args.architecture == "iresnet":
+            from rankface.models.iresnet import IResNetConfig
+
+            return IResNetConfig(**args.config_overrides)
+        from rankface.models.mobilefacenet import MobileFaceNetConfig
+
+        return MobileFaceNetConfig(**args.config_overrides)
+    if args.model_name_or_path == PRETRAINED_MOBILEFACENET:
+        from rankface.models.mobilefacenet import MobileFaceNetConfig
+
+        return MobileFaceNetConfig()
+    from transformers import AutoConfig
+
+    import rankface.models.auto  # noqa: F401 - registers rankface model types with AutoConfig
+
+    return AutoConfig.from_pretrained(args.model_name_or_path)
+
+
+def build_encoder(args: FaceTrainingArguments) -> nn.Module:
+    """The encoder to train: fresh (`from_scratch`), the public pretrained MobileFaceNet, or a saved checkpoint."""
+    if args.from_scratch:
+        if args.architecture == "iresnet":
+            from rankface.models.iresnet import IResNetModel
+
+            return IResNetModel(_config_for(args))
+        from rankface.models.mobilefacenet import MobileFaceNetModel
+
+        return MobileFaceNetModel(_config_for(args))
+    if args.model_name_or_path == PRETRAINED_MOBILEFACENET:
+        from rankface.models.mobilefacenet.convert import load_mobilefacenet_state_dict
+
+        return load_mobilefacenet_state_dict(shared_dir() / "models" / "mobilefacenet" / "mobilefacenet.pt").train()
+    from transformers import AutoModel
+
+    import rankface.models.auto  # noqa: F401
+
+    return AutoModel.from_pretrained(args.model_name_or_path).train()
+
+
+class FaceRecognitionModule(nn.Module):
+    """Encoder + normalised classifier, the one module Accelerate/DDP wraps.
+
+    `forward(pixel_values [B, 3, S, S]) -> (embedding [B, E] un-normalised, cos [B, C] fp32)`. The classifier's
+    class weights are part of the training state (checkpoints), never of the saved encoder.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, freeze_batchnorm: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = NormalizedClassifier(encoder.config.embedding_size, num_classes)
+        self.freeze_batchnorm = freeze_batchnorm
+        if freeze_batchnorm:
+            for module in self._batchnorms():
+                for param in module.parameters():
+                    param.requires_grad_(False)
+
+    def _batchnorms(self) -> list[nn.Module]:
+        return [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> FaceRecognitionModule:
+        super().train(mode)
+        if self.freeze_batchnorm:  # running statistics stay those of the starting encoder
+            for module in self._batchnorms():
+                module.eval()
+        return self
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        embedding = self.encoder(pixel_values).embedding
+        return embedding, self.classifier(embedding)
+
+
+@torch.no_grad()
+def class_centroids(encoder: nn.Module, train_set: FaceTrainSet, num_classes: int, per_class: int,
+                    batch_size: int = 64) -> Tensor:
+    """Mean normalised embedding of the first `per_class` un-augmented images of each class -> `[C, E]` unit rows."""
+    chosen: list[int] = []
+    seen = np.zeros(num_classes, dtype=np.int64)
+    for i, label in enumerate(train_set.labels.tolist()):
+        if seen[label] < per_class:
+            seen[label] += 1
+            chosen.append(i)
+    was_training = encoder.training
+    encoder.eval()
+    # channels-last inference is several times faster for MobileFaceNet's depthwise convolutions on CPU (oneDNN);
+    # the layout is restored before training starts.
+    encoder.to(memory_format=torch.channels_last)
+    sums = torch.zeros(num_classes, encoder.config.embedding_size)
+    try:
+        for start in range(0, len(chosen), batch_size):
+            idx = chosen[start:start + batch_size]
+            images = np.stack([train_set.raw_image(i) for i in idx])
+            pixel_values = pixel_values_from_uint8(images, encoder.config).to(next(encoder.parameters()).device)
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            emb = torch.nn.functional.normalize(encoder(pixel_values).embedding.float().cpu(), dim=1)
+            sums.index_add_(0, torch.as_tensor(train_set.labels[idx]), emb)
+    finally:
+        encoder.to(memory_format=torch.contiguous_format)
+        encoder.train(was_training)
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
+def init_class_weights_at_centroids(accelerator: Accelerator, model: FaceRecognitionModule, data: FaceData,
+                                    args: FaceTrainingArguments) -> None:
+    """Set the class weights to the class centroids; computed once on the main process and broadcast, so every
+    rank starts from the same weights."""
+    weight = model.classifier.weight
+    if accelerator.is_main_process:
+        weight.data.copy_(class_centroids(model.encoder, data.train_set, data.num_classes,
+                                          args.head_init_images_per_class, args.eval_batch_size))
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        buffer = weight.data.to(accelerator.device)
+        dist.broadcast(buffer, src=0)
+        weight.data.copy_(buffer.cpu())
+
+
+def broadcast_buffers(accelerator: Accelerator, model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP does this at the start of every forward, so during training the ranks agree; but the last forward leaves
+    each rank with statistics updated on its own shard. Rank 0's are the ones DDP would have used next.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in accelerator.unwrap_model(model).buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def make_face_optimizer(model: FaceRecognitionModule, args: FaceTrainingArguments) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9) or AdamW; no weight decay on BatchNorm and biases; class weights at the head rate."""
+    head_lr = args.head_learning_rate or args.learning_rate
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.dim() <= 1
+        lr = head_lr if name.startswith("classifier.") else args.learning_rate
+        groups.setdefault((lr, 0.0 if no_decay else args.weight_decay), []).append(param)
+    param_groups = [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=args.learning_rate, momentum=0.9)
+    return torch.optim.AdamW(param_groups, lr=args.learning_rate)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, args: FaceTrainingArguments, total_steps: int):
+    name = "constant_with_warmup" if args.lr_scheduler == "constant" else args.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+class _EncoderWithProcessor:
+    """`save_pretrained` of the encoder plus its `FaceImageProcessor` (the input contract) in one folder."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+
+    def save_pretrained(self, path) -> None:
+        from rankface.models.face_processor import FaceImageProcessor
+
+        self.encoder.save_pretrained(path)
+        FaceImageProcessor.from_model_config(self.encoder.config).save_pretrained(path)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def record_face_evaluation(accelerator: Accelerator, model, data: FaceData, args: FaceTrainingArguments,
+                           state: dict) -> dict:
+    """LR-LR verification of the held-out pairs at each `eval_resolutions` on the main process; logged in `state`."""
+    metrics: dict = {}
+    if accelerator.is_main_process and data.pairs is not None:
+        encoder = accelerator.unwrap_model(model).encoder
+        pairs = data.pairs
+        for r in args.eval_resolutions:
+            result = evaluate_pairs_at_resolution(encoder, pairs.images, pairs.pair_index, pairs.same, int(r),
+                                                  setting="lr-lr", folds=pairs.folds,
+                                                  batch_size=args.eval_batch_size)
+            metrics[f"lr-lr@{r}"] = result.as_dict()
+        state["log"].append({"step": state["step"], "eval": metrics})
+        accelerator.print(f"step {state['step']} held-out pairs: " + " ".join(
+            f"{k}={v['accuracy']:.4f}" for k, v in metrics.items()))
+        model.train()
+    accelerator.wait_for_everyone()
+    return metrics

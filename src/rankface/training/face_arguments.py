@@ -1,0 +1,174 @@
+"""Run settings for face-encoder training: one dataclass, read from a YAML file and/or the command line.
+
+Same conventions as the reranker's settings (`rankface.training.arguments`): `--config file.yaml` supplies defaults,
+any `--flag value` overrides them, unknown YAML keys are an error naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+PRETRAINED_MOBILEFACENET = "mobilefacenet-pretrained"
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class FaceTrainingArguments:
+    # ----------------------------------------------------------------- data
+    dataset: str = _help(
+        "Face data: Hub id, folder of Parquet files, .parquet file or imagefolder; 'lfw112' = ../shared/data/face/lfw112.",
+        default="lfw112",
+    )
+    image_column: str = _help("Image column of the data set.", default="image")
+    label_column: str = _help("Integer identity label column.", default="label")
+    identity_column: str = _help("Identity-name column (needed for held-out folds and LFW pairs).", default="identity")
+    heldout_folds: list[int] = _help(  # noqa: RUF009 - _help returns a dataclass field
+        "View-2 folds whose identities are left out of training and whose pairs are evaluated "
+        "(protocol F1: model A = 0 1 2 3 4, model B = 5 6 7 8 9; empty = train on everything, no pair evaluation).",
+        default_factory=lambda: [0, 1, 2, 3, 4],
+    )
+    pairs_file: str | None = _help("LFW-format pairs.txt (default: <dataset>/pairs.txt when present).", default=None)
+    splits_file: str | None = _help("splits.json with view2_10fold (default: <dataset>/splits.json).", default=None)
+    min_images_per_class: int = _help("Identities with fewer training images are dropped.", default=2)
+    check_images: bool = _help("Decode every image once at load and report unreadable ones.", default=True)
+    # ----------------------------------------------------------------- augmentation
+    min_resolution: int = _help("Very-low-resolution augmentation: smallest r (px).", default=8)
+    max_resolution: int = _help("Very-low-resolution augmentation: largest r (px).", default=112)
+    degrade_prob: float = _help("Share of training images degraded (the rest stay at full resolution).", default=0.8)
+    blur_prob: float = _help("Probability of a Gaussian blur before down-sampling.", default=0.0)
+    jpeg_prob: float = _help("Probability of JPEG compression at the low resolution.", default=0.0)
+    noise_prob: float = _help("Probability of Gaussian noise at the low resolution.", default=0.0)
+    hflip_prob: float = _help("Probability of a horizontal flip.", default=0.5)
+    # ----------------------------------------------------------------- model
+    model_name_or_path: str = _help(
+        f"'{PRETRAINED_MOBILEFACENET}' (../shared/models/mobilefacenet/mobilefacenet.pt converted on the fly), a "
+        "rankface checkpoint folder or Hub id; ignored with from_scratch.",
+        default=PRETRAINED_MOBILEFACENET,
+    )
+    from_scratch: bool = _help("Build a randomly initialised encoder of `architecture` instead.", default=False)
+    architecture: str = _help("With from_scratch: 'mobilefacenet' or 'iresnet'.", default="mobilefacenet")
+    model_config_overrides: str | None = _help(
+        "With from_scratch: JSON object of config fields, e.g. '{\"embedding_size\": 64}'.", default=None
+    )
+    # ----------------------------------------------------------------- objective
+    head: str = _help("Margin head: arcface, cosface, cosface-unpg (m=0.5), adaface, magface.", default="arcface")
+    margin_scale: float | None = _help("Head scale s (default: the head's own, 64).", default=None)
+    margin: float | None = _help("Head margin m (default: the head's own).", default=None)
+    unpg: bool = _help("Add UNPG's filtered in-batch negative pairs to the softmax.", default=False)
+    unpg_wisk: float = _help("UNPG box-and-whisker length k.", default=1.5)
+    head_init: str = _help(
+        "Class weights: 'centroids' (mean normalised embedding of each class under the starting encoder) or "
+        "'random'. Centroids keep a pretrained encoder from being wrecked by a random head in the first steps.",
+        default="centroids",
+    )
+    head_init_images_per_class: int = _help("Images per class embedded for the centroid initialisation.", default=2)
+    # ----------------------------------------------------------------- optimisation
+    optimizer: str = _help("'sgd' (momentum 0.9) or 'adamw'.", default="sgd")
+    learning_rate: float = _help("Peak learning rate of the encoder.", default=0.01)
+    head_learning_rate: float | None = _help("Peak learning rate of the class weights (default: learning_rate).",
+                                             default=None)
+    weight_decay: float = _help("Weight decay (not on BatchNorm and biases).", default=5e-4)
+    lr_scheduler: str = _help("'cosine', 'linear' or 'constant' (after warm-up).", default="cosine")
+    warmup_ratio: float = _help("Share of steps with linear warm-up.", default=0.05)
+    epochs: float = _help("Passes over the training images.", default=1.0)
+    max_steps: int | None = _help("Stop after this many optimizer steps (overrides epochs).", default=None)
+    batch_size: int = _help("Images per device per step.", default=64)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
+    max_grad_norm: float = _help("Gradient clipping norm (0: none).", default=5.0)
+    freeze_batchnorm: bool = _help("Keep BatchNorm running statistics and affine weights fixed.", default=False)
+    mixed_precision: str | None = _help(
+        "'no', 'bf16' or 'fp16'; default: what `accelerate launch` (or its config file) says, else 'no'.", default=None
+    )
+    seed: int = _help("Seed for sampling, initialisation, shuffling and augmentation.", default=42)
+    num_workers: int = _help("DataLoader worker processes.", default=0)
+    # ----------------------------------------------------------------- evaluation
+    eval_resolutions: list[int] = _help(  # noqa: RUF009
+        "Resolutions (px) of the LR-LR pair evaluation during and after training.", default_factory=lambda: [112, 16, 8]
+    )
+    eval_steps: int | None = _help("Evaluate the held-out pairs every this many steps (None: only at the end).",
+                                   default=None)
+    eval_at_end: bool = _help("Evaluate the held-out pairs after training.", default=True)
+    eval_max_pairs: int | None = _help("Evaluate on at most this many pairs (whole folds, in file order).",
+                                       default=None)
+    eval_batch_size: int = _help("Batch size of inference during evaluation.", default=128)
+    # ----------------------------------------------------------------- bookkeeping
+    output_dir: str = _help("Where checkpoints, the final encoder and reports go.", default="runs/face")
+    checkpoint_steps: int | None = _help("Save a resumable checkpoint every this many steps.", default=None)
+    checkpoints_to_keep: int = _help("Older checkpoints are deleted.", default=2)
+    resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
+    quiet: bool = _help("No progress bars.", default=False)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "architecture": ("mobilefacenet", "iresnet"),
+            "head": ("arcface", "cosface", "cosface-unpg", "adaface", "magface"),
+            "head_init": ("centroids", "random"),
+            "optimizer": ("sgd", "adamw"),
+            "lr_scheduler": ("cosine", "linear", "constant"),
+            "mixed_precision": (None, "no", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 1 <= self.min_resolution <= self.max_resolution:
+            raise ValueError(f"need 1 <= min_resolution <= max_resolution, got {self.min_resolution}, "
+                             f"{self.max_resolution}")
+        for name in ("degrade_prob", "blur_prob", "jpeg_prob", "noise_prob", "hflip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (BatchNorm and in-batch negatives), got {self.batch_size}")
+        if self.min_images_per_class < 1 or self.head_init_images_per_class < 1:
+            raise ValueError("min_images_per_class and head_init_images_per_class must be >= 1")
+        if self.model_config_overrides:
+            try:
+                overrides = json.loads(self.model_config_overrides)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"model_config_overrides is not valid JSON: {err}") from None
+            if not isinstance(overrides, dict):
+                raise ValueError(f"model_config_overrides must be a JSON object, got {self.model_config_overrides!r}")
+
+    @property
+    def config_overrides(self) -> dict:
+        return json.loads(self.model_config_overrides) if self.model_config_overrides else {}
+
+
+def parse_face_training_args(argv: list[str] | None = None) -> FaceTrainingArguments:
+    """`--config file.yaml` supplies defaults; any other `--flag value` overrides them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(FaceTrainingArguments)
+    parser.add_argument("--config", help="YAML file with any of the settings below.")
+    if known.config:
+        parser.set_defaults(**load_face_yaml_settings(known.config))
+    return parser.parse_args_into_dataclasses(args=rest)[0]
+
+
+def load_face_yaml_settings(path: str | Path) -> dict:
+    """Read a YAML settings file; unknown keys are an error naming the key and the file."""
+    path = Path(path)
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected a mapping of setting: value, got {type(settings).__name__}")  # noqa: TRY004
+    known = {f.name for f in fields(FaceTrainingArguments)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; known settings: {sorted(known)}")
+    if isinstance(settings.get("model_config_overrides"), dict):  # a YAML mapping is friendlier than a JSON string
+        settings["model_config_overrides"] = json.dumps(settings["model_config_overrides"])
+    return settings

@@ -1,0 +1,219 @@
+"""Face-encoder training recipe on a tiny synthetic LFW-like data set made here (Parquet + pairs.txt + splits.json):
+finite losses, weights that move, class weights only in the checkpoints, exact resume, and a real 2-process job."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rankface.training.face import train_face
+from rankface.training.face_arguments import parse_face_training_args
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "train_face.py"
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+SIZE = 32
+IDENTITIES = [f"Person_{i:02d}" for i in range(10)]  # 0-1 in fold 0, 2-3 in fold 1, 4-9 in no pair
+IMAGES_PER_ID = 4
+
+
+def face_image(identity: int, number: int) -> bytes:
+    """A 32 px JPEG: an identity-specific smooth pattern plus per-image noise (learnable, not trivial)."""
+    rng = np.random.default_rng([identity, 999])
+    base = rng.integers(40, 215, size=(4, 4, 3)).astype(np.float32)
+    face = np.kron(base, np.ones((8, 8, 1), dtype=np.float32))
+    face += np.random.default_rng([identity, number]).normal(0, 12, size=face.shape)
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(face, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def lfw_like(tmp_path_factory) -> Path:
+    import datasets
+
+    folder = tmp_path_factory.mktemp("lfw_like")
+    rows = {"image": [], "label": [], "identity": [], "filename": []}
+    for i, name in enumerate(IDENTITIES):
+        for n in range(1, IMAGES_PER_ID + 1):
+            filename = f"{name}/{name}_{n:04d}.jpg"
+            rows["image"].append({"bytes": face_image(i, n), "path": filename})
+            rows["label"].append(i)
+            rows["identity"].append(name)
+            rows["filename"].append(filename)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=IDENTITIES),
+                                  "identity": datasets.Value("string"), "filename": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / "data-00000-of-00001.parquet"))
+    # View-2 layout with 2 folds of 2 matched + 2 mismatched pairs each.
+    lines = ["2 2"]
+    for a, b in ((0, 1), (2, 3)):
+        lines += [f"{IDENTITIES[a]} 1 2", f"{IDENTITIES[b]} 3 4", f"{IDENTITIES[a]} 1 {IDENTITIES[b]} 2",
+                  f"{IDENTITIES[a]} 3 {IDENTITIES[b]} 4"]
+    (folder / "pairs.txt").write_text("\n".join(lines) + "\n")
+    splits = {"test_identities": IDENTITIES[:4], "train_identities": IDENTITIES[4:],
+              "view2_10fold": {"folds": [{"fold": 0, "test_identities": IDENTITIES[:2]},
+                                         {"fold": 1, "test_identities": IDENTITIES[2:4]}],
+                               "non_pair_identities": IDENTITIES[4:]}}
+    (folder / "splits.json").write_text(json.dumps(splits))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
+    """Saved random tiny encoders (the starting points, so their weights are known exactly)."""
+    from rankface.models.iresnet import IResNetConfig, IResNetModel
+    from rankface.models.mobilefacenet import MobileFaceNetConfig, MobileFaceNetModel
+
+    folder = tmp_path_factory.mktemp("encoders")
+    torch.manual_seed(0)
+    mfn = MobileFaceNetModel(MobileFaceNetConfig(input_size=SIZE, stem_channels=8, block_settings=[[2, 8, 1, 2],
+                             [2, 16, 2, 2]], last_channels=32, embedding_size=16))
+    iresnet = IResNetModel(IResNetConfig(num_layers=18, input_size=SIZE, stage_channels=[8, 8, 16, 16],
+                                         embedding_size=12))
+    paths = {"mobilefacenet": folder / "mfn", "iresnet": folder / "iresnet"}
+    mfn.save_pretrained(paths["mobilefacenet"])
+    iresnet.save_pretrained(paths["iresnet"])
+    return paths
+
+
+def settings(data: Path, encoder: Path, out: Path, **overrides) -> dict:
+    values = {
+        "dataset": str(data), "heldout_folds": [0, 1], "model_name_or_path": str(encoder), "head": "arcface",
+        "min_resolution": 4, "max_resolution": SIZE, "degrade_prob": 0.7, "batch_size": 8, "max_steps": 3,
+        "learning_rate": 0.05, "eval_resolutions": [SIZE, 8], "eval_batch_size": 16, "output_dir": str(out),
+        "quiet": True, "check_images": True, "head_init_images_per_class": 2,
+    }
+    values.update(overrides)
+    return values
+
+
+def write_config(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def run(config: Path, *extra: str) -> dict:
+    return train_face(parse_face_training_args(["--config", str(config), *extra]))
+
+
+@pytest.mark.parametrize(("encoder", "head", "unpg"), [("mobilefacenet", "arcface", False),
+                                                       ("iresnet", "cosface", True)])
+def test_training_moves_weights_with_finite_loss_and_saves_encoder_without_head(
+    lfw_like, tiny_encoders, tmp_path, encoder, head, unpg
+):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders[encoder], out, head=head, unpg=unpg,
+                                                        checkpoint_steps=3))
+    final = run(config)
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log"] if "loss" in e]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    if unpg:
+        assert all(e["negatives"] > 0 for e in state["log"] if "loss" in e)
+    # Held-out folds 0 and 1 leave the 6 identities of no pair: 24 images, 6 classes.
+    assert (state["num_classes"], state["num_train_images"]) == (6, 24)
+    assert set(final) == {f"lr-lr@{SIZE}", "lr-lr@8"} and 0.0 <= final["lr-lr@8"]["accuracy"] <= 1.0
+    start = load_file(tiny_encoders[encoder] / "model.safetensors")
+    trained = load_file(out / "model" / "model.safetensors")
+    assert set(trained) == set(start)  # the encoder alone: no class weights
+    moved = [k for k in start if start[k].is_floating_point() and not torch.equal(start[k], trained[k])]
+    assert len(moved) > len(start) // 2
+    assert (out / "model" / "preprocessor_config.json").is_file()
+    checkpoint_weights = load_file(out / "checkpoints" / "step-0000003" / "model.safetensors")
+    assert checkpoint_weights["classifier.weight"].shape == (6, 16 if encoder == "mobilefacenet" else 12)
+    from transformers import AutoModel
+
+    import rankface.models.auto  # noqa: F401
+
+    reloaded = AutoModel.from_pretrained(out / "model")
+    assert reloaded(torch.zeros(2, 3, SIZE, SIZE)).embedding.shape[0] == 2
+
+
+def test_centroid_init_points_class_weights_at_class_means(lfw_like, tiny_encoders, tmp_path):
+    from rankface.training.face import FaceRecognitionModule, build_encoder, class_centroids, prepare_face_data
+
+    args = parse_face_training_args(["--config", str(write_config(
+        tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], tmp_path / "o")))])
+    data = prepare_face_data(args)
+    model = FaceRecognitionModule(build_encoder(args), data.num_classes)
+    centroids = class_centroids(model.encoder, data.train_set, data.num_classes, per_class=4)
+    # Independent reference: embed each class's 4 raw images one by one in eval mode, average the unit vectors.
+    model.encoder.eval()
+    for c in range(data.num_classes):
+        rows = [i for i, y in enumerate(data.train_set.labels) if y == c]
+        vecs = []
+        for i in rows:
+            x = torch.from_numpy(data.train_set.raw_image(i).astype(np.float32)).permute(2, 0, 1)[None]
+            with torch.no_grad():
+                e = model.encoder((x - 127.5) / 128.0).embedding[0]
+            vecs.append(e / e.norm())
+        mean = torch.stack(vecs).mean(0)
+        torch.testing.assert_close(centroids[c], mean / mean.norm(), atol=1e-5, rtol=0)
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(lfw_like, tiny_encoders, tmp_path):
+    out = tmp_path / "out"
+    # 24 images / batch 8 = 3 steps per epoch: the resume point (step 2) is inside an epoch, step 4 in the next.
+    values = settings(lfw_like, tiny_encoders["mobilefacenet"], out, max_steps=5, checkpoint_steps=2,
+                      checkpoints_to_keep=5, unpg=True, eval_at_end=False)
+    config = write_config(tmp_path / "c.yaml", values)
+    run(config)
+    uninterrupted = load_file(out / "model" / "model.safetensors")
+    head_uninterrupted = load_file(out / "checkpoints" / "step-0000004" / "model.safetensors")["classifier.weight"]
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["step-0000002", "step-0000004"]
+    for path in (checkpoints[1], out / "model"):  # the run "died" after step 2
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    run(config, "--resume_from_checkpoint", "latest")
+    resumed = load_file(out / "model" / "model.safetensors")
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    head_resumed = load_file(out / "checkpoints" / "step-0000004" / "model.safetensors")["classifier.weight"]
+    torch.testing.assert_close(head_resumed, head_uninterrupted, rtol=0, atol=1e-6)
+
+
+def test_settings_errors_name_the_problem_and_shipped_configs_parse(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", {"learning_rat": 0.1})
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting\(s\) \['learning_rat'\]"):
+        parse_face_training_args(["--config", str(bad)])
+    with pytest.raises(ValueError, match="head must be one of"):
+        parse_face_training_args(["--head", "sphereface"])
+    with pytest.raises(ValueError, match="min_resolution <= max_resolution"):
+        parse_face_training_args(["--min_resolution", "32", "--max_resolution", "16"])
+    shipped = {p.name: parse_face_training_args(["--config", str(p)]) for p in sorted(CONFIGS.glob("lfw_vlr_*.yaml"))}
+    assert {"lfw_vlr_arcface.yaml", "lfw_vlr_arcface_unpg.yaml", "lfw_vlr_cosface.yaml",
+            "lfw_vlr_cosface_unpg.yaml"} <= set(shipped)
+    assert shipped["lfw_vlr_cosface_unpg.yaml"].unpg and shipped["lfw_vlr_cosface_unpg.yaml"].head == "cosface"
+    # Same schedule for every system: only head, unpg and output_dir may differ.
+    base = vars(shipped["lfw_vlr_arcface.yaml"])
+    for name in ("lfw_vlr_arcface_unpg.yaml", "lfw_vlr_cosface.yaml", "lfw_vlr_cosface_unpg.yaml"):
+        diff = {k for k, v in vars(shipped[name]).items() if base[k] != v}
+        assert diff <= {"head", "unpg", "output_dir"}, (name, diff)
+
+
+def test_two_process_training_is_one_synchronised_job(lfw_like, tiny_encoders, tmp_path):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], out, unpg=True,
+                                                        max_steps=2, eval_at_end=False))
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(RECIPE), "--config", str(config),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 2
+    assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1
