@@ -160,3 +160,9 @@ def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir,
     assert state["world_size"] == 2
     assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1
     assert state["step"] == 4
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "recipes" / "configs").glob("nfcorpus_*.yaml")), ids=lambda p: p.name)
+def test_shipped_reranker_configs_parse(config):
+    args = parse_training_args(["--config", str(config)])
+    assert args.collection == "nfcorpus" and args.max_steps > 0
