@@ -1,0 +1,761 @@
+"""Protocol R1 (../shared/docs/benchmarks.md): pooling bias on NFCorpus, plain vs CET reranker training.
+
+NFCorpus is densely judged, so the false negatives that sparse "pooled" labels leave among mined negatives can be
+counted. The pipeline:
+
+1. **Pooled labels**: for every train query (minus those whose text duplicates a test or dev query), the pool is the
+   BM25 top-10 (k1 0.9, b 0.4); its labelled positive is the best-graded pooled doc with grade >= 2
+   (`rankface.data.mining.simulate_pooled_labels`); queries without one are dropped. Full qrels: evaluation only.
+2. **Negative sources**: `bm25` (BM25 top-50) and `strong`: chosen among runs of the bi-encoder fine-tuned on the
+   pooled labels (`plain/bm25-neg`, seed 0, doubles as this retriever, as ANCE was trained on MS MARCO's sparse
+   labels), its RRF fusion with BM25, and narrower windows of both. The first candidate that beats BM25's
+   nDCG@10 on the training queries (full qrels) by >= 0.01 and whose sampled negatives hold >= 1.3x BM25's
+   false-negative rate (grade >= 1) is used; the table of every candidate is printed and saved.
+3. **Systems**: `bm25`; `dense` (the zero-shot bi-encoder); `plain/bm25-neg`, `plain/strong-neg`,
+   `cet/strong-neg`, `cet/bm25-neg`; `oracle` (all grade >= 2 train docs of the same queries as positives,
+   negatives from BM25 top-50 docs with no judgment at all). Every trained system: `rankface.training.train` with
+   the same encoder, layers, length, K, batch, steps and learning rate; `plain` is the pairwise loss CET weights.
+4. **Test**: rerank the BM25 top-100 of the 325 test queries: nDCG@10 (graded), RR@10 (grade >= 2), R@100; mean
+   +- std over seeds; paired t-tests over queries (per-query values averaged over the common seeds) of
+   `cet/X-neg` vs `plain/X-neg`. Dev split: the check that plain training beats BM25, and CET's T sweep.
+
+Each (system, seed) result is a JSON file under `benchmarks/results/pooling_bias/<mode>/` (per-query values
+included), written as soon as it is done; a rerun skips what is saved (settings are fingerprinted: a rerun with
+other settings stops with an error instead of mixing results).
+
+    python benchmarks/pooling_bias.py --quick                  # smoke test (< 15 min on 2 cores), not evidence
+    nohup nice -n 10 python benchmarks/pooling_bias.py > pooling_bias.log 2>&1 &    # R1-bi full mode, 3 seeds
+    python benchmarks/pooling_bias.py --encoder cross          # cross-encoder R1 (GPU work)
+    python benchmarks/pooling_bias.py --report-only            # table + RESULT line from what is saved
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rankface.paths import shared_dir
+from rankface.utils.io import atomic_write, write_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pooling_bias"
+MEASURES = ("nDCG@10", "RR@10", "R@100")
+TRAINED = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet/bm25-neg", "oracle")
+BASELINES = ("bm25", "dense")
+SYSTEM_SPECS = {  # method and negative source of each trained system
+    "plain/bm25-neg": ("plain", "bm25"),
+    "plain/strong-neg": ("plain", "strong"),
+    "cet/strong-neg": ("cet", "strong"),
+    "cet/bm25-neg": ("cet", "bm25"),
+    "oracle": ("plain", "oracle"),
+}
+# Strong-source candidates in order of preference: the same 1-50 window as BM25 first (only the retriever changes),
+# the fine-tuned dense run before its fusion with BM25 (the ANCE analogue), narrower windows last.
+STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20))
+BM25_WINDOW = 50
+POOL_DEPTH = 10
+NDCG_MARGIN = 0.01  # "clearly better than BM25"
+FN_RATIO = 1.3  # "clearly more false negatives"
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 layers, length 128, K=3, 1 seed, a train subset")
+    parser.add_argument("--encoder", default="bi", choices=["bi", "cross"], help="R1-bi (default) or cross-encoder R1")
+    parser.add_argument("--collection", default=str(shared_dir() / "data" / "ir" / "nfcorpus"))
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (quick: 0; full: 0,1,2)")
+    parser.add_argument("--num-layers", type=int, default=None, help="encoder layers kept (quick 2, full all 6)")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per text/pair (quick 128, full 128/192)")
+    parser.add_argument("--num-negatives", type=int, default=None, help="K (3)")
+    parser.add_argument("--batch-size", type=int, default=None, help="queries per step (quick 8, full 16)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every trained system")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak lr (bi 2e-5; cross 2e-5 + head 1e-3)")
+    parser.add_argument("--max-train-queries", type=int, default=None, help="pooled train queries used (quick 300)")
+    parser.add_argument("--cet-temperature", type=float, default=10.0, help="T of the main CET systems (authors: 10)")
+    parser.add_argument("--cet-weights-from", default="eval_forward", choices=["eval_forward", "train_logits"])
+    parser.add_argument("--cet-selection", default="same", choices=["same", "mlp"])
+    parser.add_argument("--sweep", default="1,2,5,10", help="CET temperatures swept on dev (seed 0); '' for none")
+    parser.add_argument("--dev-max-queries", type=int, default=None, help="dev subset (cross default 100)")
+    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--cache-dir", default="~/.cache/rankface", help="BM25 index/run cache")
+    parser.add_argument("--results-dir", default=None, help=f"default {RESULTS}/<mode>")
+    parser.add_argument("--report-only", action="store_true", help="print the table from saved results, train nothing")
+    args = parser.parse_args(argv)
+    args.mode = "quick" if args.quick else "full"
+    cross = args.encoder == "cross"
+    defaults = {
+        # name: (quick, full bi, full cross)
+        "seeds": ("0", "0,1,2", "0,1,2"),
+        "num_layers": (2, None, None),
+        "max_length": (128, 128, 192),
+        "num_negatives": (3, 3, 3),
+        "batch_size": (8, 16, 16),
+        "steps": (6, 60, 1500),
+        "learning_rate": (2e-5, 2e-5, 2e-5),
+        "max_train_queries": (300, None, None),
+        "dev_max_queries": (None, None, 100),
+    }
+    for name, (quick, full_bi, full_cross) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else (full_cross if cross else full_bi))
+    args.seed_list = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    args.sweep_list = [float(t) for t in str(args.sweep).split(",") if t.strip()]
+    if args.mode == "full" and args.encoder == "cross":
+        args.mode = "full-cross"
+    elif args.mode == "quick" and args.encoder == "cross":
+        args.mode = "quick-cross"
+    args.out = Path(args.results_dir) if args.results_dir else RESULTS / args.mode
+    return args
+
+
+def training_settings(args: argparse.Namespace) -> dict:
+    """Everything that must be equal for two saved results to be comparable (the fingerprint)."""
+    return {
+        "collection": str(args.collection),
+        "encoder": args.encoder,
+        "num_layers": args.num_layers,
+        "max_length": args.max_length,
+        "num_negatives": args.num_negatives,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "learning_rate": args.learning_rate,
+        "head_learning_rate": 1e-3 if args.encoder == "cross" else None,
+        "max_train_queries": args.max_train_queries,
+        "cet_weights_from": args.cet_weights_from,
+        "cet_selection": args.cet_selection,
+        "loss": "pairwise",
+        "warmup_ratio": 0.1,
+        "pool_depth": POOL_DEPTH,
+        "bm25_window": BM25_WINDOW,
+    }
+
+
+def fingerprint(settings: Mapping) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class Context:
+    """The collection, the pooled labels and the negative sources shared by every system."""
+
+    args: argparse.Namespace
+    collection: object
+    docs: dict[str, str]
+    queries: dict[str, dict[str, str]]  # split -> {qid: text}
+    full_qrels: dict[str, dict[str, dict[str, int]]]  # split -> qrels
+    candidates: dict[str, dict[str, dict[str, float]]]  # split -> BM25 top-100 (test, dev subset)
+    pooled_qrels_path: Path
+    oracle_qrels_path: Path
+    runs: dict[str, Path]  # negative source -> TREC run file
+    train_qids: list[str]  # the pooled-labelled queries that train (a subset in quick mode)
+    all_train_qids: list[str]  # every judged train query that duplicates no test/dev query
+    bm25_train: dict[str, dict[str, float]]  # BM25 top-100 of `all_train_qids`
+    report: dict = field(default_factory=dict)
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def top(docs: Mapping[str, float] | None, n: int) -> dict[str, float]:
+    """The top-`n` of one query's run, score descending, ties by docid (the order `build_training_groups` uses)."""
+    return dict(sorted((docs or {}).items(), key=lambda kv: (-float(kv[1]), kv[0]))[:n])
+
+
+def prepare_context(args: argparse.Namespace) -> Context:
+    from rankface.data.ir import load_collection
+    from rankface.data.mining import simulate_pooled_labels
+    from rankface.retrieval.first_stage import bm25_run
+    from rankface.retrieval.trec import write_qrels, write_run
+
+    work = args.out / "data"
+    collection = load_collection(args.collection)
+    docs = collection.docs()
+    queries = {split: dict(collection.queries(split)) for split in ("train", "dev", "test")}
+    full_qrels = {split: collection.qrels(split) for split in ("train", "dev", "test")}
+    held_out = {normalise(t) for split in ("test", "dev") for t in queries[split].values()}
+    duplicates = [q for q, t in queries["train"].items() if normalise(t) in held_out]
+
+    bm25 = {split: bm25_run(collection, split, depth=100, cache_dir=args.cache_dir) for split in queries}
+    pooled, pool_report = simulate_pooled_labels(
+        full_qrels["train"], bm25["train"], pool_depth=POOL_DEPTH, min_grade=2,
+        queries=list(queries["train"]), doc_ids=docs.keys(), exclude=duplicates,
+    )
+    train_qids = sorted(pooled)
+    if args.max_train_queries is not None and args.max_train_queries < len(train_qids):
+        train_qids = sorted(random.Random(0).sample(train_qids, args.max_train_queries))
+    pooled = {q: pooled[q] for q in train_qids}
+    # Oracle: the same queries, every grade >= 2 doc a positive; negatives only from docs without any judgment
+    # (grade-1 docs are neither positives nor negatives), so the run is filtered before the window is taken.
+    oracle = {q: {d: g for d, g in full_qrels["train"][q].items() if g >= 2 and d in docs} for q in train_qids}
+    bm25_train = {q: top(bm25["train"][q], BM25_WINDOW) for q in train_qids}
+    unjudged = {
+        q: {d: s for d, s in bm25["train"][q].items() if d not in full_qrels["train"].get(q, {})} for q in train_qids
+    }
+    oracle_run = {q: top(r, BM25_WINDOW) for q, r in unjudged.items()}
+
+    pooled_path, oracle_path = work / "pooled_qrels.train.txt", work / "oracle_qrels.train.txt"
+    write_qrels(pooled_path, pooled)
+    write_qrels(oracle_path, oracle)
+    runs = {"bm25": work / "bm25.train.top50.trec", "oracle": work / "oracle_negatives.train.trec"}
+    write_run(runs["bm25"], bm25_train, tag="bm25")
+    write_run(runs["oracle"], oracle_run, tag="bm25-unjudged")
+
+    dev_qids = sorted(q for q in queries["dev"] if q in full_qrels["dev"])
+    if args.dev_max_queries is not None and args.dev_max_queries < len(dev_qids):
+        dev_qids = sorted(random.Random(0).sample(dev_qids, args.dev_max_queries))
+    test_qids = sorted(q for q in queries["test"] if q in full_qrels["test"])
+    candidates = {
+        "test": {q: bm25["test"].get(q, {}) for q in test_qids},
+        "dev": {q: bm25["dev"].get(q, {}) for q in dev_qids},
+    }
+    report = {
+        "train_queries": len(queries["train"]),
+        "train_queries_duplicating_test_or_dev": len(duplicates),
+        "pooled_labels": pool_report.as_dict(),
+        "train_queries_used": len(train_qids),
+        "train_queries_with_empty_bm25": sum(1 for q in queries["train"] if not bm25["train"].get(q)),
+        "train_queries_with_bm25_short_of_window": sum(1 for q in train_qids if len(bm25_train[q]) < BM25_WINDOW),
+        "oracle_positives": sum(len(v) for v in oracle.values()),
+        "test_queries": len(test_qids),
+        "test_queries_with_empty_bm25": sum(1 for q in test_qids if not candidates["test"][q]),
+        "dev_queries": len(dev_qids),
+    }
+    log(
+        f"pooled labels: {len(train_qids)} train queries used ({report['train_queries_duplicating_test_or_dev']} "
+        f"duplicates of test/dev dropped, {pool_report.queries_without_pooled_positive} without a grade>=2 doc in the "
+        f"BM25 top-{POOL_DEPTH}, {pool_report.queries_missing_from_run} with no BM25 hit); test "
+        f"{len(test_qids)} queries ({report['test_queries_with_empty_bm25']} with no BM25 hit: they score 0 for "
+        f"every reranker); dev {len(dev_qids)}"
+    )
+    write_json(work / "data_report.json", report)
+    dup = set(duplicates)
+    all_train_qids = sorted(q for q in queries["train"] if q in full_qrels["train"] and q not in dup)
+    return Context(args, collection, docs, queries, full_qrels, candidates, pooled_path, oracle_path, runs,
+                   train_qids, all_train_qids, {q: top(bm25["train"].get(q), 100) for q in all_train_qids}, report)
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def load_model(args: argparse.Namespace, path: str = "minilm", encoder: str | None = None):
+    from rankface.training.arguments import RerankerTrainingArguments
+    from rankface.training.loop import load_text_model
+
+    settings = RerankerTrainingArguments(
+        encoder=encoder or args.encoder, model_name_or_path=path, num_layers=args.num_layers,
+        max_length=args.max_length,
+    )
+    model = load_text_model(settings)
+    model.eval()
+    return model
+
+
+def score_splits(model, ctx: Context, splits: Sequence[str], train_run_depth: int = 0) -> dict[str, dict]:
+    """Rerank each split's BM25 candidates with `model`: `{split: run}`; with `train_run_depth`, also a dense run
+    (`"train_dense"`) of every judged train query over the whole corpus (bi-encoders only).
+
+    A bi-encoder embeds the whole corpus once and every split is scored from those embeddings (the same cosines
+    `BiEncoder.predict` computes, without re-encoding a document per split); a cross-encoder scores the pairs.
+    """
+    from rankface.training.loop import rerank_candidates
+
+    out: dict[str, dict] = {}
+    if not hasattr(model, "encode"):
+        for split in splits:
+            out[split] = rerank_candidates(model, ctx.queries[split], ctx.candidates[split], ctx.docs,
+                                           ctx.args.eval_batch_size, quiet=True)
+        return out
+    doc_ids = list(ctx.docs)
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    doc_emb = model.encode([ctx.docs[d] for d in doc_ids], batch_size=ctx.args.eval_batch_size,
+                           show_progress_bar=False)
+    for split in splits:
+        qids = list(ctx.candidates[split])
+        q_emb = model.encode([ctx.queries[split][q] for q in qids], batch_size=ctx.args.eval_batch_size,
+                             show_progress_bar=False)
+        run = {}
+        for row, q in enumerate(qids):
+            cands = list(ctx.candidates[split][q])
+            scores = doc_emb[[doc_index[d] for d in cands]] @ q_emb[row] if cands else np.zeros(0)
+            run[q] = {d: float(s) for d, s in zip(cands, scores)}
+        out[split] = run
+    if train_run_depth:
+        q_emb = model.encode([ctx.queries["train"][q] for q in ctx.all_train_qids],
+                             batch_size=ctx.args.eval_batch_size, show_progress_bar=False)
+        sims = q_emb @ doc_emb.T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :train_run_depth]
+        out["train_dense"] = {
+            q: {doc_ids[j]: float(sims[row, j]) for j in top[row]} for row, q in enumerate(ctx.all_train_qids)
+        }
+    return out
+
+
+def evaluation_record(run: Mapping, qrels: Mapping) -> dict:
+    from rankface.evaluation.ranking import evaluate
+
+    ev = evaluate(run, qrels, measures=MEASURES, rr_min_grade=2)
+    return {"aggregate": ev.aggregate, "per_query": ev.per_query, "num_queries": ev.num_queries,
+            "missing_queries": ev.missing_queries}
+
+
+def evaluate_runs(ctx: Context, runs: Mapping[str, Mapping]) -> dict:
+    return {
+        split: evaluation_record(run, {q: ctx.full_qrels[split][q] for q in ctx.candidates[split]})
+        for split, run in runs.items() if split in ("test", "dev")
+    }
+
+
+# ---------------------------------------------------------------------------------------------- results store
+class Store:
+    """One JSON file per (system, seed); a settings fingerprint guards against mixing runs."""
+
+    def __init__(self, out: Path, settings: dict):
+        self.out = out
+        self.settings = settings
+        self.hash = fingerprint(settings)
+
+    def path(self, system: str, seed: int) -> Path:
+        return self.out / f"{system.replace('/', '__')}__seed{seed}.json"
+
+    def load(self, system: str, seed: int) -> dict | None:
+        path = self.path(system, seed)
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        if record.get("fingerprint") != self.hash:
+            raise SystemExit(
+                f"{path} was made with other settings ({record.get('settings')}) than this run ({self.settings}); "
+                f"use --results-dir for a new table or move the old folder away"
+            )
+        return record
+
+    def save(self, system: str, seed: int, record: dict) -> dict:
+        record = {"system": system, "seed": seed, "fingerprint": self.hash, "settings": self.settings, **record,
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json(self.path(system, seed), record)
+        return record
+
+
+# ---------------------------------------------------------------------------------------------- systems
+def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed: int, output_dir: Path,
+                       temperature: float | None = None, source: dict | None = None):
+    from rankface.training.arguments import RerankerTrainingArguments
+
+    method, negatives = SYSTEM_SPECS[system]
+    if negatives == "strong":
+        run_path, window = Path(source["run_file"]), source["window"]
+    else:
+        run_path, window = ctx.runs[negatives], BM25_WINDOW
+    settings = training_settings(args)
+    return RerankerTrainingArguments(
+        collection=str(args.collection),
+        train_split="train",
+        eval_split=None,  # evaluated here, with per-query values
+        train_qrels=str(ctx.oracle_qrels_path if negatives == "oracle" else ctx.pooled_qrels_path),
+        negatives_run=str(run_path),
+        num_negatives=args.num_negatives,
+        negatives_from_rank=1,
+        negatives_to_rank=window,
+        positives="all" if negatives == "oracle" else "top",
+        exclude_queries_in=["test", "dev"],
+        encoder=args.encoder,
+        num_layers=args.num_layers,
+        max_length=args.max_length,
+        method=method,
+        loss=settings["loss"],
+        cet_temperature=temperature if temperature is not None else args.cet_temperature,
+        cet_weights_from=args.cet_weights_from,
+        cet_selection=args.cet_selection,
+        learning_rate=args.learning_rate,
+        head_learning_rate=settings["head_learning_rate"],
+        warmup_ratio=settings["warmup_ratio"],
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        mixed_precision="no",
+        seed=seed,
+        output_dir=str(output_dir),
+        cache_dir=args.cache_dir,
+        quiet=True,
+    )
+
+
+def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature: float | None = None,
+                key: str | None = None, source: dict | None = None, keep_model: bool = False) -> dict:
+    """Train one system with `rankface.training.train`, score test and dev, save the record."""
+    from rankface.training import train
+
+    key = key or system
+    done = store.load(key, seed)
+    if done is not None:
+        return done
+    args = ctx.args
+    output_dir = args.out / "models" / f"{key.replace('/', '__')}__seed{seed}"
+    targs = training_arguments(args, ctx, system, seed, output_dir, temperature, source)
+    log(f"training {key} seed {seed}: {targs.method}, negatives {targs.negatives_run} ranks 1-{targs.negatives_to_rank}"
+        f", {args.steps} steps x {args.batch_size} queries x (1 + {args.num_negatives}) docs")
+    started = time.perf_counter()
+    train(targs)
+    train_seconds = time.perf_counter() - started
+    model = load_model(args, str(output_dir / "model"))
+    runs = score_splits(model, ctx, ("test", "dev"), train_run_depth=100 if keep_model else 0)
+    if "train_dense" in runs:
+        from rankface.retrieval.trec import write_run
+
+        write_run(args.out / "data" / f"dense-ft.{key.replace('/', '__')}.seed{seed}.train.top100.trec",
+                  runs["train_dense"], tag="dense-ft")
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log"] if "loss" in e]
+    weights = [e["weight_mean"] for e in state["log"] if "weight_mean" in e]
+    tail = max(1, len(losses) // 5)
+    record = {
+        **evaluate_runs(ctx, runs),
+        "train": {
+            "seconds": train_seconds,
+            "steps": state["step"],
+            "loss_first": statistics.fmean(losses[:tail]) if losses else None,
+            "loss_last": statistics.fmean(losses[-tail:]) if losses else None,
+            "cet_weight_mean": statistics.fmean(weights) if weights else None,
+            "cet_weight_max_batch_mean": max(weights) if weights else None,
+            "temperature": targs.cet_temperature if targs.method == "cet" else None,
+            "negatives_run": targs.negatives_run,
+            "window": [targs.negatives_from_rank, targs.negatives_to_rank],
+            "group_report": {k: v for k, v in json.loads((output_dir / "training_groups_report.json").read_text()
+                                                         ).items() if k != "examples"},
+        },
+    }
+    if not keep_model:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    else:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    record = store.save(key, seed, record)
+    log(f"done {key} seed {seed} in {train_seconds:.0f} s train + {time.perf_counter() - started - train_seconds:.0f}"
+        f" s eval: test nDCG@10 {record['test']['aggregate']['nDCG@10']:.4f}, dev "
+        f"{record['dev']['aggregate']['nDCG@10']:.4f} (loss {record['train']['loss_first']:.3f} -> "
+        f"{record['train']['loss_last']:.3f})")
+    return record
+
+
+def run_baseline(ctx: Context, store: Store, system: str) -> dict:
+    done = store.load(system, 0)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    if system == "bm25":
+        runs = {split: ctx.candidates[split] for split in ("test", "dev")}
+    else:  # the zero-shot bi-encoder every trained bi-encoder starts from (same layers and length)
+        runs = score_splits(load_model(ctx.args, "minilm", encoder="bi"), ctx, ("test", "dev"))
+    record = store.save(system, 0, {**evaluate_runs(ctx, runs), "seconds": time.perf_counter() - started})
+    log(f"done {system}: test nDCG@10 {record['test']['aggregate']['nDCG@10']:.4f}, dev "
+        f"{record['dev']['aggregate']['nDCG@10']:.4f}")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- negative sources
+def source_row(ctx: Context, name: str, run: Mapping, window: int, seed: int = 0) -> dict:
+    """nDCG@10 of the run against the full qrels and the FN rates of its sampled negatives.
+
+    nDCG@10 is measured on every judged, non-duplicate train query (`ndcg10_train_full_qrels`, the criterion), and
+    on the pooled-labelled ones (`ndcg10_pooled_queries`): those were *selected* for having a grade >= 2 doc in the
+    BM25 top-10, so BM25 looks better there than it is, and no other run could fairly be compared with it there.
+    """
+    from rankface.data.ir import build_training_groups
+    from rankface.data.mining import false_negative_rate
+    from rankface.evaluation.ranking import evaluate
+    from rankface.retrieval.trec import read_qrels
+
+    pooled = read_qrels(ctx.pooled_qrels_path)
+    queries = {q: ctx.queries["train"][q] for q in ctx.train_qids}
+    full = {q: ctx.full_qrels["train"][q] for q in ctx.train_qids}
+    all_full = {q: ctx.full_qrels["train"][q] for q in ctx.all_train_qids}
+    groups, report = build_training_groups(
+        queries, pooled, run, num_negatives=ctx.args.num_negatives, rank_window=(1, window), positives="top",
+        seed=seed, doc_ids=ctx.docs.keys(),
+    )
+    # Every unlabelled doc of the window, not only the K sampled: the rate the sampling converges to.
+    window_docs = {}
+    for q in ctx.train_qids:
+        ranked = list(top(run.get(q), window))
+        window_docs[q] = [d for d in ranked if d not in pooled.get(q, {})]
+    return {
+        "source": name,
+        "window": [1, window],
+        "ndcg10_train_full_qrels": evaluate({q: run.get(q, {}) for q in ctx.all_train_qids}, all_full,
+                                            ["nDCG@10"])["nDCG@10"],
+        "ndcg10_pooled_queries": evaluate({q: run.get(q, {}) for q in ctx.train_qids}, full, ["nDCG@10"])["nDCG@10"],
+        "fn_rate_grade1": false_negative_rate(groups, full, 1).rate,
+        "fn_rate_grade2": false_negative_rate(groups, full, 2).rate,
+        "fn_rate_grade1_whole_window": false_negative_rate(window_docs, full, 1).rate,
+        "sampled_negatives": sum(len(g.negative_docids) for g in groups),
+        "queries_used": report.queries_used,
+        "queries_sampled_with_replacement": report.queries_sampled_with_replacement,
+        "queries_without_candidates": report.queries_without_candidates,
+    }
+
+
+def build_strong_source(ctx: Context, store: Store) -> dict:
+    """Measure the candidates, choose the `strong` source (criteria above), save the table and the run."""
+    from rankface.data.mining import fuse_runs
+    from rankface.retrieval.trec import read_run, write_run
+
+    path = ctx.args.out / "data" / "negative_sources.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == store.hash:
+            return saved
+    retriever = run_trained(ctx, store, "plain/bm25-neg", 0, keep_model=True)
+    dense_path = ctx.args.out / "data" / "dense-ft.plain__bm25-neg.seed0.train.top100.trec"
+    if not dense_path.is_file():  # the record exists from an earlier run but its dense run was not kept
+        model_dir = ctx.args.out / "models" / "plain__bm25-neg__seed0" / "model"
+        if not model_dir.is_dir():
+            raise SystemExit(f"{dense_path} and {model_dir} are missing: delete {store.path('plain/bm25-neg', 0)} "
+                             "to retrain the strong retriever")
+        dense = score_splits(load_model(ctx.args, str(model_dir)), ctx, (), train_run_depth=100)["train_dense"]
+        write_run(dense_path, dense, tag="dense-ft")
+    dense = read_run(dense_path)
+    rrf = fuse_runs([ctx.bm25_train, dense], method="rrf", k=60, depth=100)
+    rrf_path = ctx.args.out / "data" / "rrf_bm25_dense-ft.train.top100.trec"
+    write_run(rrf_path, rrf, tag="rrf")
+    files = {"dense-ft": dense_path, "rrf": rrf_path}
+    runs = {"dense-ft": dense, "rrf": rrf}
+    rows = [source_row(ctx, "bm25", ctx.bm25_train, BM25_WINDOW)]  # its top-50 is the bm25 negatives run
+    for name, window in STRONG_CANDIDATES:
+        rows.append({**source_row(ctx, name, runs[name], window), "run_file": str(files[name])})
+    base = rows[0]
+    for row in rows[1:]:
+        row["fn_ratio_to_bm25"] = row["fn_rate_grade1"] / base["fn_rate_grade1"] if base["fn_rate_grade1"] else None
+        row["meets_criteria"] = bool(
+            row["ndcg10_train_full_qrels"] >= base["ndcg10_train_full_qrels"] + NDCG_MARGIN
+            and row["fn_ratio_to_bm25"] is not None and row["fn_ratio_to_bm25"] >= FN_RATIO
+        )
+    qualified = [r for r in rows[1:] if r["meets_criteria"]]
+    if qualified:
+        chosen, why = qualified[0], (
+            f"first candidate (preference: same 1-50 window as BM25, dense before fusion) with nDCG@10 >= BM25 + "
+            f"{NDCG_MARGIN} on the training queries and FN rate >= {FN_RATIO}x BM25's")
+    else:
+        better = [r for r in rows[1:] if r["ndcg10_train_full_qrels"] > base["ndcg10_train_full_qrels"]]
+        pool = better or rows[1:]
+        chosen = max(pool, key=lambda r: r["fn_ratio_to_bm25"] or 0.0)
+        why = ("NO candidate met both criteria; fallback: the highest FN ratio among those "
+               + ("beating BM25" if better else "measured (none beats BM25)"))
+    result = {
+        "fingerprint": store.hash,
+        "rows": rows,
+        "chosen": {"name": chosen["source"], "window": chosen["window"][1], "run_file": chosen["run_file"],
+                   "criteria_met": chosen.get("meets_criteria", False), "why": why},
+        "retriever": {"system": "plain/bm25-neg", "seed": 0, "test_ndcg10": retriever["test"]["aggregate"]["nDCG@10"]},
+    }
+    write_json(path, result)
+    log(f"strong source: {chosen['source']} ranks 1-{chosen['window'][1]} ({why})")
+    shutil.rmtree(ctx.args.out / "models" / "plain__bm25-neg__seed0", ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _averaged(records: list[dict], split: str = "test"):
+    """An `Evaluation` whose per-query values are the means over `records` (seeds)."""
+    from rankface.evaluation.ranking import Evaluation
+
+    per_query = {}
+    for m in MEASURES:
+        qids = records[0][split]["per_query"][m]
+        per_query[m] = {q: statistics.fmean(r[split]["per_query"][m][q] for r in records) for q in qids}
+    aggregate = {m: statistics.fmean(v.values()) for m, v in per_query.items()}
+    return Evaluation(aggregate=aggregate, per_query=per_query, num_queries=len(per_query[MEASURES[0]]))
+
+
+def paired(store: Store, a: str, b: str, seeds: Sequence[int], measure: str = "nDCG@10") -> dict | None:
+    """Paired t-test over test queries of system a vs b, per-query values averaged over their common seeds."""
+    from rankface.evaluation.ranking import paired_ttest
+
+    common = [s for s in seeds if store.path(a, s).is_file() and store.path(b, s).is_file()]
+    if not common:
+        return None
+    ra = _averaged([store.load(a, s) for s in common])
+    rb = _averaged([store.load(b, s) for s in common])
+    t, p = paired_ttest(ra, rb, measure)
+    return {"a": a, "b": b, "seeds": common, "delta": ra[measure] - rb[measure], "t": t, "p": p}
+
+
+def report(args: argparse.Namespace, store: Store) -> str:
+    lines = []
+    settings = store.settings
+    lines.append(
+        f"## R1 pooling bias ({args.encoder}-encoder, mode {args.mode})\n\n"
+        f"Settings: MiniLM-L6 weights, layers {settings['num_layers'] or 6}, max length {settings['max_length']}, "
+        f"K = {settings['num_negatives']}, batch {settings['batch_size']} queries, {settings['steps']} steps, "
+        f"lr {settings['learning_rate']}, pairwise loss, CET T = {args.cet_temperature} "
+        f"({settings['cet_weights_from']}, selection {settings['cet_selection']}); pooled labels from BM25 "
+        f"top-{POOL_DEPTH}; test = BM25 top-100 of the test queries reranked.\n"
+    )
+    data_report = args.out / "data" / "data_report.json"
+    if data_report.is_file():
+        d = json.loads(data_report.read_text())
+        lines.append(
+            f"Train queries used {d['train_queries_used']} (of {d['train_queries']}; "
+            f"{d['train_queries_duplicating_test_or_dev']} duplicates of test/dev dropped, "
+            f"{d['pooled_labels']['queries_without_pooled_positive']} without a grade >= 2 doc in the BM25 top-10, "
+            f"{d['train_queries_with_empty_bm25']} with no BM25 hit); test queries {d['test_queries']} "
+            f"({d['test_queries_with_empty_bm25']} with no BM25 hit, scored 0 by every system).\n"
+        )
+    header = "| system | seeds | nDCG@10 | RR@10 (grade>=2) | R@100 | dev nDCG@10 |"
+    rows = [header, "|---|---:|---:|---:|---:|---:|"]
+    means: dict[str, float] = {}
+    for system in (*BASELINES, *TRAINED):
+        seeds = [0] if system in BASELINES else args.seed_list
+        recs = [store.load(system, s) for s in seeds if store.path(system, s).is_file()]
+        if not recs:
+            rows.append(f"| {system} | 0 | (not run yet) | | | |")
+            continue
+        cells = []
+        for m in MEASURES:
+            mu, sd = _mean_std([r["test"]["aggregate"][m] for r in recs])
+            cells.append(f"{mu:.4f} ± {sd:.4f}" if len(recs) > 1 else f"{mu:.4f}")
+            if m == "nDCG@10":
+                means[system] = mu
+        dev_mu, _ = _mean_std([r["dev"]["aggregate"]["nDCG@10"] for r in recs])
+        rows.append(f"| {system} | {len(recs)} | " + " | ".join(cells) + f" | {dev_mu:.4f} |")
+    lines.append("\n".join(rows) + "\n")
+
+    tests = {}
+    for x in ("strong", "bm25"):
+        res = paired(store, f"cet/{x}-neg", f"plain/{x}-neg", args.seed_list)
+        tests[x] = res
+        if res:
+            lines.append(f"- paired t-test over test queries, cet/{x}-neg vs plain/{x}-neg (seeds {res['seeds']}): "
+                         f"Δ nDCG@10 = {res['delta']:+.4f}, t = {res['t']:.2f}, p = {res['p']:.3g}")
+    res = paired(store, "plain/strong-neg", "plain/bm25-neg", args.seed_list)
+    if res:
+        lines.append(f"- plain/strong-neg vs plain/bm25-neg: Δ nDCG@10 = {res['delta']:+.4f}, p = {res['p']:.3g}")
+    res = paired(store, "plain/bm25-neg", "bm25", [0])
+    if res and store.path("plain/bm25-neg", 0).is_file():
+        dev_plain = store.load("plain/bm25-neg", 0)["dev"]["aggregate"]["nDCG@10"]
+        dev_bm25 = store.load("bm25", 0)["dev"]["aggregate"]["nDCG@10"]
+        lines.append(f"- learnability check on dev: plain/bm25-neg seed 0 nDCG@10 {dev_plain:.4f} vs BM25 "
+                     f"{dev_bm25:.4f}")
+    lines.append("")
+
+    fn = {}
+    sources = args.out / "data" / "negative_sources.json"
+    if sources.is_file():
+        src = json.loads(sources.read_text())
+        table = [("| negative source | window | nDCG@10 train (full qrels) | nDCG@10 pooled queries | FN rate grade>=1 | "
+                  "FN rate grade>=2 | FN grade>=1, whole window | ratio to BM25 | meets criteria |"),
+                 "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in src["rows"]:
+            ratio = r.get("fn_ratio_to_bm25")
+            table.append(
+                f"| {r['source']} | {r['window'][0]}-{r['window'][1]} | {r['ndcg10_train_full_qrels']:.4f} | "
+                f"{r.get('ndcg10_pooled_queries', math.nan):.4f} | "
+                f"{r['fn_rate_grade1']:.3f} | {r['fn_rate_grade2']:.3f} | {r['fn_rate_grade1_whole_window']:.3f} | "
+                f"{'' if ratio is None else f'{ratio:.2f}'} | {r.get('meets_criteria', '')} |"
+            )
+        chosen = src["chosen"]
+        lines.append("\n".join(table))
+        lines.append(f"\n`strong` = {chosen['name']} ranks 1-{chosen['window']}: {chosen['why']}. dense-ft = the "
+                     f"plain/bm25-neg seed-0 bi-encoder (test nDCG@10 {src['retriever']['test_ndcg10']:.4f}) over the "
+                     "whole corpus; rrf = RRF (k 60) of BM25 top-100 and dense-ft top-100.\n")
+        fn["bm25"] = src["rows"][0]["fn_rate_grade1"]
+        fn["strong"] = next(r["fn_rate_grade1"] for r in src["rows"][1:]
+                            if r["source"] == chosen["name"] and r["window"][1] == chosen["window"])
+
+    sweep_rows = []
+    for t in args.sweep_list:
+        key = sweep_key(args, t)
+        if store.path(key, 0).is_file():
+            rec = store.load(key, 0)
+            sweep_rows.append(f"| {t:g} | {rec['dev']['aggregate']['nDCG@10']:.4f} | "
+                              f"{rec['dev']['aggregate']['RR@10']:.4f} | {rec['train']['cet_weight_mean']:.3f} | "
+                              f"{rec['train']['cet_weight_max_batch_mean']:.3g} |")
+    if sweep_rows:
+        plain_dev = store.load("plain/strong-neg", 0) if store.path("plain/strong-neg", 0).is_file() else None
+        lines.append("CET temperature sweep (cet/strong-neg, seed 0, dev split"
+                     + (f"; plain/strong-neg dev nDCG@10 {plain_dev['dev']['aggregate']['nDCG@10']:.4f}"
+                        if plain_dev else "") + "):\n")
+        lines.append("| T | dev nDCG@10 | dev RR@10 | mean CET weight | max batch-mean weight |\n|---:|---:|---:|---:|---:|")
+        lines.append("\n".join(sweep_rows) + "\n")
+
+    complete = [s for s in args.seed_list if all(store.path(x, s).is_file() for x in TRAINED)]
+    strong_test = tests.get("strong")
+
+    def fmt(v: float | None) -> str:
+        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    result = {
+        "bm25_ndcg10": fmt(means.get("bm25")),
+        "dense_ndcg10": fmt(means.get("dense")),
+        "plain_bm25_ndcg10": fmt(means.get("plain/bm25-neg")),
+        "plain_strong_ndcg10": fmt(means.get("plain/strong-neg")),
+        "cet_strong_ndcg10": fmt(means.get("cet/strong-neg")),
+        "cet_bm25_ndcg10": fmt(means.get("cet/bm25-neg")),
+        "oracle_ndcg10": fmt(means.get("oracle")),
+        "p_cet_vs_plain_strong": "nan" if not strong_test else f"{strong_test['p']:.3g}",
+        "fn_rate_bm25": fmt(fn.get("bm25")),
+        "fn_rate_strong": fmt(fn.get("strong")),
+        "encoder": args.encoder,
+        "seeds": len(complete),
+        "mode": args.mode,
+    }
+    lines.append("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+    return "\n".join(lines)
+
+
+def sweep_key(args: argparse.Namespace, t: float) -> str:
+    return "cet/strong-neg" if t == args.cet_temperature else f"sweep/cet-strong-neg-T{t:g}"
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    store = Store(args.out, training_settings(args))
+    if not args.report_only:
+        started = time.perf_counter()
+        log(f"R1 {args.mode}: results in {args.out} (settings {store.hash}: {store.settings})")
+        ctx = prepare_context(args)
+        for system in BASELINES:
+            run_baseline(ctx, store, system)
+        for i, seed in enumerate(args.seed_list):
+            source = build_strong_source(ctx, store)["chosen"]
+            for system in TRAINED:
+                run_trained(ctx, store, system, seed, source=source)
+            if i == 0:  # the T sweep on dev, after the first seed's table is complete
+                for t in args.sweep_list:
+                    run_trained(ctx, store, "cet/strong-neg", 0, temperature=t, key=sweep_key(args, t),
+                                source=source)
+        log(f"all done in {time.perf_counter() - started:.0f} s")
+    text = report(args, store)
+    with atomic_write(args.out / "report.md") as handle:
+        handle.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

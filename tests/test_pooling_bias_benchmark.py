@@ -1,0 +1,153 @@
+"""Benchmark R1 (benchmarks/pooling_bias.py): settings, the results store, FN-rate rows and the report/RESULT line.
+
+The training itself is `rankface.training` (tested in test_training.py); here the benchmark's own bookkeeping is
+checked on synthetic records and a synthetic collection, against independently computed values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "pooling_bias.py"
+# benchmarks.md R1, in its order
+RESULT_KEYS = [
+    "bm25_ndcg10", "dense_ndcg10", "plain_bm25_ndcg10", "plain_strong_ndcg10", "cet_strong_ndcg10", "cet_bm25_ndcg10",
+    "oracle_ndcg10", "p_cet_vs_plain_strong", "fn_rate_bm25", "fn_rate_strong", "encoder", "seeds", "mode",
+]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("pooling_bias_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_quick_and_full_settings(bench, tmp_path):
+    quick = bench.parse_args(["--quick", "--results-dir", str(tmp_path)])
+    assert (quick.num_layers, quick.max_length, quick.num_negatives, quick.seed_list) == (2, 128, 3, [0])
+    assert quick.max_train_queries is not None and quick.mode == "quick"
+    full = bench.parse_args([])
+    assert full.seed_list == [0, 1, 2] and full.num_layers is None and full.mode == "full"
+    assert full.out == bench.RESULTS / "full"
+    cross = bench.parse_args(["--encoder", "cross"])
+    assert cross.mode == "full-cross" and cross.out.name == "full-cross"
+    assert full.sweep_list == [1.0, 2.0, 5.0, 10.0]
+
+
+def test_store_skips_saved_and_refuses_other_settings(bench, tmp_path):
+    store = bench.Store(tmp_path, {"steps": 10})
+    assert store.load("plain/bm25-neg", 0) is None
+    store.save("plain/bm25-neg", 0, {"test": {"x": 1}})
+    assert store.path("plain/bm25-neg", 0).name == "plain__bm25-neg__seed0.json"
+    assert store.load("plain/bm25-neg", 0)["test"] == {"x": 1}
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.Store(tmp_path, {"steps": 20}).load("plain/bm25-neg", 0)
+
+
+def _record(rng: random.Random, qids: list[str], shift: float) -> dict:
+    split = {}
+    for name in ("test", "dev"):
+        per_query = {m: {q: min(1.0, max(0.0, rng.random() * 0.6 + shift)) for q in qids} for m in ("nDCG@10", "RR@10", "R@100")}
+        aggregate = {m: float(np.mean(list(v.values()))) for m, v in per_query.items()}
+        split[name] = {"aggregate": aggregate, "per_query": per_query, "num_queries": len(qids), "missing_queries": []}
+    return split
+
+
+def test_report_means_ttest_and_result_keys(bench, tmp_path):
+    args = bench.parse_args(["--results-dir", str(tmp_path), "--seeds", "0,1", "--sweep", ""])
+    store = bench.Store(tmp_path, bench.training_settings(args))
+    rng = random.Random(3)
+    qids = [f"q{i}" for i in range(40)]
+    records = {}
+    for system in bench.BASELINES:
+        records[(system, 0)] = store.save(system, 0, _record(rng, qids, 0.1))
+    for i, system in enumerate(bench.TRAINED):
+        for seed in (0, 1):
+            records[(system, seed)] = store.save(system, seed, {**_record(rng, qids, 0.05 * i), "train": {}})
+    (tmp_path / "data").mkdir()
+    bench.write_json(tmp_path / "data" / "negative_sources.json", {
+        "fingerprint": store.hash,
+        "rows": [
+            {"source": "bm25", "window": [1, 50], "ndcg10_train_full_qrels": 0.3, "fn_rate_grade1": 0.2,
+             "fn_rate_grade2": 0.1, "fn_rate_grade1_whole_window": 0.2},
+            {"source": "rrf", "window": [1, 20], "ndcg10_train_full_qrels": 0.4, "fn_rate_grade1": 0.3,
+             "fn_rate_grade2": 0.2, "fn_rate_grade1_whole_window": 0.3, "fn_ratio_to_bm25": 1.5,
+             "meets_criteria": True, "run_file": "x"},
+        ],
+        "chosen": {"name": "rrf", "window": 20, "run_file": "x", "criteria_met": True, "why": "test"},
+        "retriever": {"test_ndcg10": 0.33},
+    })
+    text = bench.report(args, store)
+    result = text.strip().splitlines()[-1]
+    assert result.startswith("RESULT ")
+    pairs = dict(kv.split("=") for kv in result.split()[1:])
+    assert list(pairs) == RESULT_KEYS
+    # Independent reference: mean over seeds of the per-seed means; t-test on per-query means over seeds.
+    plain = [records[("plain/strong-neg", s)]["test"]["per_query"]["nDCG@10"] for s in (0, 1)]
+    cet = [records[("cet/strong-neg", s)]["test"]["per_query"]["nDCG@10"] for s in (0, 1)]
+    expected_mean = np.mean([np.mean(list(p.values())) for p in plain])
+    assert float(pairs["plain_strong_ndcg10"]) == pytest.approx(expected_mean, abs=1e-4)
+    a = [np.mean([c[q] for c in cet]) for q in qids]
+    b = [np.mean([p[q] for p in plain]) for q in qids]
+    assert float(pairs["p_cet_vs_plain_strong"]) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-2)
+    assert pairs["fn_rate_bm25"] == "0.2000" and pairs["fn_rate_strong"] == "0.3000"
+    assert pairs["seeds"] == "2" and pairs["encoder"] == "bi" and pairs["mode"] == "full"
+
+
+def test_report_with_nothing_saved_prints_nan(bench, tmp_path):
+    args = bench.parse_args(["--quick", "--results-dir", str(tmp_path)])
+    text = bench.report(args, bench.Store(tmp_path, bench.training_settings(args)))
+    pairs = dict(kv.split("=") for kv in text.strip().splitlines()[-1].split()[1:])
+    assert list(pairs) == RESULT_KEYS
+    assert pairs["cet_strong_ndcg10"] == "nan" and pairs["seeds"] == "0"
+
+
+def test_source_row_counts_false_negatives(bench, tmp_path):
+    from rankface.retrieval.trec import write_qrels
+
+    docs = {f"d{i}": f"text {i}" for i in range(8)}
+    pooled_path = tmp_path / "pooled.txt"
+    write_qrels(pooled_path, {"q1": {"d0": 2}, "q2": {"d4": 2}})
+    full = {"q1": {"d0": 2, "d1": 1, "d2": 2}, "q2": {"d4": 2, "d7": 1}}
+    run = {
+        "q1": {f"d{i}": 10.0 - i for i in range(6)},  # d0 (labelled) d1 d2 d3 d4 d5
+        "q2": {"d4": 5.0, "d5": 4.0, "d6": 3.0, "d7": 2.0, "d0": 1.0},
+    }
+    args = argparse.Namespace(num_negatives=3)
+    ctx = bench.Context(args=args, collection=None, docs=docs, queries={"train": {"q1": "a", "q2": "b"}},
+                        full_qrels={"train": full}, candidates={}, pooled_qrels_path=pooled_path,
+                        oracle_qrels_path=tmp_path / "o.txt", runs={}, train_qids=["q1", "q2"],
+                        all_train_qids=["q1", "q2"], bm25_train={})
+    row = bench.source_row(ctx, "x", run, window=4)
+    # Window 1-4 minus the labelled positive: q1 {d1, d2, d3} (2 relevant, both grade>=1, one grade>=2);
+    # q2 {d5, d6, d7} (d7 grade 1). K = 3 = every candidate, so sampled == whole window.
+    assert row["fn_rate_grade1"] == pytest.approx(3 / 6)
+    assert row["fn_rate_grade2"] == pytest.approx(1 / 6)
+    assert row["fn_rate_grade1_whole_window"] == pytest.approx(3 / 6)
+    assert row["sampled_negatives"] == 6 and row["queries_used"] == 2
+    # nDCG@10 of the run against the full qrels, by hand (linear gains, log2 discounts).
+    def ndcg(ranking, judged):
+        dcg = sum(judged.get(d, 0) / np.log2(i + 2) for i, d in enumerate(ranking[:10]))
+        ideal = sorted(judged.values(), reverse=True)
+        return dcg / sum(g / np.log2(i + 2) for i, g in enumerate(ideal[:10]))
+
+    expected = np.mean([ndcg(list(run[q]), full[q]) for q in ("q1", "q2")])
+    assert row["ndcg10_train_full_qrels"] == pytest.approx(expected, abs=1e-6)
+    assert row["ndcg10_pooled_queries"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_top_orders_by_score_then_docid(bench):
+    assert list(bench.top({"b": 1.0, "a": 1.0, "c": 2.0}, 2)) == ["c", "a"]
+    assert bench.top(None, 3) == {}
