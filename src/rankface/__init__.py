@@ -36,4 +36,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rankface' has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)

@@ -1,7 +1,7 @@
 """Every rankface AutoConfig / AutoModel registration, in one place.
 
-Importing this module (done by the first use of `rankface.<Class>`) makes `AutoConfig.from_pretrained` / `AutoModel.from_pretrained` understand
-rankface's model types (all prefixed "rankface-") without `trust_remote_code`. The text rerankers
+Importing this module (done by the first use of `rankface.<Class>`) makes `AutoConfig.from_pretrained` and
+`AutoModel.from_pretrained` understand rankface's model types (all prefixed "rankface-") without `trust_remote_code`. The text rerankers
 (`CrossEncoder`, `BiEncoder`) need no entry here: they save standard transformers checkpoints.
 """
 
