@@ -197,9 +197,13 @@ def test_lfw_accuracy_matches_readme(shared):
     folds = np.array([p.fold for p in pairs])
     model = _real_mobilefacenet(shared)
     full = evaluate_pairs_at_resolution(model, images, local, same, 112, folds=folds)
+    print(f"LFW 112 px: {100 * full.accuracy:.2f} +- {100 * full.accuracy_std:.2f} %, AUC {full.auc:.4f}, "
+          f"TAR@FAR=1e-2 {100 * full.tar_at_far[0.01]:.2f} %, TAR@FAR=1e-3 {100 * full.tar_at_far[0.001]:.2f} %")
     assert abs(100 * full.accuracy - 99.37) <= 0.1
     assert abs(100 * full.accuracy_std - 0.28) <= 0.1
     if os.environ.get("RANKFACE_LFW_16PX") != "1":
         return
     low = evaluate_pairs_at_resolution(model, images, local, same, 16, setting="lr-lr", folds=folds)
+    print(f"LFW 16 px LR-LR: {100 * low.accuracy:.2f} +- {100 * low.accuracy_std:.2f} %, AUC {low.auc:.4f}, "
+          f"TAR@FAR=1e-2 {100 * low.tar_at_far[0.01]:.2f} %")
     assert abs(100 * low.accuracy - 81.08) <= 0.1
