@@ -31,13 +31,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOCAL_LAYOUT",
-    "read_queries_tsv",
     "DataUnavailableError",
     "GroupReport",
     "IRCollection",
     "TrainingGroup",
     "build_training_groups",
     "load_collection",
+    "read_queries_tsv",
 ]
 
 LOCAL_LAYOUT = (
@@ -414,8 +414,22 @@ class TrainingGroup:
     negative_docids: tuple[str, ...]
 
 
+class CountingReport:
+    """Counts of what a data step did with every query, with up to 5 example query ids per kind of problem."""
+
+    examples: dict[str, list[str]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _note(self, key: str, qid: str) -> None:
+        bucket = self.examples.setdefault(key, [])
+        if len(bucket) < 5:
+            bucket.append(qid)
+
+
 @dataclass
-class GroupReport:
+class GroupReport(CountingReport):
     """What `build_training_groups` did with every query, so that nothing is skipped silently.
 
     Query-level counts add up: `queries_total = queries_used + queries_excluded + queries_without_positive +
@@ -436,14 +450,6 @@ class GroupReport:
     qrels_queries_without_text: int = 0
     run_queries_without_text: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def _note(self, key: str, qid: str) -> None:
-        bucket = self.examples.setdefault(key, [])
-        if len(bucket) < 5:
-            bucket.append(qid)
 
 
 def _ranked_docids(ranking: Mapping[str, float] | Sequence[Any]) -> list[str]:

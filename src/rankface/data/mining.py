@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rankface.data.ir import CountingReport
 from rankface.utils.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def _ranked(docs: Mapping[str, float]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- pooled labels
 @dataclass
-class PoolingReport:
+class PoolingReport(CountingReport):
     """What `simulate_pooled_labels` did with every query; query counts add up to `queries_total`:
 
     `queries_total = queries_labelled + queries_excluded + queries_without_pooled_positive + queries_without_qrels
@@ -68,14 +69,6 @@ class PoolingReport:
     relevant_in_pool_mean: float = 0.0
     relevant_unlabelled_share: float = 0.0
     examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def _note(self, key: str, qid: str) -> None:
-        bucket = self.examples.setdefault(key, [])
-        if len(bucket) < 5:
-            bucket.append(qid)
 
 
 def simulate_pooled_labels(
