@@ -81,12 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-negatives", type=int, default=None, help="K (3)")
     parser.add_argument("--batch-size", type=int, default=None, help="queries per step (quick 8, full 16)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every trained system")
-    parser.add_argument("--learning-rate", type=float, default=None, help="peak lr (bi 2e-5; cross 2e-5 + head 1e-3)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak lr (full bi 5e-5; cross 2e-5, head 1e-3)")
     parser.add_argument("--max-train-queries", type=int, default=None, help="pooled train queries used (quick 300)")
     parser.add_argument("--cet-temperature", type=float, default=10.0, help="T of the main CET systems (authors: 10)")
     parser.add_argument("--cet-weights-from", default="eval_forward", choices=["eval_forward", "train_logits"])
     parser.add_argument("--cet-selection", default="same", choices=["same", "mlp"])
-    parser.add_argument("--sweep", default="1,2,5,10", help="CET temperatures swept on dev (seed 0); '' for none")
+    parser.add_argument("--sweep", default=None, help="CET temperatures swept on dev, seed 0 (quick 1,10; full 1,2,5,10)")
     parser.add_argument("--dev-max-queries", type=int, default=None, help="dev subset (cross default 100)")
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -99,12 +99,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = {
         # name: (quick, full bi, full cross)
         "seeds": ("0", "0,1,2", "0,1,2"),
+        "sweep": ("1,10", "1,2,5,10", "1,2,5,10"),
         "num_layers": (2, None, None),
         "max_length": (128, 128, 192),
         "num_negatives": (3, 3, 3),
         "batch_size": (8, 16, 16),
-        "steps": (6, 60, 1500),
-        "learning_rate": (2e-5, 2e-5, 2e-5),
+        "steps": (6, 40, 1500),
+        "learning_rate": (2e-5, 5e-5, 2e-5),
         "max_train_queries": (300, None, None),
         "dev_max_queries": (None, None, 100),
     }
