@@ -53,6 +53,17 @@ SYSTEMS = {  # name -> recipe config (None: no training)
     "cosface": "lfw_vlr_cosface.yaml",
     "cosface+unpg": "lfw_vlr_cosface_unpg.yaml",
 }
+RI_SYSTEMS = {  # --with-ri: the RI model and its ablations (methods.md section 3: margin < + regressor < + ID < + att)
+    "ri+reg": "lfw_vlr_ri.yaml",
+    "ri+reg+id": "lfw_vlr_ri.yaml",
+    "ri": "lfw_vlr_ri.yaml",
+}
+SYSTEM_OVERRIDES = {
+    "ri+reg": ["--ri_attention", "false", "--ri_beta", "0"],
+    "ri+reg+id": ["--ri_attention", "false"],
+}
+SYSTEMS.update(RI_SYSTEMS)
+BASE_SYSTEMS = [s for s in SYSTEMS if s not in RI_SYSTEMS]
 HALVES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
 ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR at 8 px
     ("lr-lr", 112): 99.37, ("lr-lr", 24): 92.00, ("lr-lr", 16): 81.08, ("lr-lr", 12): 73.98, ("lr-lr", 8): 68.28,
@@ -64,7 +75,9 @@ FARS = (1e-2, 1e-3)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget, 2 folds per half, r in {112, 16, 8}")
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", default=None, choices=list(SYSTEMS),
+                        help=f"default: {' '.join(BASE_SYSTEMS)} (+ {' '.join(RI_SYSTEMS)} with --with-ri)")
+    parser.add_argument("--with-ri", action="store_true", help="add the RI model and its ablations")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--halves", nargs="+", default=list(HALVES), choices=list(HALVES))
     parser.add_argument("--resolutions", nargs="+", type=int, default=None, help="quick: 112 16 8; full: 112 24 16 12 8")
@@ -79,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bars while training")
     args = parser.parse_args(argv)
     quick = args.quick
+    args.systems = args.systems or (BASE_SYSTEMS + (list(RI_SYSTEMS) if args.with_ri else []))
     args.resolutions = args.resolutions or ([112, 16, 8] if quick else [112, 24, 16, 12, 8])
     if 112 not in args.resolutions:
         args.resolutions = [112, *args.resolutions]  # HR-LR needs the 112 px embeddings
@@ -95,7 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- settings
 def run_settings(args: argparse.Namespace, system: str, seed: int, half: str) -> dict:
     """Everything that determines a (system, seed, half) result; stored with it and compared on rerun."""
+    extra = {"overrides": SYSTEM_OVERRIDES[system]} if system in SYSTEM_OVERRIDES else {}
     return {
+        **extra,
         "system": system, "seed": seed, "half": half, "heldout_folds": HALVES[half],
         "eval_folds": HALVES[half][: args.folds_per_half], "resolutions": sorted(args.resolutions, reverse=True),
         "steps": 0 if SYSTEMS[system] is None else args.steps, "batch_size": args.batch_size,
@@ -120,6 +136,7 @@ def train_model(args: argparse.Namespace, system: str, seed: int, half: str, run
         "--head_init_images_per_class", str(args.head_init_images), "--output_dir", str(run_dir),
         "--eval_at_end", "false", "--checkpoint_steps", str(max(1, args.steps // 3)), "--checkpoints_to_keep", "1",
         "--resume_from_checkpoint", "latest", "--quiet", str(args.quiet).lower(),
+        *SYSTEM_OVERRIDES.get(system, []),
     ]
     settings = parse_face_training_args(overrides)
     settings.eval_steps = None

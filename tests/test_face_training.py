@@ -195,17 +195,41 @@ def test_settings_errors_name_the_problem_and_shipped_configs_parse(tmp_path):
     assert {"lfw_vlr_arcface.yaml", "lfw_vlr_arcface_unpg.yaml", "lfw_vlr_cosface.yaml",
             "lfw_vlr_cosface_unpg.yaml"} <= set(shipped)
     assert shipped["lfw_vlr_cosface_unpg.yaml"].unpg and shipped["lfw_vlr_cosface_unpg.yaml"].head == "cosface"
-    # Same schedule for every system: only head, unpg and output_dir may differ.
+    assert shipped["lfw_vlr_ri.yaml"].ri
+    # Same schedule for every system: only head, unpg, the RI switch and output_dir may differ.
     base = vars(shipped["lfw_vlr_arcface.yaml"])
-    for name in ("lfw_vlr_arcface_unpg.yaml", "lfw_vlr_cosface.yaml", "lfw_vlr_cosface_unpg.yaml"):
+    for name in ("lfw_vlr_arcface_unpg.yaml", "lfw_vlr_cosface.yaml", "lfw_vlr_cosface_unpg.yaml", "lfw_vlr_ri.yaml"):
         diff = {k for k, v in vars(shipped[name]).items() if base[k] != v}
-        assert diff <= {"head", "unpg", "output_dir"}, (name, diff)
+        assert diff <= {"head", "unpg", "ri", "output_dir"}, (name, diff)
 
 
+def test_ri_training_logs_its_losses_and_saves_ui_centre_with_the_encoder(lfw_like, tiny_encoders, tmp_path):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], out, ri=True,
+                                                        ri_warmup_steps=1, max_steps=3, eval_at_end=False))
+    run(config)
+    state = json.loads((out / "trainer_state.json").read_text())
+    entries = [e for e in state["log"] if "loss" in e]
+    assert all(np.isfinite([e["loss"], e["ri_regression"], e["ri_diversion"], e["ri_attention"]]).all() for e in entries)
+    assert entries[0]["ri_attention"] == 0.0 and entries[-1]["ri_attention"] > 0.0  # warm-up of 1 step
+    from transformers import AutoModel
+
+    import rankface.models.auto  # noqa: F401
+
+    model = AutoModel.from_pretrained(out / "model")
+    assert type(model).__name__ == "RecognizabilityModel"
+    assert int(model.ui_centre.num_updates) == 3 and float(model.ui_centre.centre.norm()) > 0
+    start = load_file(tiny_encoders["mobilefacenet"] / "model.safetensors")
+    trained = load_file(out / "model" / "model.safetensors")
+    assert not torch.equal(trained["backbone.conv1.0.weight"], start["conv1.0.weight"])
+
+
+@pytest.mark.slow
 def test_two_process_training_is_one_synchronised_job(lfw_like, tiny_encoders, tmp_path):
     out = tmp_path / "out"
+    # UNPG (global-batch negatives) inside the RI objective (UI-centre buffers all-reduced): both cross-rank paths.
     config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], out, unpg=True,
-                                                        max_steps=2, eval_at_end=False))
+                                                        ri=True, ri_warmup_steps=1, max_steps=2, eval_at_end=False))
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

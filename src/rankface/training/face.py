@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -52,10 +52,13 @@ def train_face(args: FaceTrainingArguments) -> dict:
         The final held-out evaluation `{"lr-lr@<r>": {"accuracy", "accuracy_std", "auc", "tar@far=..."}}` (empty
         without held-out pairs or with `eval_at_end=False`).
     """
+    # RI: the attention branch gets no gradient while its loss is in warm-up; DDP must not wait for it.
+    ddp_kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if args.ri else []
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=ddp_kwargs,
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -68,6 +71,8 @@ def train_face(args: FaceTrainingArguments) -> dict:
         accelerator.print(data.report["summary"])
 
     encoder = build_encoder(args)
+    if args.ri:
+        encoder = wrap_recognizability(encoder, args)
     model = FaceRecognitionModule(encoder, data.num_classes, freeze_batchnorm=args.freeze_batchnorm)
     checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
     if args.head_init == "centroids" and checkpoint is None:  # a resumed run loads its class weights instead
@@ -86,6 +91,14 @@ def train_face(args: FaceTrainingArguments) -> dict:
         raise ValueError(f"{args.dataset}: {len(train_set)} training images make no batch of {args.batch_size}")
     total_steps = args.max_steps or math.ceil(steps_per_epoch * args.epochs)
     scheduler = make_scheduler(optimizer, args, total_steps)
+    ri_loss = None
+    if args.ri:
+        from rankface.losses.recognizability import RecognizabilityLoss
+
+        warmup = steps_per_epoch if args.ri_warmup_steps is None else args.ri_warmup_steps
+        ri_loss = RecognizabilityLoss(loss_fn, alpha=args.ri_alpha, beta=args.ri_beta,
+                                      gamma=args.ri_gamma if args.ri_attention else 0.0, warmup_steps=warmup,
+                                      diversion_on=args.ri_diversion_on, form=args.ri_form)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(head)  # AdaFace's norm statistics are buffers of the head
     learner = Learner("face", model, optimizer, scheduler)
@@ -110,8 +123,12 @@ def train_face(args: FaceTrainingArguments) -> dict:
             batches = accelerator.skip_first_batches(loader, state["batches_done_in_epoch"])
         for pixel_values, labels in batches:
             with accelerator.accumulate(model):
-                embedding, cos = model(pixel_values)
-                loss = loss_fn(embedding, labels, cos)
+                if ri_loss is None:
+                    embedding, cos = model(pixel_values)
+                    loss = loss_fn(embedding, labels, cos)
+                    parts = {}
+                else:
+                    loss, parts = ri_step(accelerator, model, ri_loss, pixel_values, labels, args, state["step"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -123,6 +140,7 @@ def train_face(args: FaceTrainingArguments) -> dict:
             scheduler.step()
             state["step"] += 1
             entry = {"step": state["step"], "loss": float(loss.item()), "lr": scheduler.get_last_lr()[0]}
+            entry.update(parts)
             if args.unpg:
                 entry["negatives"] = int(loss_fn.last_num_negatives)
             if not math.isfinite(entry["loss"]):
@@ -362,9 +380,44 @@ class FaceRecognitionModule(nn.Module):
                 module.eval()
         return self
 
-    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
-        embedding = self.encoder(pixel_values).embedding
-        return embedding, self.classifier(embedding)
+    def forward(self, pixel_values: Tensor, full_output: bool = False):
+        """`(embedding, cos)`; with `full_output` also the encoder's whole output (RI: quality, attended)."""
+        out = self.encoder(pixel_values)
+        cos = self.classifier(out.embedding)
+        return (out.embedding, cos, out) if full_output else (out.embedding, cos)
+
+
+def wrap_recognizability(backbone: nn.Module, args: FaceTrainingArguments) -> nn.Module:
+    """A `RecognizabilityModel` around `backbone` (its weights copied in); an RI checkpoint is returned as is."""
+    from rankface.models.recognizability import RecognizabilityConfig, RecognizabilityModel
+
+    if isinstance(backbone, RecognizabilityModel):
+        return backbone
+    config = RecognizabilityConfig(backbone=backbone.config, attention=args.ri_attention, ri_form=args.ri_form,
+                                   match_with=args.ri_match_with)
+    model = RecognizabilityModel(config)
+    model.backbone.load_state_dict(backbone.state_dict(), strict=True)
+    return model.train()
+
+
+def ri_step(accelerator: Accelerator, model, ri_loss, pixel_values: Tensor, labels: Tensor,
+            args: FaceTrainingArguments, step: int) -> tuple[Tensor, dict]:
+    """One RI forward: step the UI-centre buffers with unrecognizable versions of the batch (no gradient, BN in eval
+    mode), then the total RI objective on the batch. The UI sizes are drawn from `(seed, step, rank)`, so a resumed
+    run draws the same ones."""
+    from rankface.losses.recognizability import make_unrecognizable
+
+    unwrapped = accelerator.unwrap_model(model)
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 101 + accelerator.process_index)
+    ui = make_unrecognizable(pixel_values, size_range=(args.ri_ui_size_min, args.ri_ui_size_max), generator=generator)
+    with torch.no_grad():
+        unwrapped.encoder.update_ui_centre(ui, labels, unwrapped.classifier.weight)
+    embedding, cos, out = model(pixel_values, full_output=True)
+    result = ri_loss(embedding, labels, cos, unwrapped.classifier.weight, out.quality.float(),
+                     unwrapped.encoder.ui_centre, attended=out.attended_embedding, step=step)
+    parts = {"margin": float(result.margin), "ri_regression": float(result.regression),
+             "ri_diversion": float(result.diversion), "ri_attention": float(result.attention)}
+    return result.loss, parts
 
 
 @torch.no_grad()

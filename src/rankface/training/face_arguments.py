@@ -71,6 +71,21 @@ class FaceTrainingArguments:
         default="centroids",
     )
     head_init_images_per_class: int = _help("Images per class embedded for the centroid initialisation.", default=2)
+    # ----------------------------------------------------------------- recognizability index (methods.md section 3)
+    ri: bool = _help("Train a RecognizabilityModel (backbone + RI regressor [+ attention]) with the RI objective.",
+                     default=False)
+    ri_attention: bool = _help("RI: perceptibility attention branch (and its loss gamma).", default=True)
+    ri_alpha: float = _help("RI: weight of the RI regression (Smooth-L1).", default=1.0)
+    ri_beta: float = _help("RI: weight of the index-diversion hinge (0 turns it off).", default=1.0)
+    ri_gamma: float = _help("RI: weight of the attention MSE (0 turns it off).", default=1.0)
+    ri_warmup_steps: int | None = _help("RI: steps before index diversion and attention start (default: one epoch).",
+                                        default=None)
+    ri_form: str = _help("RI: 'product' or 'ratio' form of the index.", default="product")
+    ri_diversion_on: str = _help("RI: hinge on 'xi' (the embedding's RI) or 'xi_hat' (the regressed one).",
+                                 default="xi")
+    ri_match_with: str = _help("RI: matching embedding 'v' or 'v+att'.", default="v")
+    ri_ui_size_min: int = _help("RI: smallest side (px) of the unrecognizable images.", default=4)
+    ri_ui_size_max: int = _help("RI: largest side (px) of the unrecognizable images.", default=6)
     # ----------------------------------------------------------------- optimisation
     optimizer: str = _help("'sgd' (momentum 0.9) or 'adamw'.", default="sgd")
     learning_rate: float = _help("Peak learning rate of the encoder.", default=0.01)
@@ -115,6 +130,9 @@ class FaceTrainingArguments:
             "optimizer": ("sgd", "adamw"),
             "lr_scheduler": ("cosine", "linear", "constant"),
             "mixed_precision": (None, "no", "bf16", "fp16"),
+            "ri_form": ("product", "ratio"),
+            "ri_diversion_on": ("xi", "xi_hat"),
+            "ri_match_with": ("v", "v+att"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
