@@ -17,8 +17,12 @@ parity-tested against PyTorch): several times faster than eager PyTorch on these
 Each (system, seed, half) result (with every pair score) is saved under benchmarks/results/lfw_vlr/<mode>/ when it
 finishes; a rerun with the same settings skips it, so the full table can be completed over several runs.
 
-    python benchmarks/lfw_vlr.py --quick      # 2 folds per half, r in {112, 16, 8}, 6 steps of 32 images per model
-    python benchmarks/lfw_vlr.py              # all 6,000 pairs, r in {112, 24, 16, 12, 8}, 150 steps of 64 images
+    python benchmarks/lfw_vlr.py --quick      # 2 folds per half, r in {112, 16, 8}, 4 steps of 16 images per model
+    python benchmarks/lfw_vlr.py              # all 6,000 pairs, r in {112, 24, 16, 12, 8}, 60 steps of 64 images
+
+Full-mode budget: on these 2 shared cores one MobileFaceNet training step of 64 images at 112 px takes 12-40 s
+(5 to 1.5 images/s, depending on the other load) and scoring one half at 5 resolutions ~300-650 s, so 60 steps x 64
+images (about 0.75 epoch of the ~5,100 training images of a half) per model keeps the 9 models near two hours.
 """
 
 from __future__ import annotations
@@ -81,8 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--halves", nargs="+", default=list(HALVES), choices=list(HALVES))
     parser.add_argument("--resolutions", nargs="+", type=int, default=None, help="quick: 112 16 8; full: 112 24 16 12 8")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per model (quick 6, full 150)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (quick 32, full 64)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per model (quick 4, full 60)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (quick 16, full 64)")
+    parser.add_argument("--min-images-per-class", type=int, default=None,
+                        help="training identities need this many images (quick 5: fewer classes to initialise; full 2)")
     parser.add_argument("--folds-per-half", type=int, default=None, help="evaluated folds per half (quick 2, full 5)")
     parser.add_argument("--head-init-images", type=int, default=None, help="images per class for the centroid init "
                         "(quick 1, full 2)")
@@ -96,8 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.resolutions = args.resolutions or ([112, 16, 8] if quick else [112, 24, 16, 12, 8])
     if 112 not in args.resolutions:
         args.resolutions = [112, *args.resolutions]  # HR-LR needs the 112 px embeddings
-    args.steps = args.steps or (6 if quick else 150)
-    args.batch_size = args.batch_size or (32 if quick else 64)
+    args.steps = args.steps or (4 if quick else 60)
+    args.batch_size = args.batch_size or (16 if quick else 64)
+    args.min_images_per_class = args.min_images_per_class or (5 if quick else 2)
     args.folds_per_half = args.folds_per_half or (2 if quick else 5)
     args.head_init_images = args.head_init_images or (1 if quick else 2)
     args.mode = args.mode or ("quick" if quick else "full")
@@ -117,6 +124,7 @@ def run_settings(args: argparse.Namespace, system: str, seed: int, half: str) ->
         "steps": 0 if SYSTEMS[system] is None else args.steps, "batch_size": args.batch_size,
         "head_init_images": args.head_init_images,
         "config": None if SYSTEMS[system] is None else (CONFIGS / SYSTEMS[system]).read_text(),
+        **({} if SYSTEMS[system] is None else {"min_images_per_class": args.min_images_per_class}),
     }
 
 
@@ -136,6 +144,7 @@ def train_model(args: argparse.Namespace, system: str, seed: int, half: str, run
         "--head_init_images_per_class", str(args.head_init_images), "--output_dir", str(run_dir),
         "--eval_at_end", "false", "--checkpoint_steps", str(max(1, args.steps // 3)), "--checkpoints_to_keep", "1",
         "--resume_from_checkpoint", "latest", "--quiet", str(args.quiet).lower(),
+        "--check_images", "false", "--min_images_per_class", str(args.min_images_per_class),  # the benchmark reads the shared Parquet, whose images all decode (README)
         *SYSTEM_OVERRIDES.get(system, []),
     ]
     settings = parse_face_training_args(overrides)
