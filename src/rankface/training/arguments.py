@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from transformers import HfArgumentParser
+
+T = TypeVar("T")
 
 
 def _help(text: str, **kwargs):
@@ -98,20 +101,24 @@ class RerankerTrainingArguments:
             )
 
 
-def parse_training_args(argv: list[str] | None = None) -> RerankerTrainingArguments:
-    """`--config file.yaml` supplies defaults; any other `--flag value` overrides them."""
+def parse_settings(settings_class: type[T], argv: list[str] | None = None) -> T:
+    """Parse a settings dataclass: `--config file.yaml` supplies defaults; any other `--flag value` overrides them."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(RerankerTrainingArguments)
+    parser = HfArgumentParser(settings_class)
     parser.add_argument("--config", help="YAML file with any of the settings below.")
     if known.config:
-        parser.set_defaults(**load_yaml_settings(known.config))
-    args = parser.parse_args_into_dataclasses(args=rest)[0]
-    return args
+        parser.set_defaults(**load_yaml_settings(known.config, settings_class))
+    return parser.parse_args_into_dataclasses(args=rest)[0]
 
 
-def load_yaml_settings(path: str | Path) -> dict:
+def parse_training_args(argv: list[str] | None = None) -> RerankerTrainingArguments:
+    """Reranker training settings from `--config file.yaml` and command-line flags."""
+    return parse_settings(RerankerTrainingArguments, argv)
+
+
+def load_yaml_settings(path: str | Path, settings_class: type = RerankerTrainingArguments) -> dict:
     """Read a YAML settings file; unknown keys are an error naming the key and the file."""
     path = Path(path)
     try:
@@ -122,7 +129,7 @@ def load_yaml_settings(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(settings, dict):
         raise ValueError(f"{path}: expected a mapping of setting: value, got {type(settings).__name__}")  # noqa: TRY004
-    known = {f.name for f in fields(RerankerTrainingArguments)}
+    known = {f.name for f in fields(settings_class)}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; known settings: {sorted(known)}")
