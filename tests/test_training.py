@@ -166,3 +166,19 @@ def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir,
 def test_shipped_reranker_configs_parse(config):
     args = parse_training_args(["--config", str(config)])
     assert args.collection == "nfcorpus" and args.max_steps > 0
+
+
+@pytest.mark.parametrize(("encoder", "method"), [("cross", "plain"), ("bi", "plain"), ("cross", "cet")])
+def test_lora_trains_adapters_and_exports_merged_plain_weights(collection, tiny_bert_dir, tmp_path, encoder, method):
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder=encoder, method=method, lora_rank=4,
+                      max_steps=3)
+    train(parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))]))
+    saved = weights(tmp_path / "out" / "model")
+    assert not any("lora" in name for name in saved), "the exported model must be merged, loadable without PEFT"
+    prefix = "bert." if encoder == "cross" else ""
+    start = load_file(str(tiny_bert_dir / "model.safetensors"))
+    query = f"{prefix}encoder.layer.0.attention.self.query.weight"
+    key = f"{prefix}encoder.layer.0.attention.self.key.weight"
+    # LoRA targets query and value: merged query weights moved, untouched key weights did not.
+    assert not torch.equal(saved[query], start["encoder.layer.0.attention.self.query.weight"])
+    torch.testing.assert_close(saved[key], start["encoder.layer.0.attention.self.key.weight"])
