@@ -5,7 +5,7 @@ one process with one thread count, by:
 
 - `st-fp32`: `sentence_transformers.CrossEncoder(folder).predict` (its defaults: fp32, raw logits requested);
 - `rankface-fp32`: `rankface CrossEncoder.predict(precision="fp32")`;
-- `rankface-bf16`: `precision="bf16"` (bf16 autocast);
+- `rankface-bf16`: `precision="bf16"` (a cached bf16 copy of the weights);
 - `rankface-default`: `precision="auto"` (bf16 where the CPU/GPU runs it natively, else fp32; not scored again when
   it resolves to one of the two above).
 
