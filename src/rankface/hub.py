@@ -164,6 +164,7 @@ def push_model_to_hub(
     commit_message: str = "Upload model with rankface",
     token: str | None = None,
     tokenizer: Any | None = None,
+    image_processor: Any | None = None,
 ) -> str:
     """Save `model` with its model card and upload it to a Hub repository (created when absent).
 
@@ -179,6 +180,8 @@ def push_model_to_hub(
         commit_message: message of the upload commit.
         token: a Hub token; None uses the saved login or HF_TOKEN.
         tokenizer: optional tokenizer saved beside a bare transformers model.
+        image_processor: optional image processor (e.g. a face encoder's `FaceImageProcessor`, which carries the
+            input contract) saved beside the model as `preprocessor_config.json`.
 
     Returns:
         The commit URL on the Hub.
@@ -190,8 +193,9 @@ def push_model_to_hub(
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rankface-push-") as folder:
         model.save_pretrained(folder)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
+        for processor in (tokenizer, image_processor):
+            if processor is not None:
+                processor.save_pretrained(folder)
         # Written last so a README.md saved by the model does not replace the rendered card.
         with atomic_write(Path(folder) / "README.md") as handle:
             handle.write(card)
