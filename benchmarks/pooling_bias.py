@@ -52,6 +52,10 @@ from rankface.utils.io import atomic_write, write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "pooling_bias"
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 TRAINED = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet/bm25-neg", "oracle")
+# Beyond R1's seven: CET with the light selection model (an MLP on first-stage rank and score). With dual encoders
+# the `same` selection model starts as an exact copy of the relevance model (no new head to initialise apart), so
+# its "propensity" is the relevance model's own score; the MLP breaks that symmetry.
+EXTRA = ("cet-mlp/strong-neg",)
 BASELINES = ("bm25", "dense")
 SYSTEM_SPECS = {  # method and negative source of each trained system
     "plain/bm25-neg": ("plain", "bm25"),
@@ -59,7 +63,9 @@ SYSTEM_SPECS = {  # method and negative source of each trained system
     "cet/strong-neg": ("cet", "strong"),
     "cet/bm25-neg": ("cet", "bm25"),
     "oracle": ("plain", "oracle"),
+    "cet-mlp/strong-neg": ("cet", "strong"),
 }
+SELECTION = {"cet-mlp/strong-neg": "mlp"}  # selection model overrides; other CET systems use --cet-selection
 # Strong-source candidates in order of preference: the same 1-50 window as BM25 first (only the retriever changes),
 # the fine-tuned dense run before its fusion with BM25 (the ANCE analogue), narrower windows last.
 STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20))
@@ -383,7 +389,7 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         loss=settings["loss"],
         cet_temperature=temperature if temperature is not None else args.cet_temperature,
         cet_weights_from=args.cet_weights_from,
-        cet_selection=args.cet_selection,
+        cet_selection=SELECTION.get(system, args.cet_selection),
         learning_rate=args.learning_rate,
         head_learning_rate=settings["head_learning_rate"],
         warmup_ratio=settings["warmup_ratio"],
@@ -625,7 +631,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
     header = "| system | seeds | nDCG@10 | RR@10 (grade>=2) | R@100 | dev nDCG@10 |"
     rows = [header, "|---|---:|---:|---:|---:|---:|"]
     means: dict[str, float] = {}
-    for system in (*BASELINES, *TRAINED):
+    for system in (*BASELINES, *TRAINED, *EXTRA):
         seeds = [0] if system in BASELINES else args.seed_list
         recs = [store.load(system, s) for s in seeds if store.path(system, s).is_file()]
         if not recs:
@@ -642,11 +648,12 @@ def report(args: argparse.Namespace, store: Store) -> str:
     lines.append("\n".join(rows) + "\n")
 
     tests = {}
-    for x in ("strong", "bm25"):
-        res = paired(store, f"cet/{x}-neg", f"plain/{x}-neg", args.seed_list)
+    for x in ("strong", "bm25", "mlp"):
+        cet, plain = ("cet-mlp/strong-neg", "plain/strong-neg") if x == "mlp" else (f"cet/{x}-neg", f"plain/{x}-neg")
+        res = paired(store, cet, plain, args.seed_list)
         tests[x] = res
         if res:
-            lines.append(f"- paired t-test over test queries, cet/{x}-neg vs plain/{x}-neg (seeds {res['seeds']}): "
+            lines.append(f"- paired t-test over test queries, {cet} vs {plain} (seeds {res['seeds']}): "
                          f"Δ nDCG@10 = {res['delta']:+.4f}, t = {res['t']:.2f}, p = {res['p']:.3g}")
     res = paired(store, "plain/strong-neg", "plain/bm25-neg", args.seed_list)
     if res:
@@ -744,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_baseline(ctx, store, system)
         for i, seed in enumerate(args.seed_list):
             source = build_strong_source(ctx, store)["chosen"]
-            for system in TRAINED:
+            for system in (*TRAINED, *EXTRA):
                 run_trained(ctx, store, system, seed, source=source)
             if i == 0:  # the T sweep on dev, after the first seed's table is complete
                 for t in args.sweep_list:
