@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -130,6 +131,27 @@ def run_settings(args: argparse.Namespace, system: str, seed: int, half: str) ->
 
 def result_path(args: argparse.Namespace, system: str, seed: int, half: str) -> Path:
     return RESULTS / args.mode / f"{system.replace('+', '_')}-seed{seed}-half{half}.json"
+
+
+def claim(path: Path) -> bool:
+    """Take `<path>.lock` (holding this process id) so that benchmark processes run side by side, e.g. one per
+    system, never work on the same (system, seed, half); a lock whose process is gone is taken over."""
+    lock = path.with_suffix(".lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+                os.kill(owner, 0)  # raises when that process is gone
+                return owner == os.getpid()
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # stale: its process died
+                continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -298,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                         results.setdefault((system, seed), []).append(saved)
                         continue
                     print(f"[redo] {system} seed {seed} half {half}: saved with other settings", flush=True)
+                if not claim(path):
+                    print(f"[busy] {system} seed {seed} half {half}: another benchmark process is on it", flush=True)
+                    continue
                 started = time.perf_counter()
                 run_dir = out_dir / "runs" / path.stem
                 if path.is_file() and run_dir.exists():
@@ -316,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                           "embed_seconds": embed_seconds, "engine": args.engine,
                           "wall_seconds": time.perf_counter() - started}
                 write_json(path, record)
+                path.with_suffix(".lock").unlink(missing_ok=True)
                 quick_view = system_metrics([record], all_pairs)
                 print(f"[done] {system} seed {seed} half {half} in {record['wall_seconds']:.0f} s: " + " ".join(
                     f"{k}={v['accuracy']:.2f}" for k, v in quick_view.items() if k.startswith("lr-lr")), flush=True)
