@@ -39,6 +39,16 @@ def face_image(identity: int, number: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a run with another mixed precision needs it cleared."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="module")
 def lfw_like(tmp_path_factory) -> Path:
     import datasets
@@ -107,14 +117,14 @@ def run(config: Path, *extra: str) -> dict:
     return train_face(parse_face_training_args(["--config", str(config), *extra]))
 
 
-@pytest.mark.parametrize(("encoder", "head", "unpg"), [("mobilefacenet", "arcface", False),
-                                                       ("iresnet", "cosface", True)])
+@pytest.mark.parametrize(("encoder", "head", "unpg", "precision"), [("mobilefacenet", "arcface", False, "no"),
+                                                                    ("iresnet", "cosface", True, "bf16")])
 def test_training_moves_weights_with_finite_loss_and_saves_encoder_without_head(
-    lfw_like, tiny_encoders, tmp_path, encoder, head, unpg
+    lfw_like, tiny_encoders, tmp_path, encoder, head, unpg, precision
 ):
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders[encoder], out, head=head, unpg=unpg,
-                                                        checkpoint_steps=3))
+                                                        checkpoint_steps=3, mixed_precision=precision))
     final = run(config)
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [e["loss"] for e in state["log"] if "loss" in e]
