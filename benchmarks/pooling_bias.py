@@ -27,6 +27,13 @@ other settings stops with an error instead of mixing results).
     nohup nice -n 10 python benchmarks/pooling_bias.py > pooling_bias.log 2>&1 &    # R1-bi full mode, 3 seeds
     python benchmarks/pooling_bias.py --encoder cross          # cross-encoder R1 (GPU work)
     python benchmarks/pooling_bias.py --report-only            # table + RESULT line from what is saved
+
+Full R1-bi budget (defaults): all 6 layers, length 128, K = 3, 16 queries per step, 40 steps, lr 5e-5 (warm-up 10 %,
+linear decay), CET T = 10 with eval-forward weights. Measured on the shared 2-core machine under `nice -n 10` with a
+load of ~10: ~21 s per plain step (a CET step ~2.7x), ~2.5 min to embed the corpus for one evaluation, so ~2.5 h
+per seed for the six trained systems and ~2 h more for the T sweep of seed 0; an idle machine is ~3x faster.
+(A step at 16 queries x 8 docs x 192 tokens took 45-70 s at load ~6, not the "few seconds" once estimated.)
+Within a seed, the systems that decide the paper's direction train first (`ORDER`).
 """
 
 from __future__ import annotations
