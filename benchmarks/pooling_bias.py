@@ -78,7 +78,7 @@ SELECTION = {"cet-mlp/strong-neg": "mlp"}  # selection model overrides; other CE
 ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-mlp/strong-neg", "cet/bm25-neg", "oracle")
 # Strong-source candidates in order of preference: the same 1-50 window as BM25 first (only the retriever changes),
 # the fine-tuned dense run before its fusion with BM25 (the ANCE analogue), narrower windows last.
-STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20))
+STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20), ("dense-ft", 10), ("rrf", 10))
 BM25_WINDOW = 50
 POOL_DEPTH = 10
 NDCG_MARGIN = 0.01  # "clearly better than BM25"
