@@ -392,7 +392,21 @@ def render(args: argparse.Namespace, metrics: dict, results: dict, all_pairs) ->
         lines.append(f"\nplot: {plot.relative_to(ROOT)}")
     partial = sorted({(s, seed) for (s, seed), v in results.items() if (s, seed) not in metrics})
     if partial:
-        lines.append(f"incomplete (one half only, not in the table): {partial}")
+        lines.append(f"incomplete (one half only, not in the table above): {partial}")
+    if results:
+        # Every saved (system, seed, half) on its own: compares systems on the same half before both are done.
+        lines.append("\nper half (thresholds and TAR within the half):\n")
+        head = "| system | seed | half | " + " | ".join(f"LR-LR {r}" for r in rs) + " | HR-LR 8 | TAR@1e-2 16 | " \
+               "TAR@1e-2 8 | steps |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for (system, seed), records in sorted(results.items(), key=lambda kv: (list(SYSTEMS).index(kv[0][0]), kv[0][1])):
+            for record in sorted(records, key=lambda r: r["settings"]["half"]):
+                m = system_metrics([record], all_pairs)
+                cells = [f"{m[f'lr-lr@{r}']['accuracy']:.2f}" if f"lr-lr@{r}" in m else "—" for r in rs]
+                extra = [f"{m[k]['accuracy' if k.startswith('hr') else 'tar@0.01']:.2f}" if k in m else "—"
+                         for k in ("hr-lr@8", "lr-lr@16", "lr-lr@8")]
+                lines.append(f"| {system} | {seed} | {record['settings']['half']} | " + " | ".join(cells + extra)
+                             + f" | {record['settings']['steps']} |")
     pre = results.get(("pretrained", args.seeds[0]))
     if pre and len(pre) == 2:
         check = anchor_check(pre, all_pairs)
