@@ -572,9 +572,14 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
         chosen = max(pool, key=lambda r: r["fn_ratio_to_bm25"] or 0.0)
         why = ("NO candidate met both criteria; fallback: the highest FN ratio among those "
                + ("beating BM25" if better else "measured (none beats BM25)"))
+    # BM25 at the candidates' narrower windows: separates "a better retriever surfaces more false negatives" from
+    # "a narrower window is denser in relevant documents".
+    same_window = [source_row(ctx, "bm25", ctx.bm25_train, w) for w in sorted({w for _, w in STRONG_CANDIDATES})
+                   if w != BM25_WINDOW]
     result = {
         "fingerprint": store.hash,
         "rows": rows,
+        "bm25_same_window": same_window,
         "chosen": {"name": chosen["source"], "window": chosen["window"][1], "run_file": chosen["run_file"],
                    "criteria_met": chosen.get("meets_criteria", False), "why": why},
         "retriever": {"system": "plain/bm25-neg", "seed": 0, "test_ndcg10": retriever["test"]["aggregate"]["nDCG@10"]},
@@ -665,9 +670,10 @@ def report(args: argparse.Namespace, store: Store) -> str:
         if res:
             lines.append(f"- paired t-test over test queries, {cet} vs {plain} (seeds {res['seeds']}): "
                          f"Δ nDCG@10 = {res['delta']:+.4f}, t = {res['t']:.2f}, p = {res['p']:.3g}")
-    res = paired(store, "plain/strong-neg", "plain/bm25-neg", args.seed_list)
-    if res:
-        lines.append(f"- plain/strong-neg vs plain/bm25-neg: Δ nDCG@10 = {res['delta']:+.4f}, p = {res['p']:.3g}")
+    for a, b in (("plain/strong-neg", "plain/bm25-neg"), ("plain/bm25-neg", "dense"), ("oracle", "plain/bm25-neg")):
+        res = paired(store, a, b, args.seed_list if b != "dense" else [0])
+        if res:
+            lines.append(f"- {a} vs {b} (seeds {res['seeds']}): Δ nDCG@10 = {res['delta']:+.4f}, p = {res['p']:.3g}")
     res = paired(store, "plain/bm25-neg", "bm25", [0])
     if res and store.path("plain/bm25-neg", 0).is_file():
         dev_plain = store.load("plain/bm25-neg", 0)["dev"]["aggregate"]["nDCG@10"]
@@ -690,6 +696,12 @@ def report(args: argparse.Namespace, store: Store) -> str:
                 f"{r.get('ndcg10_pooled_queries', math.nan):.4f} | "
                 f"{r['fn_rate_grade1']:.3f} | {r['fn_rate_grade2']:.3f} | {r['fn_rate_grade1_whole_window']:.3f} | "
                 f"{'' if ratio is None else f'{ratio:.2f}'} | {r.get('meets_criteria', '')} |"
+            )
+        for r in src.get("bm25_same_window", []):
+            table.append(
+                f"| bm25 (reference) | {r['window'][0]}-{r['window'][1]} | {r['ndcg10_train_full_qrels']:.4f} | "
+                f"{r['ndcg10_pooled_queries']:.4f} | {r['fn_rate_grade1']:.3f} | {r['fn_rate_grade2']:.3f} | "
+                f"{r['fn_rate_grade1_whole_window']:.3f} | | |"
             )
         chosen = src["chosen"]
         lines.append("\n".join(table))
