@@ -65,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from rankface.data.ir import DataUnavailableError, load_collection
-    from rankface.evaluation.ranking import evaluate, format_table
+    from rankface.evaluation.ranking import evaluate, format_table, paired_ttest
     from rankface.paths import resolve_collection
     from rankface.retrieval.first_stage import bm25_run
     from rankface.retrieval.trec import write_run
@@ -112,11 +112,14 @@ def run_demo(args: argparse.Namespace) -> int:
     rows = {"BM25": evaluate(bm25, test_qrels, measures), f"BM25 >> rankface {train_args.encoder}-encoder":
             evaluate(reranked, test_qrels, measures)}
     table = format_table(rows, measures)
+    first, second = rows.values()
+    _, p_value = paired_ttest(second, first, "nDCG@10")
     print(f"\n{args.test_split} split of {Path(spec).name}, {len(test_qrels)} queries (top-{args.depth} reranked):\n")
     print(table)
+    print(f"\nnDCG@10 difference {second['nDCG@10'] - first['nDCG@10']:+.4f}, paired t-test over queries p = {p_value:.3g}")
     write_json(output / "results.json", {
         "collection": spec, "split": args.test_split, "training": dataclasses.asdict(train_args),
-        "metrics": {name: ev.aggregate for name, ev in rows.items()}, "seconds": time.perf_counter() - started,
+        "metrics": {name: ev.aggregate for name, ev in rows.items()}, "p_ndcg10": p_value, "seconds": time.perf_counter() - started,
     })
     print(f"\nruns, model and results.json in {output}/  ({time.perf_counter() - started:.0f} s)")
     return 0
