@@ -117,7 +117,7 @@ def time_systems(args: argparse.Namespace) -> dict:
     for name, spec in SYSTEMS.items():
         settings = replace(base, method=spec["method"], cet_weights_from=spec["cet_weights_from"])
         set_seed(args.seed)  # every system starts from the same weights and heads
-        models = build_models(settings)
+        models = build_models(settings, data)
         optimizers = [make_optimizer(m, settings) for m in models]
         prepared = accelerator.prepare(*models, *optimizers)
         models, optimizers = prepared[: len(models)], prepared[len(models) :]

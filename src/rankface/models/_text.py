@@ -82,9 +82,11 @@ def expected_weight_changes() -> Iterator[None]:
 class LowPrecisionCopy:
     """A bf16 copy of a model for inference, rebuilt only when the weights change.
 
-    bf16 *weights* run faster than bf16 autocast on CPUs (no per-call casts of every weight). The copy is keyed
-    on each parameter's storage and version counter, so an optimizer step or a `.to(device)` invalidates it.
-    It is held outside the module tree on purpose: it must not appear in `state_dict` or be saved.
+    bf16 *weights* run faster than bf16 autocast on CPUs (no per-call casts of every weight). The last linear
+    layer (the scoring head) stays in fp32 and reads an fp32 input: bf16 logits would be quantised so coarsely
+    (steps of ~0.03 near 5) that many candidates of one query would tie. The copy is keyed on each parameter's
+    storage and version counter, so an optimizer step or a `.to(device)` invalidates it. It is held outside the
+    module tree on purpose: it must not appear in `state_dict` or be saved.
     """
 
     def __init__(self) -> None:
@@ -94,8 +96,11 @@ class LowPrecisionCopy:
     def get(self, model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
         key = (dtype, tuple((p.data_ptr(), p._version) for p in model.parameters()))
         if key != self._key:
-            self._model = copy.deepcopy(model).to(dtype).eval()
-            self._key = key
+            copied = copy.deepcopy(model).to(dtype).eval()
+            head = [m for m in copied.modules() if isinstance(m, torch.nn.Linear)][-1]
+            head.float()
+            head.register_forward_pre_hook(lambda _module, inputs: tuple(x.float() for x in inputs))
+            self._model, self._key = copied, key
         return self._model
 
 

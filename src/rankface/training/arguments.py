@@ -54,6 +54,10 @@ class RerankerTrainingArguments:
     cet_weight_on: str = _help("CET: 'negative', 'positive' or 'both'.", default="negative")
     cet_normalize_weights: bool = _help("CET: rescale weights to mean 1 per batch.", default=False)
     cet_selection: str = _help("CET: selection model kind, 'same' (as the relevance model) or 'mlp'.", default="same")
+    cet_mlp_learning_rate: float = _help(
+        "CET: learning rate of the light MLP selection model (a fresh small network, not a pretrained encoder).",
+        default=1e-3,
+    )
     # ----------------------------------------------------------------- optimisation
     learning_rate: float = _help("Peak learning rate (AdamW).", default=2e-5)
     head_learning_rate: float | None = _help("Learning rate of the new scoring head (default: learning_rate).", default=None)

@@ -180,7 +180,12 @@ def apply_lora(hf_model, args: RerankerTrainingArguments):
 
 
 def make_optimizer(model: torch.nn.Module, args: RerankerTrainingArguments) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and LayerNorm; the new head may get its own learning rate."""
+    """AdamW; no weight decay on biases and LayerNorm; the new head may get its own learning rate, and the light
+    MLP selection model (trained from scratch) gets `cet_mlp_learning_rate` throughout."""
+    from rankface.models.cet import RankFeatureSelector
+
+    if isinstance(model, RankFeatureSelector):
+        return torch.optim.AdamW(model.parameters(), lr=args.cet_mlp_learning_rate, weight_decay=args.weight_decay)
     head_lr = args.head_learning_rate or args.learning_rate
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
