@@ -6,13 +6,10 @@ any `--flag value` overrides them, unknown YAML keys are an error naming the key
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import yaml
-from transformers import HfArgumentParser
+from rankface.training.arguments import parse_settings
 
 PRETRAINED_MOBILEFACENET = "mobilefacenet-pretrained"
 
@@ -123,6 +120,8 @@ class FaceTrainingArguments:
     quiet: bool = _help("No progress bars.", default=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.model_config_overrides, dict):  # a YAML mapping is friendlier than a JSON string
+            self.model_config_overrides = json.dumps(self.model_config_overrides)
         choices = {
             "architecture": ("mobilefacenet", "iresnet"),
             "head": ("arcface", "cosface", "cosface-unpg", "adaface", "magface"),
@@ -162,31 +161,4 @@ class FaceTrainingArguments:
 
 def parse_face_training_args(argv: list[str] | None = None) -> FaceTrainingArguments:
     """`--config file.yaml` supplies defaults; any other `--flag value` overrides them."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(FaceTrainingArguments)
-    parser.add_argument("--config", help="YAML file with any of the settings below.")
-    if known.config:
-        parser.set_defaults(**load_face_yaml_settings(known.config))
-    return parser.parse_args_into_dataclasses(args=rest)[0]
-
-
-def load_face_yaml_settings(path: str | Path) -> dict:
-    """Read a YAML settings file; unknown keys are an error naming the key and the file."""
-    path = Path(path)
-    try:
-        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a mapping of setting: value, got {type(settings).__name__}")  # noqa: TRY004
-    known = {f.name for f in fields(FaceTrainingArguments)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; known settings: {sorted(known)}")
-    if isinstance(settings.get("model_config_overrides"), dict):  # a YAML mapping is friendlier than a JSON string
-        settings["model_config_overrides"] = json.dumps(settings["model_config_overrides"])
-    return settings
+    return parse_settings(FaceTrainingArguments, argv)
