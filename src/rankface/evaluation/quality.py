@@ -15,7 +15,6 @@ label (LFW lists 300 genuine then 300 impostor pairs per fold), which would leak
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rankface.utils.io import atomic_write
+from rankface.utils.io import save_png
 
 DEFAULT_DISCARD = np.round(np.linspace(0.0, 0.5, 51), 10)  # steps of 0.01 up to 0.5
 
@@ -278,12 +277,7 @@ def plot_erc(
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-    finally:
+    except BaseException:
         plt.close(fig)
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-    return path
+        raise
+    return save_png(fig, path)

@@ -9,7 +9,6 @@ impostor pairs.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rankface.utils.io import atomic_write
+from rankface.utils.io import save_png
 
 # --------------------------------------------------------------------------------------------------------------
 # Scores
@@ -337,12 +336,7 @@ def plot_accuracy_vs_resolution(
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-    finally:
+    except BaseException:
         plt.close(fig)
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-    return path
+        raise
+    return save_png(fig, path)

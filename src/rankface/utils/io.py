@@ -59,3 +59,21 @@ def save_folder_atomically(model, target: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def save_png(fig, path: str | os.PathLike) -> Path:
+    """Render a matplotlib figure to PNG in memory, close it, and write the file atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return path
