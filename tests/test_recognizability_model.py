@@ -184,3 +184,22 @@ def test_training_step_with_ri_loss_and_unpg():
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     assert all(not b.requires_grad for b in model.ui_centre.buffers())
+
+
+@pytest.mark.parametrize("match_with", ["v", "v+att"])
+def test_onnx_export_gives_matching_embedding_and_quality(match_with, tmp_path):
+    import onnxruntime as ort
+
+    from rankface.models.face_export import export_onnx
+
+    model = tiny(match_with=match_with).eval()
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "ri.onnx")), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["embedding", "quality"]
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    embedding, quality = session.run(None, {"pixel_values": x.numpy()})
+    with torch.no_grad():
+        out = model(x)
+    np.testing.assert_allclose(embedding, out.matching_embedding.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(quality, out.quality.numpy(), rtol=1e-4, atol=1e-4)
+    if match_with == "v+att":  # the export must not fall back to the backbone embedding
+        assert not np.allclose(embedding, out.embedding.numpy(), atol=1e-4)
