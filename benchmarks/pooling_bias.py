@@ -79,8 +79,8 @@ SELECTION = {"cet-mlp/strong-neg": "mlp"}  # selection model overrides; other CE
 NORMALIZED = {"cet-norm/strong-neg"}  # CET systems trained with cet_normalize_weights
 # Training order within a seed: the paper's direction first (plain/bm25 -> plain/strong -> CET on strong), so that a
 # partial run on a busy machine answers the main question before the rest.
-ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-mlp/strong-neg", "cet/bm25-neg", "oracle",
-         "cet-norm/strong-neg")
+ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-norm/strong-neg", "cet/bm25-neg", "oracle",
+         "cet-mlp/strong-neg")
 # Strong-source candidates in order of preference: the same 1-50 window as BM25 first (only the retriever changes),
 # the fine-tuned dense run before its fusion with BM25 (the ANCE analogue), narrower windows last.
 STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20), ("dense-ft", 10), ("rrf", 10))
