@@ -311,6 +311,11 @@ def local_hub(tmp_path, monkeypatch) -> Iterator[HubServer]:
     monkeypatch.setattr(constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {"127.0.0.1"})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setattr(hf_api.api, "endpoint", hub.url)
+    # transformers keeps one HfApi of its own, made on first use with the endpoint of that moment: left alone it
+    # would call the previous test's (stopped) server, and each call would wait out http_backoff's retries (~45 s).
+    import transformers.utils.hub
+
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
     try:
         yield hub
     finally:
