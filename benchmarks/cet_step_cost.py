@@ -15,8 +15,9 @@ machine hits them alike; the median over the timed steps is reported, with the r
     python benchmarks/cet_step_cost.py --quick      # 2 layers, length 128, 4 queries x (1 + 3) docs, 6 timed steps
     python benchmarks/cet_step_cost.py              # 6 layers, length 192, 4 queries x (1 + 7) docs, 20 timed steps
 
-R1 quality of both CET modes comes from the R1 benchmark (`--r1-results FILE`, JSON `{"eval_forward": nDCG@10,
-"train_logits": nDCG@10}`); without it the table says where to find it. Results are saved under
+R1 quality of both CET modes comes from the R1 benchmark: by default its saved R1-bi seed-0 results
+(`cet/strong-neg` = eval_forward, `cet-tl/strong-neg` = train_logits, test nDCG@10) when present, or
+`--r1-results FILE` (JSON `{"eval_forward": nDCG@10, "train_logits": nDCG@10}`). Results are saved under
 benchmarks/results/cet_step_cost/ keyed by the settings, so a rerun prints them without retiming (`--force` retimes).
 """
 
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
     medians = {name: statistics.median(ts) for name, ts in result["times"].items()}
     ratios = {name: medians[name] / medians["plain"] for name in medians}
-    r1 = json.loads(Path(args.r1_results).read_text()) if args.r1_results else {}
+    r1 = json.loads(Path(args.r1_results).read_text()) if args.r1_results else saved_r1_quality()
     s = result["settings"]
     print(
         f"\nR3 CET step cost ({mode}): {s['encoder']}-encoder MiniLM, layers={s['num_layers'] or 6}, "
@@ -221,6 +222,16 @@ def main(argv: list[str] | None = None) -> None:
         f"\nRESULT ratio_eval_forward={ratios['cet/eval_forward']:.3f} "
         f"ratio_train_logits={ratios['cet/train_logits']:.3f} mode={mode}"
     )
+
+
+def saved_r1_quality(results: Path = RESULTS.parent / "pooling_bias" / "full") -> dict[str, float]:
+    """Test nDCG@10 of R1-bi's seed-0 CET runs in each weights mode, as far as they are saved."""
+    files = {"eval_forward": "cet__strong-neg__seed0.json", "train_logits": "cet-tl__strong-neg__seed0.json"}
+    found = {}
+    for mode, name in files.items():
+        if (results / name).is_file():
+            found[mode] = json.loads((results / name).read_text())["test"]["aggregate"]["nDCG@10"]
+    return found
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ counted. The pipeline:
 4. **Test**: rerank the BM25 top-100 of the 325 test queries: nDCG@10 (graded), RR@10 (grade >= 2), R@100; mean
    +- std over seeds; paired t-tests over queries (per-query values averaged over the common seeds) of
    `cet/X-neg` vs `plain/X-neg`. Dev split: the check that plain training beats BM25, and CET's T sweep.
+5. **Investigation** (beyond the seven, vs `plain/strong-neg`): `cet-norm/strong-neg` (CET weights rescaled to mean 1
+   per batch: unnormalised weights also scale the learning rate), `cet-tl/strong-neg` (weights from the training
+   logits, protocol R3's cheap mode), `cet-mlp/strong-neg` (the light MLP selection model on rank and score).
 
 Each (system, seed) result is a JSON file under `benchmarks/results/pooling_bias/<mode>/` (per-query values
 included), written as soon as it is done; a rerun skips what is saved (settings are fingerprinted: a rerun with
@@ -64,7 +67,9 @@ TRAINED = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet/bm25-neg
 # its "propensity" is the relevance model's own score; the MLP breaks that symmetry.
 # And CET with its weights rescaled to mean 1 per batch: unnormalised weights (mean ~3 at T = 10) also raise the
 # effective learning rate ~3x, which on a short budget could explain a CET gain by itself.
-EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg")
+# And CET with weights from the detached training logits (protocol R3's cheap mode: its quality against
+# eval_forward's).
+EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg")
 BASELINES = ("bm25", "dense")
 SYSTEM_SPECS = {  # method and negative source of each trained system
     "plain/bm25-neg": ("plain", "bm25"),
@@ -74,13 +79,15 @@ SYSTEM_SPECS = {  # method and negative source of each trained system
     "oracle": ("plain", "oracle"),
     "cet-mlp/strong-neg": ("cet", "strong"),
     "cet-norm/strong-neg": ("cet", "strong"),
+    "cet-tl/strong-neg": ("cet", "strong"),
 }
 SELECTION = {"cet-mlp/strong-neg": "mlp"}  # selection model overrides; other CET systems use --cet-selection
 NORMALIZED = {"cet-norm/strong-neg"}  # CET systems trained with cet_normalize_weights
+WEIGHTS_FROM = {"cet-tl/strong-neg": "train_logits"}  # overrides of --cet-weights-from
 # Training order within a seed: the paper's direction first (plain/bm25 -> plain/strong -> CET on strong), so that a
 # partial run on a busy machine answers the main question before the rest.
-ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-norm/strong-neg", "cet/bm25-neg", "oracle",
-         "cet-mlp/strong-neg")
+ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg",
+         "cet/bm25-neg", "oracle", "cet-mlp/strong-neg")
 # Strong-source candidates in order of preference: the same 1-50 window as BM25 first (only the retriever changes),
 # the fine-tuned dense run before its fusion with BM25 (the ANCE analogue), narrower windows last.
 STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20), ("dense-ft", 10), ("rrf", 10))
@@ -403,7 +410,7 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         method=method,
         loss=settings["loss"],
         cet_temperature=temperature if temperature is not None else args.cet_temperature,
-        cet_weights_from=args.cet_weights_from,
+        cet_weights_from=WEIGHTS_FROM.get(system, args.cet_weights_from),
         cet_selection=SELECTION.get(system, args.cet_selection),
         cet_normalize_weights=system in NORMALIZED,
         learning_rate=args.learning_rate,
@@ -669,8 +676,8 @@ def report(args: argparse.Namespace, store: Store) -> str:
     lines.append("\n".join(rows) + "\n")
 
     tests = {}
-    for x in ("strong", "bm25", "mlp", "norm"):
-        cet, plain = ((f"cet-{x}/strong-neg", "plain/strong-neg") if x in ("mlp", "norm")
+    for x in ("strong", "bm25", "mlp", "norm", "tl"):
+        cet, plain = ((f"cet-{x}/strong-neg", "plain/strong-neg") if x in ("mlp", "norm", "tl")
                       else (f"cet/{x}-neg", f"plain/{x}-neg"))
         res = paired(store, cet, plain, args.seed_list)
         tests[x] = res
