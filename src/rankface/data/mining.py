@@ -160,13 +160,7 @@ def simulate_pooled_labels(
 
 # ---------------------------------------------------------------------------------------------- runs
 def dense_run(
-    bi_encoder,
-    queries: Mapping[str, str],
-    corpus: Mapping[str, str],
-    k: int = 100,
-    batch_size: int = 64,
-    show_progress_bar: bool | None = None,
-    precision: str = "auto",
+    bi_encoder, queries: Mapping[str, str], corpus: Mapping[str, str], k: int = 100, **search_options
 ) -> dict[str, dict[str, float]]:
     """Exact dense retrieval: the top-`k` documents of `corpus` per query by cosine similarity.
 
@@ -176,6 +170,7 @@ def dense_run(
         queries: `{qid: text}`.
         corpus: `{docid: text}`.
         k: run depth.
+        **search_options: passed to `BiEncoder.search` (batch_size, show_progress_bar, precision).
 
     Returns:
         A run `{qid: {docid: cosine}}`.
@@ -190,9 +185,7 @@ def dense_run(
         raise ValueError("dense_run needs a non-empty corpus")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    return bi_encoder.search(
-        queries, corpus, k=k, batch_size=batch_size, show_progress_bar=show_progress_bar, precision=precision
-    )
+    return bi_encoder.search(queries, corpus, k=k, **search_options)
 
 
 def fuse_runs(
