@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rankface.data.faces import (
@@ -41,7 +39,7 @@ from rankface.losses.margins import MarginLoss, NormalizedClassifier, build_head
 from rankface.losses.unpg import UNPGLoss
 from rankface.paths import shared_dir
 from rankface.training.face_arguments import PRETRAINED_MOBILEFACENET, FaceTrainingArguments
-from rankface.training.loop import Learner, check_ranks_agree, find_checkpoint, save_checkpoint
+from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, run_steps
 from rankface.utils.io import save_folder_atomically, write_json
 
 
@@ -112,53 +110,22 @@ def train_face(args: FaceTrainingArguments) -> dict:
     elif args.resume_from_checkpoint == "latest":
         accelerator.print(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
 
-    progress = tqdm(total=total_steps, initial=state["step"], desc="Training",
-                    disable=args.quiet or not accelerator.is_main_process)
-    started = time.perf_counter()
-    while state["step"] < total_steps:
-        train_set.set_epoch(state["epoch"])
-        loader.set_epoch(state["epoch"])
-        batches = loader
-        if state["batches_done_in_epoch"]:
-            batches = accelerator.skip_first_batches(loader, state["batches_done_in_epoch"])
-        for pixel_values, labels in batches:
-            with accelerator.accumulate(model):
-                if ri_loss is None:
-                    embedding, cos = model(pixel_values)
-                    loss = loss_fn(embedding, labels, cos)
-                    parts = {}
-                else:
-                    loss, parts = ri_step(accelerator, model, ri_loss, pixel_values, labels, args, state["step"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["batches_done_in_epoch"] += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state["step"] += 1
-            entry = {"step": state["step"], "loss": float(loss.item()), "lr": scheduler.get_last_lr()[0]}
-            entry.update(parts)
-            if args.unpg:
-                entry["negatives"] = int(loss_fn.last_num_negatives)
-            if not math.isfinite(entry["loss"]):
-                raise FloatingPointError(f"step {state['step']}: loss is {entry['loss']} (lower learning_rate?)")
-            state["log"].append(entry)
-            progress.update(1)
-            progress.set_postfix(loss=f"{entry['loss']:.3f}")
-            if args.eval_steps and state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
-                record_face_evaluation(accelerator, model, data, args, state)
-            if args.checkpoint_steps and state["step"] % args.checkpoint_steps == 0:
-                save_checkpoint(accelerator, output_dir, state, args.checkpoints_to_keep)
-            if state["step"] >= total_steps:
-                break
+    def micro_step(batch: tuple[Tensor, Tensor]) -> dict[str, float]:
+        pixel_values, labels = batch
+        if ri_loss is None:
+            embedding, cos = model(pixel_values)
+            loss, parts = loss_fn(embedding, labels, cos), {}
         else:
-            state["epoch"] += 1
-            state["batches_done_in_epoch"] = 0
-    progress.close()
-    state["train_seconds"] = time.perf_counter() - started
+            loss, parts = ri_step(accelerator, model, ri_loss, pixel_values, labels, args, state["step"])
+        accelerator.backward(loss)
+        values = {"loss": float(loss.item()), **parts}
+        if args.unpg:
+            values["negatives"] = int(loss_fn.last_num_negatives)
+        return values
+
+    run_steps(accelerator, [learner], loader, state, total_steps, micro_step, args, output_dir,
+              evaluate=lambda st: record_face_evaluation(accelerator, model, data, args, st),
+              start_epoch=train_set.set_epoch)
     state["world_size"] = accelerator.num_processes
     broadcast_buffers(accelerator, model)
     state["rank_fingerprints"] = check_ranks_agree(accelerator, [learner])

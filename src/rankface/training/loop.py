@@ -7,20 +7,15 @@ Nothing here names a device or a precision: Accelerate decides from its launch c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from rankface.evaluation.ranking import evaluate
@@ -30,19 +25,8 @@ from rankface.paths import minilm_path
 from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
 from rankface.training.arguments import RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
+from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, run_steps
 from rankface.utils.io import save_folder_atomically, write_json
-
-CHECKPOINT_PREFIX = "step-"
-
-
-@dataclass
-class Learner:
-    """One trained model with its own optimizer and schedule (CET trains two)."""
-
-    name: str
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
 def train(args: RerankerTrainingArguments) -> dict:
@@ -76,7 +60,6 @@ def train(args: RerankerTrainingArguments) -> dict:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
         accelerator.register_for_checkpointing(scheduler)
         learners.append(Learner(name, model, optimizer, scheduler))
-    step_fn = make_step_function(args, accelerator)
 
     state = {"step": 0, "epoch": 0, "batches_done_in_epoch": 0, "log": []}
     checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
@@ -85,43 +68,9 @@ def train(args: RerankerTrainingArguments) -> dict:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
 
-    progress = tqdm(
-        total=total_steps, initial=state["step"], desc="Training", disable=args.quiet or not accelerator.is_main_process
-    )
-    started = time.perf_counter()
-    while state["step"] < total_steps:
-        loader.set_epoch(state["epoch"])
-        batches = loader
-        if state["batches_done_in_epoch"]:
-            batches = accelerator.skip_first_batches(loader, state["batches_done_in_epoch"])
-        for features in batches:
-            with accelerator.accumulate(*[lr.model for lr in learners]):
-                losses = step_fn(learners, features)
-                for learner in learners:
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(learner.model.parameters(), args.max_grad_norm)
-                    learner.optimizer.step()
-                    learner.optimizer.zero_grad(set_to_none=True)
-            state["batches_done_in_epoch"] += 1
-            if not accelerator.sync_gradients:
-                continue
-            for learner in learners:
-                learner.scheduler.step()
-            state["step"] += 1
-            progress.update(1)
-            progress.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-            state["log"].append({"step": state["step"], **losses})
-            if args.eval_steps and state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
-                record_evaluation(accelerator, learners[0].model, data, args, state)
-            if args.checkpoint_steps and state["step"] % args.checkpoint_steps == 0:
-                save_checkpoint(accelerator, output_dir, state, args.checkpoints_to_keep)
-            if state["step"] >= total_steps:
-                break
-        else:
-            state["epoch"] += 1
-            state["batches_done_in_epoch"] = 0
-    progress.close()
-    state["train_seconds"] = time.perf_counter() - started
+    step_fn = make_step_function(args, accelerator)
+    run_steps(accelerator, learners, loader, state, total_steps, lambda features: step_fn(learners, features), args,
+              output_dir, evaluate=lambda st: record_evaluation(accelerator, learners[0].model, data, args, st))
 
     state["world_size"] = accelerator.num_processes
     state["rank_fingerprints"] = check_ranks_agree(accelerator, learners)
@@ -261,51 +210,6 @@ def record_evaluation(accelerator: Accelerator, model, data: TrainingData, args,
         unwrapped.train()
     accelerator.wait_for_everyone()
     return metrics
-
-
-def check_ranks_agree(accelerator: Accelerator, learners: list[Learner]) -> list[str]:
-    """A fingerprint of every rank's weights; they must be equal, or the processes were not one DDP job.
-
-    (`accelerate launch --multi_gpu` without a distributed backend runs unsynchronised copies without error.)
-    """
-    digest = hashlib.sha256()
-    for learner in learners:
-        for tensor in accelerator.unwrap_model(learner.model).state_dict().values():
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    fingerprints = gather_object([digest.hexdigest()[:16]])
-    if len(set(fingerprints)) != 1:
-        raise RuntimeError(f"ranks ended with different weights {fingerprints}: the processes were not synchronised")
-    return fingerprints
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-def find_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"{path} is not a rankface checkpoint (no trainer_state.json)")
-        return path
-    found = sorted((output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [p for p in found if (p / "trainer_state.json").is_file()]
-    return complete[-1] if complete else None
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
-    """Save the full training state into a temporary folder, then rename it: a checkpoint is whole or absent."""
-    folder = output_dir / "checkpoints"
-    final = folder / f"{CHECKPOINT_PREFIX}{state['step']:07d}"
-    staging = folder / f".staging-{state['step']:07d}"
-    accelerator.save_state(str(staging))
-    if accelerator.is_main_process:
-        write_json(staging / "trainer_state.json", state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
 def save_final_models(accelerator: Accelerator, learners: list[Learner], output_dir: Path) -> None:
