@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
+from rankface.models.face_base import FaceEncoderPreTrainedModel
 from rankface.models.iresnet.configuration_iresnet import IResNetConfig
-from rankface.models.outputs import FaceEncoderOutput
 
 
 class IBasicBlock(nn.Module):
@@ -34,16 +33,15 @@ class IBasicBlock(nn.Module):
         return out + identity
 
 
-class IResNetPreTrainedModel(PreTrainedModel):
+class IResNetPreTrainedModel(FaceEncoderPreTrainedModel):
     """Weight initialisation and Hugging Face plumbing shared by IResNet models."""
 
     config_class = IResNetConfig
     base_model_prefix = "iresnet"
-    main_input_name = "pixel_values"
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # insightface: normal(0, 0.1) convolutions, identity BatchNorm, PReLU slope 0.25 (PyTorch default).
+        # insightface: normal(0, 0.1) convolutions, identity BatchNorm (the base's), PReLU slope 0.25.
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, 0.0, self.config.initializer_range)
         elif isinstance(module, nn.Linear):
@@ -51,12 +49,8 @@ class IResNetPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.PReLU):
             nn.init.constant_(module.weight, 0.25)
-        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            if module.running_mean is not None:
-                module.running_mean.zero_()
-                module.running_var.fill_(1.0)
+        else:
+            super()._init_weights(module)
 
 
 class IResNetModel(IResNetPreTrainedModel):
@@ -89,17 +83,8 @@ class IResNetModel(IResNetPreTrainedModel):
         nn.init.ones_(self.features.weight)
         self.features.weight.requires_grad_(False)
 
-    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _feature_map_layers(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, H, W]` -> last spatial feature map `[N, C, h, w]` (after the final BN2d)."""
-        expected = (self.config.num_channels, self.config.input_size, self.config.input_size)
-        # Skipped while exporting: the check is Python control flow the ONNX tracer cannot record.
-        if not torch.onnx.is_in_onnx_export() and (
-            pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected
-        ):
-            raise ValueError(
-                f"IResNetModel: pixel_values has shape {tuple(pixel_values.shape)}, expected [N, {expected[0]}, "
-                f"{expected[1]}, {expected[2]}] (config.input_size = {self.config.input_size})"
-            )
         x = self.prelu(self.bn1(self.conv1(pixel_values)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.bn2(x)
@@ -107,22 +92,3 @@ class IResNetModel(IResNetPreTrainedModel):
     def embed_from_feature_map(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Flatten a (possibly attended) `[N, C, h, w]` map through dropout, FC and BN1d into `[N, E]`."""
         return self.features(self.fc(self.dropout(feature_map.flatten(1))))
-
-    def forward(
-        self, pixel_values: torch.Tensor, output_feature_map: bool = False, return_dict: bool = True
-    ) -> FaceEncoderOutput | tuple[torch.Tensor, ...]:
-        """Embed faces.
-
-        Args:
-            pixel_values: `[N, 3, H, W]` normalised faces.
-            output_feature_map: also return the `[N, C, h, w]` map before the flatten + FC.
-            return_dict: return a `FaceEncoderOutput` (else a tuple `(embedding,)` or `(embedding, feature_map)`).
-
-        Returns:
-            `FaceEncoderOutput(embedding [N, E], feature_map [N, C, h, w] or None)`.
-        """
-        fmap = self.feature_map(pixel_values)
-        embedding = self.embed_from_feature_map(fmap)
-        if not return_dict:
-            return (embedding, fmap) if output_feature_map else (embedding,)
-        return FaceEncoderOutput(embedding=embedding, feature_map=fmap if output_feature_map else None)

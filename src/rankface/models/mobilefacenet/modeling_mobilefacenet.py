@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
+from rankface.models.face_base import FaceEncoderPreTrainedModel
 from rankface.models.mobilefacenet.configuration_mobilefacenet import MobileFaceNetConfig
-from rankface.models.outputs import FaceEncoderOutput
 
 
 def _conv_bn_act(c_in: int, c_out: int, kernel: int, stride: int, groups: int, eps: float) -> nn.Sequential:
@@ -66,27 +65,22 @@ class GlobalDepthwiseConv(nn.Module):
         return self.bn(self.depthwise(x))
 
 
-class MobileFaceNetPreTrainedModel(PreTrainedModel):
+class MobileFaceNetPreTrainedModel(FaceEncoderPreTrainedModel):
     """Weight initialisation and the Hugging Face plumbing shared by MobileFaceNet models."""
 
     config_class = MobileFaceNetConfig
     base_model_prefix = "mobilefacenet"
-    main_input_name = "pixel_values"
     supports_gradient_checkpointing = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Kaiming for convolutions (ReLU-family network), identity BatchNorm: the usual MobileNet recipe.
+        # Kaiming for convolutions (ReLU-family network), identity BatchNorm (the base's): the usual MobileNet recipe.
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-            if module.running_mean is not None:
-                module.running_mean.zero_()
-                module.running_var.fill_(1.0)
+        else:
+            super()._init_weights(module)
 
 
 class MobileFaceNetModel(MobileFaceNetPreTrainedModel):
@@ -116,17 +110,8 @@ class MobileFaceNetModel(MobileFaceNetPreTrainedModel):
         self.bn = nn.BatchNorm2d(config.embedding_size, eps=eps)
         self.post_init()
 
-    def feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, H, W]` -> last spatial feature map `[N, C, h, w]` (`C = config.feature_channels`)."""
-        expected = (self.config.num_channels, self.config.input_size, self.config.input_size)
-        # Skipped while exporting: the check is Python control flow the ONNX tracer cannot record.
-        if not torch.onnx.is_in_onnx_export() and (
-            pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected
-        ):
-            raise ValueError(
-                f"MobileFaceNetModel: pixel_values has shape {tuple(pixel_values.shape)}, expected [N, {expected[0]}, "
-                f"{expected[1]}, {expected[2]}] (config.input_size = {self.config.input_size})"
-            )
+    def _feature_map_layers(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, H, W]` -> last spatial feature map `[N, C, h, w]` (before the global depthwise convolution)."""
         x = self.dw_conv(self.conv1(pixel_values))
         return self.conv2(self.features(x))
 
@@ -134,22 +119,3 @@ class MobileFaceNetModel(MobileFaceNetPreTrainedModel):
         """Pool a (possibly attended) feature map `[N, C, h, w]` into the embedding `[N, E]`."""
         x = self.bn(self.conv3(self.gdconv(feature_map)))
         return x.flatten(1)
-
-    def forward(
-        self, pixel_values: torch.Tensor, output_feature_map: bool = False, return_dict: bool = True
-    ) -> FaceEncoderOutput | tuple[torch.Tensor, ...]:
-        """Embed faces.
-
-        Args:
-            pixel_values: `[N, 3, H, W]` normalised faces.
-            output_feature_map: also return the `[N, C, h, w]` map before the global depthwise convolution.
-            return_dict: return a `FaceEncoderOutput` (else a tuple `(embedding,)` or `(embedding, feature_map)`).
-
-        Returns:
-            `FaceEncoderOutput(embedding [N, E], feature_map [N, C, h, w] or None)`.
-        """
-        fmap = self.feature_map(pixel_values)
-        embedding = self.embed_from_feature_map(fmap)
-        if not return_dict:
-            return (embedding, fmap) if output_feature_map else (embedding,)
-        return FaceEncoderOutput(embedding=embedding, feature_map=fmap if output_feature_map else None)

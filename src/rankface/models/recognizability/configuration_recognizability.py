@@ -15,6 +15,11 @@ BACKBONE_CONFIGS: dict[str, type[PretrainedConfig]] = {
 }
 
 
+def _backbone_field(name: str) -> property:
+    """A read-only property giving the backbone config's `name` (a field of the input contract)."""
+    return property(lambda self: getattr(self.backbone_config(), name), doc=f"The backbone config's `{name}`.")
+
+
 class RecognizabilityConfig(PretrainedConfig):
     """Architecture of a recognizability face encoder (methods.md section 3).
 
@@ -92,22 +97,8 @@ class RecognizabilityConfig(PretrainedConfig):
 
     # The input contract lives in the backbone config; exposing it here lets
     # `FaceImageProcessor.from_model_config(config)` work for the RI encoder too.
-    @property
-    def input_size(self) -> int:
-        return self.backbone_config().input_size
-
-    @property
-    def embedding_size(self) -> int:
-        return self.backbone_config().embedding_size
-
-    @property
-    def color_order(self) -> str:
-        return self.backbone_config().color_order
-
-    @property
-    def image_mean(self) -> float:
-        return self.backbone_config().image_mean
-
-    @property
-    def image_std(self) -> float:
-        return self.backbone_config().image_std
+    input_size = _backbone_field("input_size")
+    embedding_size = _backbone_field("embedding_size")
+    color_order = _backbone_field("color_order")
+    image_mean = _backbone_field("image_mean")
+    image_std = _backbone_field("image_std")
