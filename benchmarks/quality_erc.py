@@ -167,6 +167,25 @@ def headline(ri: Mapping[str, ERCCurve] | None, plain: Mapping[str, ERCCurve] | 
     return out
 
 
+def attainable_share(curves: Mapping[str, ERCCurve]) -> dict[str, float]:
+    """How much of the improvement a quality could make it makes: `(random - q) / (random - error oracle)` of the
+    pAUCs, per quality curve (0 = no better than a random order, 1 = as good as knowing the errors). The error
+    oracle is the floor no quality can pass, which matters when judging a ratio goal such as RI <= 0.8 x norm."""
+    rand, floor = curves["random"].pauc(UPTO), curves["error oracle"].pauc(UPTO)
+    span = rand - floor
+    return {name: (rand - c.pauc(UPTO)) / span if span > 0 else math.nan
+            for name, c in curves.items() if name not in ("random", "error oracle")}
+
+
+def goal_line(curves: Mapping[str, ERCCurve], ratio: float = 0.8) -> str:
+    """The F2 goal `pAUC(ri) <= ratio x pAUC(norm)` beside the floor set by the error oracle."""
+    target, floor = ratio * curves["norm"].pauc(UPTO), curves["error oracle"].pauc(UPTO)
+    verdict = ("below the error oracle: no quality function can reach it on these scores" if target < floor
+               else "reachable in principle (above the error oracle)")
+    return (f"Goal pAUC(ri) <= {ratio} x pAUC(norm) = {target:.5f}; pAUC(ri) = {curves['ri'].pauc(UPTO):.5f}; "
+            f"error oracle (perfect quality) = {floor:.5f}: the goal is {verdict}.")
+
+
 def result_line(values: Mapping[str, str]) -> str:
     """`RESULT k=v ...` in the protocol's key order."""
     missing = [k for k in RESULT_KEYS if k not in values]
@@ -346,6 +365,11 @@ def report(systems: Mapping[str, dict], resolutions: np.ndarray, same: np.ndarra
         lines.append(f"**{labels.get(name, name)}** ({record['model_class']}, `{record['settings']['model']}`; "
                      f"{record['num_views']} views embedded in {record['embed_seconds']:.0f} s)\n")
         lines.append(erc_table(curves, upto=UPTO))
+        shares = attainable_share(curves)
+        lines.append("\nShare of the attainable improvement over a random order (error oracle = 1): " + ", ".join(
+            f"{q} {v:.2f}" for q, v in shares.items()) + "\n")
+        if "ri" in curves and "norm" in curves:
+            lines.append(goal_line(curves) + "\n")
         means = {q: mean_by_resolution(np.asarray(record["quality"][q]), resolutions) for q in record["quality"]
                  if q in curves}
         if means:

@@ -192,3 +192,24 @@ def test_rates_by_resolution(bench):
     assert rates[8] == {"tar": 0.5, "fmr": 0.5, "genuine": 2, "impostor": 2}
     assert math.isnan(rates[24]["tar"]) and rates[24]["fmr"] == 1.0 and rates[24]["impostor"] == 2  # 0.7, 0.8 in
     assert rates[112]["tar"] == 0.0 and math.isnan(rates[112]["fmr"]) and rates[112]["genuine"] == 2
+
+
+def test_attainable_share_and_goal_line(bench):
+    rng = np.random.default_rng(2)
+    n = 400
+    same = np.arange(n) % 2 == 0
+    res = bench.draw_resolutions(n, seed=1)
+    scores = np.where(same, 0.3, 0.0) + rng.normal(0, 0.3, n)
+    errors = same & (scores < np.quantile(scores[~same], 0.99))  # the false non-matches at FMR 1e-2, roughly
+    slot = {"ri": np.stack([np.where(errors, 0.0, 1.0)] * 2, 1) + rng.normal(0, 1e-3, (n, 2)),  # knows the errors
+            "norm": rng.random((n, 2))}  # knows nothing
+    curves = bench.system_curves(scores, same, slot, res, seed=0)
+    shares = bench.attainable_share(curves)
+    assert set(shares) == {"ri", "norm", "resolution oracle"}
+    assert shares["ri"] > 0.9 and abs(shares["norm"]) < 0.3
+    rand, floor = curves["random"].pauc(0.3), curves["error oracle"].pauc(0.3)
+    assert shares["norm"] == pytest.approx((rand - curves["norm"].pauc(0.3)) / (rand - floor))
+    line = bench.goal_line(curves)
+    target = 0.8 * curves["norm"].pauc(0.3)
+    assert f"= {target:.5f}" in line
+    assert ("below the error oracle" in line) == (target < floor)
