@@ -63,9 +63,13 @@ RI_SYSTEMS = {  # --with-ri: the RI model and its ablations (methods.md section 
     "ri+reg+id": "lfw_vlr_ri.yaml",
     "ri": "lfw_vlr_ri.yaml",
 }
+# Investigation, run only when named: the RI model with its new modules (regressor, attention) at the classifier's
+# learning rate instead of the pretrained backbone's.
+RI_SYSTEMS_EXTRA = {"ri-headlr": "lfw_vlr_ri.yaml"}
 SYSTEM_OVERRIDES = {
     "ri+reg": ["--ri_attention", "false", "--ri_beta", "0"],
     "ri+reg+id": ["--ri_attention", "false"],
+    "ri-headlr": ["--ri_head_learning_rate", "0.05"],
 }
 # The recipe turns index diversion and attention on after one epoch (methods.md: "about one epoch"), which the
 # benchmark's budget (60 steps x 64 images, 0.75 epoch) never reaches: the ablations would all equal `ri+reg`.
@@ -77,11 +81,14 @@ RI_WARMUP_SHARE = 0.25
 def system_overrides(system: str, steps: int) -> list[str]:
     """Recipe flags of `system` beyond its config, for a budget of `steps` optimizer steps."""
     flags = list(SYSTEM_OVERRIDES.get(system, []))
-    if system in RI_SYSTEMS:
+    if system in RI_SYSTEMS or system in RI_SYSTEMS_EXTRA:
         flags += ["--ri_warmup_steps", str(max(1, round(steps * RI_WARMUP_SHARE)))]
     return flags
+
+
 SYSTEMS.update(RI_SYSTEMS)
 BASE_SYSTEMS = [s for s in SYSTEMS if s not in RI_SYSTEMS]
+SYSTEMS.update(RI_SYSTEMS_EXTRA)
 HALVES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
 ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR at 8 px
     ("lr-lr", 112): 99.37, ("lr-lr", 24): 92.00, ("lr-lr", 16): 81.08, ("lr-lr", 12): 73.98, ("lr-lr", 8): 68.28,

@@ -251,3 +251,25 @@ def test_two_process_training_is_one_synchronised_job(lfw_like, tiny_encoders, t
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 2
     assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1
+
+
+def test_optimizer_learning_rates_per_module():
+    from rankface.models.mobilefacenet import MobileFaceNetConfig
+    from rankface.models.recognizability import RecognizabilityConfig, RecognizabilityModel
+    from rankface.training.face import FaceRecognitionModule, make_face_optimizer
+    from rankface.training.face_arguments import FaceTrainingArguments
+
+    backbone = MobileFaceNetConfig(input_size=32, stem_channels=8, block_settings=[[2, 8, 1, 2]], last_channels=16,
+                                   embedding_size=8)
+    model = FaceRecognitionModule(RecognizabilityModel(RecognizabilityConfig(backbone=backbone, attention_reduction=4)),
+                                  num_classes=5)
+    args = FaceTrainingArguments(ri=True, learning_rate=0.01, head_learning_rate=0.1, ri_head_learning_rate=0.05)
+    lr_of = {id(p): g["lr"] for g in make_face_optimizer(model, args).param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        expected = 0.1 if name.startswith("classifier.") else 0.01 if name.startswith("encoder.backbone.") else 0.05
+        assert lr_of[id(param)] == expected, name
+    assert {"encoder.quality_head.weight", "encoder.attention_proj.weight"} <= {n for n, _ in model.named_parameters()}
+    # without the setting, the RI modules train at the backbone's rate (the earlier behaviour)
+    args.ri_head_learning_rate = None
+    lr_of = {id(p): g["lr"] for g in make_face_optimizer(model, args).param_groups for p in g["params"]}
+    assert lr_of[id(model.encoder.quality_head.weight)] == 0.01

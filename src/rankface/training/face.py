@@ -448,14 +448,21 @@ def broadcast_buffers(accelerator: Accelerator, model: nn.Module) -> None:
 
 
 def make_face_optimizer(model: FaceRecognitionModule, args: FaceTrainingArguments) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9) or AdamW; no weight decay on BatchNorm and biases; class weights at the head rate."""
+    """SGD (momentum 0.9) or AdamW; no weight decay on BatchNorm and biases; class weights at the head rate, an RI
+    model's own modules (outside its backbone) at `ri_head_learning_rate`."""
     head_lr = args.head_learning_rate or args.learning_rate
+    ri_head_lr = args.ri_head_learning_rate or args.learning_rate
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.dim() <= 1
-        lr = head_lr if name.startswith("classifier.") else args.learning_rate
+        if name.startswith("classifier."):
+            lr = head_lr
+        elif args.ri and not name.startswith("encoder.backbone."):
+            lr = ri_head_lr
+        else:
+            lr = args.learning_rate
         groups.setdefault((lr, 0.0 if no_decay else args.weight_decay), []).append(param)
     param_groups = [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
     if args.optimizer == "sgd":

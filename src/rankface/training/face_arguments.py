@@ -83,6 +83,9 @@ class FaceTrainingArguments:
     ri_match_with: str = _help("RI: matching embedding 'v' or 'v+att'.", default="v")
     ri_ui_size_min: int = _help("RI: smallest side (px) of the unrecognizable images.", default=4)
     ri_ui_size_max: int = _help("RI: largest side (px) of the unrecognizable images.", default=6)
+    ri_head_learning_rate: float | None = _help(
+        "RI: peak learning rate of the modules the backbone lacks (RI regressor, attention), which start from random "
+        "weights when fine-tuning a pretrained backbone (default: learning_rate).", default=None)
     # ----------------------------------------------------------------- optimisation
     optimizer: str = _help("'sgd' (momentum 0.9) or 'adamw'.", default="sgd")
     learning_rate: float = _help("Peak learning rate of the encoder.", default=0.01)
