@@ -121,6 +121,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default="~/.cache/rankface", help="BM25 index/run cache")
     parser.add_argument("--results-dir", default=None, help=f"default {RESULTS}/<mode>")
     parser.add_argument("--report-only", action="store_true", help="print the table from saved results, train nothing")
+    parser.add_argument("--systems", nargs="+", default=list(ORDER), choices=list(ORDER), metavar="SYSTEM",
+                        help="trained systems to run, in this order (default: all, in ORDER)")
     args = parser.parse_args(argv)
     args.mode = "quick" if args.quick else "full"
     cross = args.encoder == "cross"
@@ -787,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_baseline(ctx, store, system)
         for i, seed in enumerate(args.seed_list):
             source = build_strong_source(ctx, store)["chosen"]
-            for system in ORDER:
+            for system in args.systems:
                 run_trained(ctx, store, system, seed, source=source)
             if i == 0:  # the T sweep on dev, after the first seed's table is complete
                 for t in args.sweep_list:
