@@ -686,7 +686,8 @@ def report(args: argparse.Namespace, store: Store) -> str:
         if res:
             lines.append(f"- paired t-test over test queries, {cet} vs {plain} (seeds {res['seeds']}): "
                          f"Δ nDCG@10 = {res['delta']:+.4f}, t = {res['t']:.2f}, p = {res['p']:.3g}")
-    for a, b in (("plain/strong-neg", "plain/bm25-neg"), ("plain/bm25-neg", "dense"), ("oracle", "plain/bm25-neg")):
+    for a, b in (("plain/strong-neg", "plain/bm25-neg"), ("plain/bm25-neg", "dense"), ("oracle", "plain/bm25-neg"),
+                 ("cet-tl/strong-neg", "cet/strong-neg"), ("cet/strong-neg", "plain/bm25-neg")):
         res = paired(store, a, b, args.seed_list if b != "dense" else [0])
         if res:
             lines.append(f"- {a} vs {b} (seeds {res['seeds']}): Δ nDCG@10 = {res['delta']:+.4f}, p = {res['p']:.3g}")
