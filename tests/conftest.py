@@ -7,10 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
+import pytest
 from hub_server import local_hub  # noqa: F401 - the local Hub-compatible server fixture (tests/hub_server.py)
 
-from rankface.paths import minilm_path, shared_dir  # noqa: E402
+from rankface.paths import minilm_path, shared_dir
 
 
 @pytest.fixture(scope="session", autouse=True)

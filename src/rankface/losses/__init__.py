@@ -12,10 +12,10 @@ from rankface.losses.margins import (  # noqa: F401
     build_head,
     margin_cross_entropy,
 )
-from rankface.losses.unpg import UNPGLoss  # noqa: F401
 from rankface.losses.recognizability import (  # noqa: F401
     RecognizabilityLoss,
     UICentre,
     make_unrecognizable,
     recognizability_index,
 )
+from rankface.losses.unpg import UNPGLoss  # noqa: F401
