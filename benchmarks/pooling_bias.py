@@ -20,7 +20,8 @@ counted. The pipeline:
    `cet/X-neg` vs `plain/X-neg`. Dev split: the check that plain training beats BM25, and CET's T sweep.
 5. **Investigation** (beyond the seven, vs `plain/strong-neg`): `cet-norm/strong-neg` (CET weights rescaled to mean 1
    per batch: unnormalised weights also scale the learning rate), `cet-tl/strong-neg` (weights from the training
-   logits, protocol R3's cheap mode), `cet-mlp/strong-neg` (the light MLP selection model on rank and score).
+   logits, protocol R3's cheap mode), `cet-mlp/strong-neg` (the light MLP selection model on rank and score),
+   `oracle-pool` (the oracle with only the grade >= 2 docs of the BM25 top-100 as positives).
 
 Each (system, seed) result is a JSON file under `benchmarks/results/pooling_bias/<mode>/` (per-query values
 included), written as soon as it is done; a rerun skips what is saved (settings are fingerprinted: a rerun with
@@ -69,7 +70,10 @@ TRAINED = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet/bm25-neg
 # effective learning rate ~3x, which on a short budget could explain a CET gain by itself.
 # And CET with weights from the detached training logits (protocol R3's cheap mode: its quality against
 # eval_forward's).
-EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg")
+# And `oracle-pool`: the oracle with only the grade >= 2 docs inside the BM25 top-100 as positives. NFCorpus
+# queries have ~56 grade >= 2 train docs on average, most far from the query's wording; whether the oracle's result
+# comes from its labels or from those out-of-pool positives is what this separates.
+EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg", "oracle-pool")
 BASELINES = ("bm25", "dense")
 SYSTEM_SPECS = {  # method and negative source of each trained system
     "plain/bm25-neg": ("plain", "bm25"),
@@ -77,6 +81,7 @@ SYSTEM_SPECS = {  # method and negative source of each trained system
     "cet/strong-neg": ("cet", "strong"),
     "cet/bm25-neg": ("cet", "bm25"),
     "oracle": ("plain", "oracle"),
+    "oracle-pool": ("plain", "oracle-pool"),
     "cet-mlp/strong-neg": ("cet", "strong"),
     "cet-norm/strong-neg": ("cet", "strong"),
     "cet-tl/strong-neg": ("cet", "strong"),
@@ -87,11 +92,12 @@ WEIGHTS_FROM = {"cet-tl/strong-neg": "train_logits"}  # overrides of --cet-weigh
 # Training order within a seed: the paper's direction first (plain/bm25 -> plain/strong -> CET on strong), so that a
 # partial run on a busy machine answers the main question before the rest.
 ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg",
-         "cet/bm25-neg", "oracle", "cet-mlp/strong-neg")
+         "cet/bm25-neg", "oracle", "cet-mlp/strong-neg", "oracle-pool")
 # Strong-source candidates in order of preference: the same 1-50 window as BM25 first (only the retriever changes),
 # the fine-tuned dense run before its fusion with BM25 (the ANCE analogue), narrower windows last.
 STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20), ("dense-ft", 10), ("rrf", 10))
 BM25_WINDOW = 50
+ORACLE_POOL_QRELS = "oracle_pool_qrels.train.txt"
 POOL_DEPTH = 10
 NDCG_MARGIN = 0.01  # "clearly better than BM25"
 FN_RATIO = 1.3  # "clearly more false negatives"
@@ -242,11 +248,16 @@ def prepare_context(args: argparse.Namespace) -> Context:
         q: {d: s for d, s in bm25["train"][q].items() if d not in full_qrels["train"].get(q, {})} for q in train_qids
     }
     oracle_run = {q: top(r, BM25_WINDOW) for q, r in unjudged.items()}
+    in_pool = {q: set(top(bm25["train"].get(q), 100)) for q in train_qids}
+    oracle_pool = {q: {d: g for d, g in oracle[q].items() if d in in_pool[q]} for q in train_qids}
+    oracle_pool = {q: positives for q, positives in oracle_pool.items() if positives}
 
     pooled_path, oracle_path = work / "pooled_qrels.train.txt", work / "oracle_qrels.train.txt"
     write_qrels(pooled_path, pooled)
     write_qrels(oracle_path, oracle)
+    write_qrels(work / ORACLE_POOL_QRELS, oracle_pool)
     runs = {"bm25": work / "bm25.train.top50.trec", "oracle": work / "oracle_negatives.train.trec"}
+    runs["oracle-pool"] = runs["oracle"]
     write_run(runs["bm25"], bm25_train, tag="bm25")
     write_run(runs["oracle"], oracle_run, tag="bm25-unjudged")
 
@@ -266,6 +277,7 @@ def prepare_context(args: argparse.Namespace) -> Context:
         "train_queries_with_empty_bm25": sum(1 for q in queries["train"] if not bm25["train"].get(q)),
         "train_queries_with_bm25_short_of_window": sum(1 for q in train_qids if len(bm25_train[q]) < BM25_WINDOW),
         "oracle_positives": sum(len(v) for v in oracle.values()),
+        "oracle_pool_positives": sum(len(v) for v in oracle_pool.values()),
         "test_queries": len(test_qids),
         "test_queries_with_empty_bm25": sum(1 for q in test_qids if not candidates["test"][q]),
         "dev_queries": len(dev_qids),
@@ -399,12 +411,13 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         collection=str(args.collection),
         train_split="train",
         eval_split=None,  # evaluated here, with per-query values
-        train_qrels=str(ctx.oracle_qrels_path if negatives == "oracle" else ctx.pooled_qrels_path),
+        train_qrels=str({"oracle": ctx.oracle_qrels_path, "oracle-pool": ctx.oracle_qrels_path.parent / ORACLE_POOL_QRELS
+                         }.get(negatives, ctx.pooled_qrels_path)),
         negatives_run=str(run_path),
         num_negatives=args.num_negatives,
         negatives_from_rank=1,
         negatives_to_rank=window,
-        positives="all" if negatives == "oracle" else "top",
+        positives="all" if negatives.startswith("oracle") else "top",
         exclude_queries_in=["test", "dev"],
         encoder=args.encoder,
         num_layers=args.num_layers,
