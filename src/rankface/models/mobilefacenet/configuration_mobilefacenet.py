@@ -47,7 +47,7 @@ class MobileFaceNetConfig(FaceEncoderConfig):
         self.low_resolution_stem = bool(low_resolution_stem)
         self.block_settings = block_settings
         self.last_channels = int(last_channels)
-        super().__init__(**{"embedding_size": 128, "image_std": 128.0, "initializer_range": 0.02, **kwargs})
+        super().__init__(**{"embedding_size": 128, "image_std": 128.0, **kwargs})
 
     @property
     def stage_strides(self) -> list[int]:
