@@ -53,6 +53,7 @@ def prepare_training_data(args) -> TrainingData:
         num_negatives=args.num_negatives,
         rank_window=(args.negatives_from_rank, args.negatives_to_rank),
         positives=args.positives,
+        min_positive_grade=args.min_positive_grade,
         doc_ids=docs.keys(),
         seed=args.seed,
     )

@@ -25,6 +25,7 @@ from rankface.paths import minilm_path
 from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
 from rankface.training.arguments import RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
+from rankface.training.modes import apply_training_mode, resolve_mixed_precision
 from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, run_steps
 from rankface.utils.io import save_folder_atomically, write_json
 
@@ -32,7 +33,7 @@ from rankface.utils.io import save_folder_atomically, write_json
 def train(args: RerankerTrainingArguments) -> dict:
     """Train a reranker as `args` says; returns the final evaluation (empty without an eval split)."""
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
+        mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
@@ -87,7 +88,7 @@ def train(args: RerankerTrainingArguments) -> dict:
 def build_models(args: RerankerTrainingArguments, data: TrainingData) -> list[torch.nn.Module]:
     """The relevance model; for CET also the selection model: a second text model of the same kind (own head),
     or the light MLP on first-stage (rank, score) features."""
-    models = [load_text_model(args)]
+    models = [load_text_model(args, data.docs)]
     if args.method == "cet":
         if args.cet_selection == "mlp":
             from rankface.models.cet import RankFeatureSelector
@@ -97,11 +98,13 @@ def build_models(args: RerankerTrainingArguments, data: TrainingData) -> list[to
             selector.fit_normalization(torch.tensor([[math.log1p(r), s] for d in table.values() for r, s in d.values()]))
             models.append(selector)
         else:
-            models.append(load_text_model(args))
+            models.append(load_text_model(args, data.docs))
     return models
 
 
-def load_text_model(args: RerankerTrainingArguments) -> torch.nn.Module:
+def load_text_model(args: RerankerTrainingArguments, corpus: dict[str, str] | None = None) -> torch.nn.Module:
+    """The model `args` describes, frozen and cached as `args.training_mode` says (with `corpus` for the
+    query-side document cache), with LoRA adapters when `args.lora_rank` is set."""
     from rankface.models.bi_encoder import BiEncoder
     from rankface.models.cross_encoder import CrossEncoder
 
@@ -113,6 +116,7 @@ def load_text_model(args: RerankerTrainingArguments) -> torch.nn.Module:
         model = BiEncoder.from_pretrained(
             path, max_length=args.max_length, scale=args.bi_scale, num_layers=args.num_layers, device="cpu"
         )
+    apply_training_mode(model, args, corpus)
     if args.lora_rank:
         model.model = apply_lora(model.model, args)
     return model
@@ -220,7 +224,12 @@ def save_final_models(accelerator: Accelerator, learners: list[Learner], output_
         if hasattr(getattr(model, "model", None), "merge_and_unload"):  # LoRA: export plain, PEFT-free weights
             model.model = model.model.merge_and_unload()
     save_folder_atomically(models[0], output_dir / "model")
-    if len(models) == 2:
+    if len(models) == 2 and getattr(models[0], "doc_model", None) is not None:
+        # CETModel holds one transformer per member; a two-tower (query-side) relevance model does not fit it.
+        # `output_dir/model` is the complete relevance model; the selection model is only needed for training.
+        accelerator.print("query-side CET: the pair is not exported as cet_pair (one tower per member); "
+                          f"the relevance model is in {output_dir / 'model'}")
+    elif len(models) == 2:
         from rankface.models.cet import CETModel
 
         save_folder_atomically(CETModel.from_scorers(models[0], models[1]), output_dir / "cet_pair")

