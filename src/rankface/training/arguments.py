@@ -32,6 +32,7 @@ class RerankerTrainingArguments:
         "'top': one group per query with its best-graded positive; 'all': one group per labelled positive.",
         default="top",
     )
+    min_positive_grade: int = _help("The lowest qrels grade that makes a training positive.", default=1)
     max_train_queries: int | None = _help("Use only this many training queries (seeded sample).", default=None)
     exclude_queries_in: list[str] = _help(  # noqa: RUF009 - _help returns a dataclass field
         "Splits whose query texts are removed from training (duplicates across splits).", default_factory=list
@@ -46,6 +47,16 @@ class RerankerTrainingArguments:
     max_length: int = _help("Maximum tokens per pair (cross) or per text (bi).", default=256)
     bi_scale: float = _help("Bi-encoder: cosine similarities are multiplied by this in training scores.", default=20.0)
     lora_rank: int | None = _help("Train LoRA adapters of this rank instead of all weights (PEFT).", default=None)
+    training_mode: str = _help(
+        "'full': every weight trains; 'query_side' (dual encoder only): the document tower is frozen and the corpus "
+        "encoded once and cached, so a step encodes only the queries; 'partial': the embeddings and the bottom "
+        "`frozen_layers` layers are frozen.",
+        default="full",
+    )
+    frozen_layers: int = _help("'partial' training: how many bottom transformer layers stay frozen.", default=0)
+    document_cache: str | None = _help(
+        "'query_side' training: folder of the document-embedding cache (default: cache_dir).", default=None
+    )
     # ----------------------------------------------------------------- objective
     method: str = _help("'plain' or 'cet' (relevance + selection model, see methods.md §1).", default="plain")
     loss: str = _help("'pairwise', 'listwise' or 'bce'.", default="pairwise")
@@ -69,7 +80,9 @@ class RerankerTrainingArguments:
     gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
     max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
     mixed_precision: str | None = _help(
-        "'no', 'bf16' or 'fp16'; default: what `accelerate launch` (or its config file) says, else 'no'.", default=None
+        "'no', 'bf16', 'fp16' or 'auto' (bf16 where the CPU or GPU runs it natively, else 'no'); default: what "
+        "`accelerate launch` (or its config file) says, else 'no'.",
+        default=None,
     )
     seed: int = _help("Seed for sampling, initialisation and shuffling.", default=42)
     # ----------------------------------------------------------------- bookkeeping
@@ -92,13 +105,22 @@ class RerankerTrainingArguments:
             "cet_weight_on": ("negative", "positive", "both"),
             "cet_selection": ("same", "mlp"),
             "positives": ("top", "all"),
-            "mixed_precision": (None, "no", "bf16", "fp16"),
+            "mixed_precision": (None, "no", "bf16", "fp16", "auto"),
+            "training_mode": ("full", "query_side", "partial"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if self.training_mode == "query_side" and self.encoder != "bi":
+            raise ValueError("training_mode 'query_side' needs encoder 'bi' (a cross-encoder reads query and document "
+                             "together, so there is no document tower to freeze); use 'partial' for a cross-encoder")
+        if self.training_mode == "partial" and self.frozen_layers < 1:
+            raise ValueError(f"training_mode 'partial' needs frozen_layers >= 1, got {self.frozen_layers}")
+        if self.training_mode != "partial" and self.frozen_layers:
+            raise ValueError(f"frozen_layers is set ({self.frozen_layers}) but training_mode is {self.training_mode!r}, "
+                             "not 'partial'")
         if not 1 <= self.negatives_from_rank <= self.negatives_to_rank:
             raise ValueError(
                 f"need 1 <= negatives_from_rank <= negatives_to_rank, got {self.negatives_from_rank}..{self.negatives_to_rank}"
