@@ -52,23 +52,6 @@ def test_index_search_rerank_evaluate(collection, reranker_dir, tmp_path, capsys
     assert "ndcg_cut_10" in done.stdout
 
 
-def test_demo_runs_the_main_job_on_any_collection(collection, tiny_bert_dir, tmp_path, capsys):
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump({
-        "encoder": "bi", "model_name_or_path": str(tiny_bert_dir), "max_length": 32, "num_negatives": 3,
-        "batch_size": 4, "max_steps": 2, "eval_split": None, "method": "cet", "cet_selection": "mlp",
-        "cache_dir": str(tmp_path / "cache"),
-    }))
-    code = main(["demo", "--collection", str(collection), "--config", str(config), "--test-split", "dev",
-                 "--output-dir", str(tmp_path / "demo"), "--quiet"])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "| BM25 |" in out and "| BM25 >> rankface bi-encoder |" in out
-    results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert set(results["metrics"]) == {"BM25", "BM25 >> rankface bi-encoder"}
-    assert read_run(tmp_path / "demo" / "reranked.dev.trec")
-
-
 def test_demo_explains_missing_data(tmp_path, capsys):
     assert main(["demo", "--collection", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "d")]) == 2
     message = capsys.readouterr().out

@@ -69,6 +69,8 @@ def train(args: RerankerTrainingArguments) -> dict:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
 
+    if args.eval_split and args.eval_steps and state["step"] == 0:
+        record_evaluation(accelerator, learners[0].model, data, args, state)  # the learning curve's starting point
     step_fn = make_step_function(args, accelerator)
     run_steps(accelerator, learners, loader, state, total_steps, lambda features: step_fn(learners, features), args,
               output_dir, evaluate=lambda st: record_evaluation(accelerator, learners[0].model, data, args, st))

@@ -1,0 +1,72 @@
+"""The main job (`rankface demo`) end to end on synthetic collections: rows, p-values, learning curve, folds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from test_training import write_collection
+
+from rankface.cli import main
+from rankface.retrieval.trec import read_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return write_collection(tmp_path_factory.mktemp("synthetic"))
+
+
+def demo_config(tmp_path, tiny_bert_dir, **overrides):
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({
+        "encoder": "bi", "model_name_or_path": str(tiny_bert_dir), "max_length": 32, "num_negatives": 3,
+        "batch_size": 4, "max_steps": 4, "eval_split": None, "training_mode": "query_side",
+        "cache_dir": str(tmp_path / "cache"),
+    } | overrides))
+    return config
+
+
+def test_demo_prints_bm25_zero_shot_and_trained_rows_with_p_values(collection, tiny_bert_dir, tmp_path, capsys):
+    config = demo_config(tmp_path, tiny_bert_dir, eval_split="dev", eval_steps=2)
+    code = main(["demo", "--collection", str(collection), "--config", str(config), "--test-split", "dev",
+                 "--output-dir", str(tmp_path / "demo"), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| BM25 |" in out and "zero-shot (the starting model)" in out and "trained (4 steps)" in out
+    assert "trained vs zero-shot: nDCG@10" in out and "p = " in out
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert len(results["metrics"]) == 3
+    assert set(results["comparisons"]) == {"trained vs zero-shot", "trained vs BM25", "zero-shot vs BM25"}
+    assert 0.0 <= results["comparisons"]["trained vs zero-shot"]["p"] <= 1.0
+    assert read_run(tmp_path / "demo" / "reranked.dev.trec")
+    # The learning curve starts at step 0 (the starting model) and has the dev points of every eval step.
+    state = json.loads((tmp_path / "demo" / "training" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log"] if "eval" in e][:3] == [0, 2, 4]
+    assert (tmp_path / "demo" / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_single_split_collection_is_cross_validated(collection, tiny_bert_dir, tmp_path, capsys):
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(collection / "corpus.jsonl", single / "corpus.jsonl")
+    queries = (collection / "queries.train.tsv").read_text() + (collection / "queries.dev.tsv").read_text()
+    qrels = (collection / "qrels.train.txt").read_text() + (collection / "qrels.dev.txt").read_text()
+    (single / "queries.tsv").write_text(queries)
+    (single / "qrels.txt").write_text(qrels)
+    config = demo_config(tmp_path, tiny_bert_dir, max_steps=2)
+    code = main(["demo", "--collection", str(single), "--config", str(config), "--output-dir", str(tmp_path / "demo"),
+                 "--quiet"])
+    assert code == 0
+    assert "2-fold cross-validation" in capsys.readouterr().out
+    # Every query is tested once, by the model that did not train on it.
+    reranked = read_run(tmp_path / "demo" / "reranked.all.trec")
+    assert set(reranked) == {line.split("\t")[0] for line in queries.splitlines()}
+    for fold in (0, 1):
+        folder = tmp_path / "demo" / f"fold-{fold}" / "collection"
+        train = {line.split("\t")[0] for line in (folder / "queries.train.tsv").read_text().splitlines()}
+        test = {line.split("\t")[0] for line in (folder / "queries.test.tsv").read_text().splitlines()}
+        assert train and test and not train & test
