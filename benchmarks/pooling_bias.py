@@ -436,6 +436,7 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         mixed_precision="no",
         seed=seed,
         output_dir=str(output_dir),
+        overwrite_output_dir=True,  # a system without a saved record is trained afresh, over any interrupted attempt
         cache_dir=args.cache_dir,
         quiet=True,
     )

@@ -173,6 +173,7 @@ def run_fold(spec: str, test_split: str, training_dir: Path, settings: dict, arg
     }
     train_args = RerankerTrainingArguments(**fold_settings | {
         "collection": spec, "output_dir": str(training_dir), "quiet": args.quiet,
+        "overwrite_output_dir": True,  # the demo trains afresh each time it runs; resuming is not its job
     })
     docs = collection.docs()
     queries = collection.queries(test_split)

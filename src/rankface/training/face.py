@@ -39,7 +39,7 @@ from rankface.losses.margins import MarginLoss, NormalizedClassifier, build_head
 from rankface.losses.unpg import UNPGLoss
 from rankface.paths import shared_dir
 from rankface.training.face_arguments import PRETRAINED_MOBILEFACENET, FaceTrainingArguments
-from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, run_steps
+from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, prepare_output_dir, run_steps
 from rankface.utils.io import save_folder_atomically, write_json
 
 
@@ -60,6 +60,7 @@ def train_face(args: FaceTrainingArguments) -> dict:
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
+    prepare_output_dir(accelerator, output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     with accelerator.main_process_first():  # the first process builds the `datasets` cache, the others reuse it
         data = prepare_face_data(args)
     if accelerator.is_main_process:

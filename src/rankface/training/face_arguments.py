@@ -120,6 +120,9 @@ class FaceTrainingArguments:
     checkpoint_steps: int | None = _help("Save a resumable checkpoint every this many steps.", default=None)
     checkpoints_to_keep: int = _help("Older checkpoints are deleted.", default=2)
     resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
+    overwrite_output_dir: bool = field(default=False, metadata={"aliases": ["--overwrite"], "help": (
+        "Start a new run in a non-empty output_dir: its old checkpoints are deleted first (without this, a new run "
+        "there is refused, because its checkpoints would mix with the old run's).")})
     quiet: bool = _help("No progress bars.", default=False)
 
     def __post_init__(self) -> None:

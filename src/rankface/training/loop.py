@@ -26,7 +26,7 @@ from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
 from rankface.training.arguments import RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
 from rankface.training.modes import apply_training_mode, resolve_mixed_precision
-from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, run_steps
+from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, prepare_output_dir, run_steps
 from rankface.utils.io import save_folder_atomically, write_json
 
 
@@ -39,6 +39,7 @@ def train(args: RerankerTrainingArguments) -> dict:
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
+    prepare_output_dir(accelerator, output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     with accelerator.main_process_first():
         data = prepare_training_data(args)
     if accelerator.is_main_process:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,7 +21,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from rankface.utils.io import write_json
+from rankface.errors import UserError
+from rankface.utils.io import check_finite_weights, replace_folder, write_json
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -61,7 +61,8 @@ def run_steps(
         start_epoch: called with the epoch number before each epoch's batches (e.g. to reseed augmentation).
 
     Raises:
-        FloatingPointError: a logged value is NaN or infinite (the step and the value are named).
+        FloatingPointError: a micro-batch's value (e.g. its loss) or a gradient norm is NaN or infinite; raised
+            before the optimizer step, so the weights stay finite (the step, micro-batch and value are named).
     """
     progress = tqdm(total=total_steps, initial=state["step"], desc="Training",
                     disable=args.quiet or not accelerator.is_main_process)
@@ -73,31 +74,34 @@ def run_steps(
         batches = loader
         if state["batches_done_in_epoch"]:  # resumed mid-epoch: the same order, minus what was already seen
             batches = accelerator.skip_first_batches(loader, state["batches_done_in_epoch"])
+        micro_batch = 0
         for batch in batches:
             with accelerator.accumulate(*[learner.model for learner in learners]):
                 values = micro_step(batch)
+                micro_batch += 1
+                # Checked on every micro-batch, before any optimizer step: with gradient accumulation a NaN in an
+                # earlier micro-batch would otherwise reach the weights (and a checkpoint) unseen.
+                _check_finite_values(values, state["step"] + 1, micro_batch)
                 for learner in learners:
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(learner.model.parameters(), args.max_grad_norm)
+                    if accelerator.sync_gradients:
+                        _clip_and_check_gradients(accelerator, learner, args.max_grad_norm, state["step"] + 1)
                     learner.optimizer.step()
                     learner.optimizer.zero_grad(set_to_none=True)
             state["batches_done_in_epoch"] += 1
             if not accelerator.sync_gradients:
                 continue
+            micro_batch = 0
             for learner in learners:
                 learner.scheduler.step()
             state["step"] += 1
             entry = {"step": state["step"], **values, "lr": learners[0].scheduler.get_last_lr()[0]}
-            bad = {k: v for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
-            if bad:
-                raise FloatingPointError(f"step {state['step']}: {bad} (lower the learning rate?)")
             state["log"].append(entry)
             progress.update(1)
             progress.set_postfix({k: f"{v:.4f}" for k, v in values.items() if isinstance(v, float)})
             if args.eval_steps and state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
                 evaluate(state)
             if args.checkpoint_steps and state["step"] % args.checkpoint_steps == 0:
-                save_checkpoint(accelerator, output_dir, state, args.checkpoints_to_keep)
+                save_checkpoint(accelerator, learners, output_dir, state, args.checkpoints_to_keep)
             if state["step"] >= total_steps:
                 break
         else:
@@ -105,6 +109,31 @@ def run_steps(
             state["batches_done_in_epoch"] = 0
     progress.close()
     state["train_seconds"] = time.perf_counter() - started
+
+
+def _check_finite_values(values: dict, step: int, micro_batch: int) -> None:
+    bad = {k: v for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"step {step}: {bad} in micro-batch {micro_batch} (lower the learning rate?); "
+                                 "the weights were not updated with it")
+
+
+def _clip_and_check_gradients(accelerator: Accelerator, learner: Learner, max_grad_norm: float | None,
+                              step: int) -> None:
+    """Clip the gradients (when `max_grad_norm`) and refuse non-finite ones before the optimizer steps on them.
+
+    With fp16 loss scaling an infinite gradient is expected now and then: the scaler skips that step itself.
+    """
+    parameters = [p for p in learner.model.parameters() if p.grad is not None]
+    if max_grad_norm:
+        norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters]) if parameters else None
+    if norm is None or accelerator.scaler is not None:
+        return
+    if not math.isfinite(float(norm)):
+        raise FloatingPointError(f"step {step}: the gradient norm of {learner.name!r} is {float(norm)} "
+                                 "(lower the learning rate?); the weights were not updated with it")
 
 
 def check_ranks_agree(accelerator: Accelerator, learners: list[Learner]) -> list[str]:
@@ -132,22 +161,69 @@ def find_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
         if not (path / "trainer_state.json").is_file():
             raise FileNotFoundError(f"{path} is not a rankface checkpoint (no trainer_state.json)")
         return path
-    found = sorted((output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [p for p in found if (p / "trainer_state.json").is_file()]
+    complete = [p for p in _checkpoints(output_dir) if (p / "trainer_state.json").is_file()]
     return complete[-1] if complete else None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> None:
-    """Save the full training state into a temporary folder, then rename it: a checkpoint is whole or absent."""
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(CHECKPOINT_PREFIX):])
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoint folders under `output_dir`, oldest step first."""
+    found = [p for p in (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")
+             if p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=_step_of)
+
+
+def prepare_output_dir(accelerator: Accelerator, output_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds files of another run; call it before writing anything.
+
+    A new run's checkpoints mixed with an old run's would be pruned and resumed wrongly: the old run's later steps
+    sort after the new run's, so pruning deleted the new checkpoint and `resume latest` picked the old run's.
+    A run may use a non-empty `output_dir` only when it resumes it (`resume` is "latest" or a checkpoint inside
+    it) or when `overwrite` is set: then the old run's checkpoints are deleted first and its other files are
+    replaced as the new run writes them.
+
+    Raises:
+        UserError: `output_dir` is not empty and the run neither resumes it nor may overwrite it; or both
+            `resume` and `overwrite` are given.
+    """
+    if resume is not None and overwrite:
+        raise UserError(f"resume_from_checkpoint={resume!r} continues the run in {output_dir}, overwrite_output_dir "
+                        "starts a new one there: give one of them")
+    in_use = output_dir.is_dir() and any(output_dir.iterdir())
+    checkpoints = (output_dir / "checkpoints").resolve()
+    resumes_it = resume == "latest" or (resume is not None and checkpoints in Path(resume).resolve().parents)
+    if in_use and not resumes_it and not overwrite:
+        raise UserError(
+            f"output_dir {output_dir} already holds another run's files; a new run there would mix its checkpoints "
+            "with the old ones. Resume it (--resume_from_checkpoint latest), start afresh with --overwrite_output_dir "
+            "(deletes its checkpoints), or choose another --output_dir"
+        )
+    if in_use and overwrite and accelerator.is_main_process:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    accelerator.wait_for_everyone()  # every process has looked at the folder before the first one writes to it
+
+
+def save_checkpoint(accelerator: Accelerator, learners: list[Learner], output_dir: Path, state: dict,
+                    keep: int) -> None:
+    """Save the full training state into a staging folder, then rename it: a checkpoint is whole or absent.
+
+    Non-finite weights are refused (`FloatingPointError`) before anything is written. Pruning keeps the `keep`
+    newest checkpoints up to this step and never deletes this one: a folder with a later step can only come from a
+    run resumed at an earlier checkpoint, and is left alone.
+    """
+    for learner in learners:
+        check_finite_weights(accelerator.unwrap_model(learner.model), f"checkpoint at step {state['step']}")
     folder = output_dir / "checkpoints"
     final = folder / f"{CHECKPOINT_PREFIX}{state['step']:07d}"
     staging = folder / f".staging-{state['step']:07d}"
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
         write_json(staging / "trainer_state.json", state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
+        replace_folder(staging, final)
+        earlier = [p for p in _checkpoints(output_dir) if _step_of(p) < state["step"]]
+        for old in earlier[: max(0, len(earlier) - (keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
