@@ -63,6 +63,7 @@ from rankface.utils.io import atomic_write, write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "pooling_bias"
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 TRAINED = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet/bm25-neg", "oracle")
+DECIDING = TRAINED[:4]  # the systems that decide the paper's direction: every seed, before anything else
 # Beyond R1's seven: CET with the light selection model (an MLP on first-stage rank and score). With dual encoders
 # the `same` selection model starts as an exact copy of the relevance model (no new head to initialise apart), so
 # its "propensity" is the relevance model's own score; the MLP breaks that symmetry.
@@ -129,31 +130,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="print the table from saved results, train nothing")
     parser.add_argument("--systems", nargs="+", default=list(ORDER), choices=list(ORDER), metavar="SYSTEM",
                         help="trained systems to run, in this order (default: all, in ORDER)")
+    parser.add_argument("--training-mode", default=None, choices=["full", "query_side", "partial"],
+                        help="how the encoders train (bi default: query_side, the cached-corpus mode; cross: full)")
+    parser.add_argument("--freeze-embeddings", default=None, action=argparse.BooleanOptionalAction,
+                        help="freeze the token embeddings (default: on in query_side mode)")
+    parser.add_argument("--k-sweep", default=None, help="other K (negatives per query) tried for CET on dev, seed 0")
+    parser.add_argument("--eval-steps", type=int, default=None, help="dev evaluation every N steps (learning curves)")
     args = parser.parse_args(argv)
     args.mode = "quick" if args.quick else "full"
     cross = args.encoder == "cross"
     defaults = {
         # name: (quick, full bi, full cross)
-        "seeds": ("0", "0,1,2", "0,1,2"),
-        "sweep": ("1,10", "1,2,5,10", "1,2,5,10"),
+        "seeds": ("0", "0,1,2,3,4", "0,1"),
+        "sweep": ("1,10", "1,2,5,10,20", "1,2,5,10"),
+        "k_sweep": ("", "3", ""),
         "num_layers": (2, None, None),
         "max_length": (128, 128, 192),
-        "num_negatives": (3, 3, 3),
+        "num_negatives": (3, 7, 3),
         "batch_size": (8, 16, 16),
-        "steps": (6, 40, 1500),
-        "learning_rate": (2e-5, 5e-5, 2e-5),
+        "steps": (6, 800, 1500),
+        "learning_rate": (2e-5, 1e-4, 2e-5),
         "max_train_queries": (300, None, None),
         "dev_max_queries": (None, None, 100),
+        "training_mode": ("query_side", "query_side", "full"),
+        "eval_steps": (3, 100, 250),
     }
     for name, (quick, full_bi, full_cross) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else (full_cross if cross else full_bi))
+    if args.freeze_embeddings is None:
+        args.freeze_embeddings = args.training_mode == "query_side"
     args.seed_list = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.sweep_list = [float(t) for t in str(args.sweep).split(",") if t.strip()]
+    args.k_sweep_list = [int(k) for k in str(args.k_sweep).split(",") if k.strip()]
     if args.mode == "full" and args.encoder == "cross":
         args.mode = "full-cross"
     elif args.mode == "quick" and args.encoder == "cross":
         args.mode = "quick-cross"
+    if args.training_mode != "full" and not args.quick:
+        args.mode += f"-{args.training_mode.replace('_', '-')}"  # full-query-side: a table of its own
     args.out = Path(args.results_dir) if args.results_dir else RESULTS / args.mode
     return args
 
@@ -177,6 +192,9 @@ def training_settings(args: argparse.Namespace) -> dict:
         "warmup_ratio": 0.1,
         "pool_depth": POOL_DEPTH,
         "bm25_window": BM25_WINDOW,
+        "training_mode": args.training_mode,
+        "freeze_embeddings": args.freeze_embeddings,
+        "eval_steps": args.eval_steps,
     }
 
 
@@ -297,15 +315,19 @@ def prepare_context(args: argparse.Namespace) -> Context:
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def load_model(args: argparse.Namespace, path: str = "minilm", encoder: str | None = None):
+def load_model(args: argparse.Namespace, path: str = "minilm", encoder: str | None = None,
+               corpus: Mapping[str, str] | None = None):
+    """A saved (or the starting) model for scoring; a query-side bi-encoder reads its documents from the cache."""
     from rankface.training.arguments import RerankerTrainingArguments
     from rankface.training.loop import load_text_model
 
+    encoder = encoder or args.encoder
+    query_side = encoder == "bi" and args.training_mode == "query_side"
     settings = RerankerTrainingArguments(
-        encoder=encoder or args.encoder, model_name_or_path=path, num_layers=args.num_layers,
-        max_length=args.max_length,
+        encoder=encoder, model_name_or_path=path, num_layers=args.num_layers,
+        max_length=args.max_length, training_mode="query_side" if query_side else "full", cache_dir=args.cache_dir,
     )
-    model = load_text_model(settings)
+    model = load_text_model(settings, corpus if query_side else None)
     model.eval()
     return model
 
@@ -320,19 +342,19 @@ def score_splits(model, ctx: Context, splits: Sequence[str], train_run_depth: in
     from rankface.training.loop import rerank_candidates
 
     out: dict[str, dict] = {}
-    if not hasattr(model, "encode"):
+    if not hasattr(model, "encode_query"):
         for split in splits:
             out[split] = rerank_candidates(model, ctx.queries[split], ctx.candidates[split], ctx.docs,
                                            ctx.args.eval_batch_size, quiet=True)
         return out
     doc_ids = list(ctx.docs)
     doc_index = {d: i for i, d in enumerate(doc_ids)}
-    doc_emb = model.encode([ctx.docs[d] for d in doc_ids], batch_size=ctx.args.eval_batch_size,
-                           show_progress_bar=False)
+    doc_emb = model.encode_document([ctx.docs[d] for d in doc_ids], batch_size=ctx.args.eval_batch_size,
+                                    show_progress_bar=False)
     for split in splits:
         qids = list(ctx.candidates[split])
-        q_emb = model.encode([ctx.queries[split][q] for q in qids], batch_size=ctx.args.eval_batch_size,
-                             show_progress_bar=False)
+        q_emb = model.encode_query([ctx.queries[split][q] for q in qids], batch_size=ctx.args.eval_batch_size,
+                                   show_progress_bar=False)
         run = {}
         for row, q in enumerate(qids):
             cands = list(ctx.candidates[split][q])
@@ -340,8 +362,8 @@ def score_splits(model, ctx: Context, splits: Sequence[str], train_run_depth: in
             run[q] = {d: float(s) for d, s in zip(cands, scores)}
         out[split] = run
     if train_run_depth:
-        q_emb = model.encode([ctx.queries["train"][q] for q in ctx.all_train_qids],
-                             batch_size=ctx.args.eval_batch_size, show_progress_bar=False)
+        q_emb = model.encode_query([ctx.queries["train"][q] for q in ctx.all_train_qids],
+                                   batch_size=ctx.args.eval_batch_size, show_progress_bar=False)
         sims = q_emb @ doc_emb.T
         top = np.argsort(-sims, axis=1, kind="stable")[:, :train_run_depth]
         out["train_dense"] = {
@@ -398,7 +420,7 @@ class Store:
 
 # ---------------------------------------------------------------------------------------------- systems
 def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed: int, output_dir: Path,
-                       temperature: float | None = None, source: dict | None = None):
+                       temperature: float | None = None, source: dict | None = None, num_negatives: int | None = None):
     from rankface.training.arguments import RerankerTrainingArguments
 
     method, negatives = SYSTEM_SPECS[system]
@@ -410,11 +432,15 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
     return RerankerTrainingArguments(
         collection=str(args.collection),
         train_split="train",
-        eval_split=None,  # evaluated here, with per-query values
+        # Test and dev are scored here after training, with per-query values; the dev points during training are
+        # the learning curve (nothing is selected on them).
+        eval_split="dev" if args.eval_steps else None,
+        eval_steps=args.eval_steps,
+        eval_max_queries=args.dev_max_queries,
         train_qrels=str({"oracle": ctx.oracle_qrels_path, "oracle-pool": ctx.oracle_qrels_path.parent / ORACLE_POOL_QRELS
                          }.get(negatives, ctx.pooled_qrels_path)),
         negatives_run=str(run_path),
-        num_negatives=args.num_negatives,
+        num_negatives=num_negatives or args.num_negatives,
         negatives_from_rank=1,
         negatives_to_rank=window,
         positives="all" if negatives.startswith("oracle") else "top",
@@ -422,6 +448,8 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         encoder=args.encoder,
         num_layers=args.num_layers,
         max_length=args.max_length,
+        training_mode=args.training_mode,
+        freeze_embeddings=args.freeze_embeddings,
         method=method,
         loss=settings["loss"],
         cet_temperature=temperature if temperature is not None else args.cet_temperature,
@@ -443,7 +471,8 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
 
 
 def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature: float | None = None,
-                key: str | None = None, source: dict | None = None, keep_model: bool = False) -> dict:
+                key: str | None = None, source: dict | None = None, keep_model: bool = False,
+                num_negatives: int | None = None) -> dict:
     """Train one system with `rankface.training.train`, score test and dev, save the record."""
     from rankface.training import train
 
@@ -453,13 +482,13 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
         return done
     args = ctx.args
     output_dir = args.out / "models" / f"{key.replace('/', '__')}__seed{seed}"
-    targs = training_arguments(args, ctx, system, seed, output_dir, temperature, source)
+    targs = training_arguments(args, ctx, system, seed, output_dir, temperature, source, num_negatives)
     log(f"training {key} seed {seed}: {targs.method}, negatives {targs.negatives_run} ranks 1-{targs.negatives_to_rank}"
-        f", {args.steps} steps x {args.batch_size} queries x (1 + {args.num_negatives}) docs")
+        f", {args.steps} steps x {args.batch_size} queries x (1 + {targs.num_negatives}) docs, {targs.training_mode}")
     started = time.perf_counter()
     train(targs)
     train_seconds = time.perf_counter() - started
-    model = load_model(args, str(output_dir / "model"))
+    model = load_model(args, str(output_dir / "model"), corpus=ctx.docs)
     runs = score_splits(model, ctx, ("test", "dev"), train_run_depth=100 if keep_model else 0)
     if "train_dense" in runs:
         from rankface.retrieval.trec import write_run
@@ -480,6 +509,8 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
             "cet_weight_mean": statistics.fmean(weights) if weights else None,
             "cet_weight_max_batch_mean": max(weights) if weights else None,
             "temperature": targs.cet_temperature if targs.method == "cet" else None,
+            "num_negatives": targs.num_negatives,
+            "curve": learning_curve(state["log"]),
             "negatives_run": targs.negatives_run,
             "window": [targs.negatives_from_rank, targs.negatives_to_rank],
             "group_report": {k: v for k, v in json.loads((output_dir / "training_groups_report.json").read_text()
@@ -498,6 +529,17 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
     return record
 
 
+def learning_curve(log_entries: list[dict], every: int = 25) -> dict:
+    """A compact learning curve for the saved record: every dev evaluation, and the loss averaged per `every` steps."""
+    evaluations = [[e["step"], e["eval"]["nDCG@10"]] for e in log_entries if "eval" in e]
+    losses = [(e["step"], e["loss"]) for e in log_entries if "loss" in e and "eval" not in e]
+    buckets: dict[int, list[float]] = {}
+    for step, loss in losses:
+        buckets.setdefault((step - 1) // every, []).append(loss)
+    return {"dev_ndcg10": evaluations,
+            "loss": [[(b + 1) * every, round(statistics.fmean(v), 5)] for b, v in sorted(buckets.items())]}
+
+
 def run_baseline(ctx: Context, store: Store, system: str) -> dict:
     done = store.load(system, 0)
     if done is not None:
@@ -506,7 +548,7 @@ def run_baseline(ctx: Context, store: Store, system: str) -> dict:
     if system == "bm25":
         runs = {split: ctx.candidates[split] for split in ("test", "dev")}
     else:  # the zero-shot bi-encoder every trained bi-encoder starts from (same layers and length)
-        runs = score_splits(load_model(ctx.args, "minilm", encoder="bi"), ctx, ("test", "dev"))
+        runs = score_splits(load_model(ctx.args, "minilm", encoder="bi", corpus=ctx.docs), ctx, ("test", "dev"))
     record = store.save(system, 0, {**evaluate_runs(ctx, runs), "seconds": time.perf_counter() - started})
     log(f"done {system}: test nDCG@10 {record['test']['aggregate']['nDCG@10']:.4f}, dev "
         f"{record['dev']['aggregate']['nDCG@10']:.4f}")
@@ -572,7 +614,8 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
         if not model_dir.is_dir():
             raise SystemExit(f"{dense_path} and {model_dir} are missing: delete {store.path('plain/bm25-neg', 0)} "
                              "to retrain the strong retriever")
-        dense = score_splits(load_model(ctx.args, str(model_dir)), ctx, (), train_run_depth=100)["train_dense"]
+        dense = score_splits(load_model(ctx.args, str(model_dir), corpus=ctx.docs), ctx, (),
+                             train_run_depth=100)["train_dense"]
         write_run(dense_path, dense, tag="dense-ft")
     dense = read_run(dense_path)
     rrf = fuse_runs([ctx.bm25_train, dense], method="rrf", k=60, depth=100)
@@ -638,15 +681,22 @@ def _averaged(records: list[dict], split: str = "test"):
     return Evaluation(aggregate=aggregate, per_query=per_query, num_queries=len(per_query[MEASURES[0]]))
 
 
-def paired(store: Store, a: str, b: str, seeds: Sequence[int], measure: str = "nDCG@10") -> dict | None:
-    """Paired t-test over test queries of system a vs b, per-query values averaged over their common seeds."""
+def paired(store: Store, a: str, b: str, seeds: Sequence[int], measure: str = "nDCG@10",
+           b_seeds: Sequence[int] | None = None) -> dict | None:
+    """Paired t-test over test queries of system a vs b, per-query values averaged over their common seeds (or, with
+    `b_seeds`, a over its saved `seeds` and b over `b_seeds`: a trained system against a deterministic baseline)."""
     from rankface.evaluation.ranking import paired_ttest
 
-    common = [s for s in seeds if store.path(a, s).is_file() and store.path(b, s).is_file()]
-    if not common:
+    if b_seeds is None:
+        common = [s for s in seeds if store.path(a, s).is_file() and store.path(b, s).is_file()]
+        a_seeds = b_seeds = common
+    else:
+        common = a_seeds = [s for s in seeds if store.path(a, s).is_file()]
+        b_seeds = [s for s in b_seeds if store.path(b, s).is_file()]
+    if not a_seeds or not b_seeds:
         return None
-    ra = _averaged([store.load(a, s) for s in common])
-    rb = _averaged([store.load(b, s) for s in common])
+    ra = _averaged([store.load(a, s) for s in a_seeds])
+    rb = _averaged([store.load(b, s) for s in b_seeds])
     t, p = paired_ttest(ra, rb, measure)
     return {"a": a, "b": b, "seeds": common, "delta": ra[measure] - rb[measure], "t": t, "p": p}
 
@@ -658,7 +708,9 @@ def report(args: argparse.Namespace, store: Store) -> str:
         f"## R1 pooling bias ({args.encoder}-encoder, mode {args.mode})\n\n"
         f"Settings: MiniLM-L6 weights, layers {settings['num_layers'] or 6}, max length {settings['max_length']}, "
         f"K = {settings['num_negatives']}, batch {settings['batch_size']} queries, {settings['steps']} steps, "
-        f"lr {settings['learning_rate']}, pairwise loss, CET T = {args.cet_temperature} "
+        f"lr {settings['learning_rate']}, training mode {settings['training_mode']}"
+        f"{' (token embeddings frozen)' if settings['freeze_embeddings'] else ''}, pairwise loss, CET T = "
+        f"{args.cet_temperature} "
         f"({settings['cet_weights_from']}, selection {settings['cet_selection']}); pooled labels from BM25 "
         f"top-{POOL_DEPTH}; test = BM25 top-100 of the test queries reranked.\n"
     )
@@ -702,9 +754,16 @@ def report(args: argparse.Namespace, store: Store) -> str:
                          f"Δ nDCG@10 = {res['delta']:+.4f}, t = {res['t']:.2f}, p = {res['p']:.3g}")
     for a, b in (("plain/strong-neg", "plain/bm25-neg"), ("plain/bm25-neg", "dense"), ("oracle", "plain/bm25-neg"),
                  ("cet-tl/strong-neg", "cet/strong-neg"), ("cet/strong-neg", "plain/bm25-neg")):
-        res = paired(store, a, b, args.seed_list if b != "dense" else [0])
+        res = paired(store, a, b, args.seed_list, b_seeds=[0] if b == "dense" else None)
         if res:
             lines.append(f"- {a} vs {b} (seeds {res['seeds']}): Δ nDCG@10 = {res['delta']:+.4f}, p = {res['p']:.3g}")
+    gate = paired(store, "plain/bm25-neg", "dense", args.seed_list, b_seeds=[0])
+    if gate:
+        passed = gate["delta"] > 0 and gate["p"] < 0.05
+        lines.append(f"- **learning gate** (plain/bm25-neg beats the zero-shot encoder on test, p < 0.05): "
+                     f"{'PASSED' if passed else 'NOT PASSED'}: Δ nDCG@10 = {gate['delta']:+.4f}, p = {gate['p']:.3g} "
+                     f"(seeds {gate['seeds']})" + ("" if passed else "; the method comparison below cannot be read as "
+                                                    "evidence at this budget"))
     res = paired(store, "plain/bm25-neg", "bm25", [0])
     if res and store.path("plain/bm25-neg", 0).is_file():
         dev_plain = store.load("plain/bm25-neg", 0)["dev"]["aggregate"]["nDCG@10"]
@@ -759,7 +818,22 @@ def report(args: argparse.Namespace, store: Store) -> str:
         lines.append("| T | dev nDCG@10 | dev RR@10 | mean CET weight | max batch-mean weight |\n|---:|---:|---:|---:|---:|")
         lines.append("\n".join(sweep_rows) + "\n")
 
-    complete = [s for s in args.seed_list if all(store.path(x, s).is_file() for x in TRAINED)]
+    k_rows = []
+    for k in args.k_sweep_list:
+        if store.path(k_sweep_key(k), 0).is_file():
+            rec = store.load(k_sweep_key(k), 0)
+            k_rows.append(f"| {k} | {rec['dev']['aggregate']['nDCG@10']:.4f} | {rec['dev']['aggregate']['RR@10']:.4f} |")
+    if k_rows and store.path("cet/strong-neg", 0).is_file():
+        main_dev = store.load("cet/strong-neg", 0)["dev"]["aggregate"]
+        lines.append(f"CET negatives-per-query sweep (cet/strong-neg, T = {args.cet_temperature:g}, seed 0, dev split):\n")
+        lines.append("| K | dev nDCG@10 | dev RR@10 |\n|---:|---:|---:|")
+        lines.append(f"| {args.num_negatives} (main) | {main_dev['nDCG@10']:.4f} | {main_dev['RR@10']:.4f} |")
+        lines.append("\n".join(k_rows) + "\n")
+    curves = plot_curves(args, store)
+    if curves:
+        lines.append(f"Learning curves (dev nDCG@10 and training loss against step): `{curves}`\n")
+
+    complete = [s for s in args.seed_list if all(store.path(x, s).is_file() for x in DECIDING)]
     strong_test = tests.get("strong")
 
     def fmt(v: float | None) -> str:
@@ -774,8 +848,11 @@ def report(args: argparse.Namespace, store: Store) -> str:
         "cet_bm25_ndcg10": fmt(means.get("cet/bm25-neg")),
         "oracle_ndcg10": fmt(means.get("oracle")),
         "p_cet_vs_plain_strong": "nan" if not strong_test else f"{strong_test['p']:.3g}",
+        "p_plain_vs_dense": "nan" if not gate else f"{gate['p']:.3g}",
         "fn_rate_bm25": fmt(fn.get("bm25")),
         "fn_rate_strong": fmt(fn.get("strong")),
+        "steps": settings["steps"],
+        "training": settings["training_mode"],
         "encoder": args.encoder,
         "seeds": len(complete),
         "mode": args.mode,
@@ -786,6 +863,33 @@ def report(args: argparse.Namespace, store: Store) -> str:
 
 def sweep_key(args: argparse.Namespace, t: float) -> str:
     return "cet/strong-neg" if t == args.cet_temperature else f"sweep/cet-strong-neg-T{t:g}"
+
+
+def k_sweep_key(k: int) -> str:
+    return f"sweep/cet-strong-neg-K{k}"
+
+
+CURVE_SYSTEMS = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet/bm25-neg")
+
+
+def plot_curves(args: argparse.Namespace, store: Store) -> str | None:
+    """learning_curves.png: dev nDCG@10 and training loss against step of the deciding systems (seed 0)."""
+    from rankface.training.curves import plot_learning_curve
+
+    logs = {}
+    for system in CURVE_SYSTEMS:
+        if store.path(system, 0).is_file():
+            curve = store.load(system, 0)["train"].get("curve") or {}
+            logs[system] = ([{"step": s, "eval": {"nDCG@10": v}} for s, v in curve.get("dev_ndcg10", [])]
+                            + [{"step": s, "loss": v} for s, v in curve.get("loss", [])])
+    if not any(logs.values()):
+        return None
+    path = args.out / "learning_curves.png"
+    plot_learning_curve(logs, path, eval_label="dev", smooth=4,
+                        title=f"R1 {args.encoder}-encoder, {store.settings['training_mode']}, seed 0 "
+                              "(loss points are 25-step means)")
+    return str(path.relative_to(Path(__file__).resolve().parent.parent)) if path.is_relative_to(
+        Path(__file__).resolve().parent.parent) else str(path)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -802,14 +906,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = prepare_context(args)
         for system in BASELINES:
             run_baseline(ctx, store, system)
-        for i, seed in enumerate(args.seed_list):
-            source = build_strong_source(ctx, store)["chosen"]
-            for system in args.systems:
+        source = build_strong_source(ctx, store)["chosen"]
+        deciding = [s for s in args.systems if s in DECIDING]
+        # The deciding systems over every seed first, then CET's T and K sweeps on dev (seed 0), then the rest
+        # (seed 0 only): a run cut short answers the main question first.
+        for seed in args.seed_list:
+            for system in deciding:
                 run_trained(ctx, store, system, seed, source=source)
-            if i == 0:  # the T sweep on dev, after the first seed's table is complete
-                for t in args.sweep_list:
-                    run_trained(ctx, store, "cet/strong-neg", 0, temperature=t, key=sweep_key(args, t),
-                                source=source)
+        for t in args.sweep_list:
+            run_trained(ctx, store, "cet/strong-neg", 0, temperature=t, key=sweep_key(args, t), source=source)
+        for k in args.k_sweep_list:
+            run_trained(ctx, store, "cet/strong-neg", 0, key=k_sweep_key(k), source=source, num_negatives=k)
+        for system in args.systems:
+            if system not in DECIDING:
+                run_trained(ctx, store, system, args.seed_list[0], source=source)
         log(f"all done in {time.perf_counter() - started:.0f} s")
     text = report(args, store)
     with atomic_write(args.out / "report.md") as handle:

@@ -20,7 +20,8 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "pooling_bias.p
 # benchmarks.md R1, in its order
 RESULT_KEYS = [
     "bm25_ndcg10", "dense_ndcg10", "plain_bm25_ndcg10", "plain_strong_ndcg10", "cet_strong_ndcg10", "cet_bm25_ndcg10",
-    "oracle_ndcg10", "p_cet_vs_plain_strong", "fn_rate_bm25", "fn_rate_strong", "encoder", "seeds", "mode",
+    "oracle_ndcg10", "p_cet_vs_plain_strong", "p_plain_vs_dense", "fn_rate_bm25", "fn_rate_strong", "steps",
+    "training", "encoder", "seeds", "mode",
 ]
 
 
@@ -39,11 +40,14 @@ def test_quick_and_full_settings(bench, tmp_path):
     assert (quick.num_layers, quick.max_length, quick.num_negatives, quick.seed_list) == (2, 128, 3, [0])
     assert quick.max_train_queries is not None and quick.mode == "quick"
     full = bench.parse_args([])
-    assert full.seed_list == [0, 1, 2] and full.num_layers is None and full.mode == "full"
-    assert full.out == bench.RESULTS / "full"
+    # R1 at >= 20x the old budget (800 steps x 16 queries), in the cached-corpus mode, 5 seeds, T and K sweeps.
+    assert full.seed_list == [0, 1, 2, 3, 4] and full.num_layers is None and full.mode == "full-query-side"
+    assert (full.steps, full.batch_size, full.training_mode, full.freeze_embeddings) == (800, 16, "query_side", True)
+    assert full.out == bench.RESULTS / "full-query-side"
+    assert full.sweep_list == [1.0, 2.0, 5.0, 10.0, 20.0] and full.k_sweep_list == [3] and full.num_negatives == 7
     cross = bench.parse_args(["--encoder", "cross"])
-    assert cross.mode == "full-cross" and cross.out.name == "full-cross"
-    assert full.sweep_list == [1.0, 2.0, 5.0, 10.0]
+    assert cross.mode == "full-cross" and cross.out.name == "full-cross" and cross.training_mode == "full"
+    assert bench.parse_args(["--training-mode", "full"]).mode == "full"
 
 
 def test_store_skips_saved_and_refuses_other_settings(bench, tmp_path):
@@ -66,7 +70,7 @@ def _record(rng: random.Random, qids: list[str], shift: float) -> dict:
 
 
 def test_report_means_ttest_and_result_keys(bench, tmp_path):
-    args = bench.parse_args(["--results-dir", str(tmp_path), "--seeds", "0,1", "--sweep", ""])
+    args = bench.parse_args(["--results-dir", str(tmp_path), "--seeds", "0,1", "--sweep", "", "--k-sweep", ""])
     store = bench.Store(tmp_path, bench.training_settings(args))
     rng = random.Random(3)
     qids = [f"q{i}" for i in range(40)]
@@ -103,7 +107,14 @@ def test_report_means_ttest_and_result_keys(bench, tmp_path):
     b = [np.mean([p[q] for p in plain]) for q in qids]
     assert float(pairs["p_cet_vs_plain_strong"]) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-2)
     assert pairs["fn_rate_bm25"] == "0.2000" and pairs["fn_rate_strong"] == "0.3000"
-    assert pairs["seeds"] == "2" and pairs["encoder"] == "bi" and pairs["mode"] == "full"
+    assert pairs["seeds"] == "2" and pairs["encoder"] == "bi" and pairs["mode"] == "full-query-side"
+    assert pairs["steps"] == "800" and pairs["training"] == "query_side"
+    # The learning gate: plain/bm25-neg against the zero-shot encoder, per-query means over the common seeds.
+    dense = records[("dense", 0)]["test"]["per_query"]["nDCG@10"]
+    plain_bm25 = [records[("plain/bm25-neg", s)]["test"]["per_query"]["nDCG@10"] for s in (0, 1)]
+    gate = stats.ttest_rel([np.mean([p[q] for p in plain_bm25]) for q in qids], [dense[q] for q in qids]).pvalue
+    assert float(pairs["p_plain_vs_dense"]) == pytest.approx(gate, rel=1e-2)
+    assert "learning gate" in text
 
 
 def test_report_with_nothing_saved_prints_nan(bench, tmp_path):

@@ -54,6 +54,11 @@ class RerankerTrainingArguments:
         default="full",
     )
     frozen_layers: int = _help("'partial' training: how many bottom transformer layers stay frozen.", default=0)
+    freeze_embeddings: bool = _help(
+        "Freeze the token, position and type embeddings (in 'query_side', of the query tower): their AdamW update "
+        "of every vocabulary row is most of a query-side step's cost.",
+        default=False,
+    )
     document_cache: str | None = _help(
         "'query_side' training: folder of the document-embedding cache (default: cache_dir).", default=None
     )

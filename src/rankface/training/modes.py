@@ -39,6 +39,9 @@ def apply_training_mode(model: torch.nn.Module, args, corpus: Mapping[str, str] 
                 model, corpus, cache_dir, batch_size=args.eval_batch_size, show_progress_bar=not args.quiet))
     elif args.training_mode == "partial":
         freeze_bottom_layers(model.model, args.frozen_layers)
+    if args.freeze_embeddings:
+        hf_model = model.model
+        getattr(hf_model, hf_model.base_model_prefix, hf_model).embeddings.requires_grad_(False)
     return model
 
 
