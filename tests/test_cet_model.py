@@ -194,9 +194,9 @@ def test_missing_tokenizer_is_explained():
 
 @pytest.mark.parametrize("selection", ["cross", "mlp"])
 def test_from_scorers_pairs_trained_models(encoder_dir, tmp_path, selection):
-    rel = CrossEncoder.from_pretrained(encoder_dir, max_length=40, device="cpu")
+    rel = CrossEncoder.from_pretrained(encoder_dir, max_length=40, device="cpu", allow_untrained_head=True)
     sel = (
-        CrossEncoder.from_pretrained(encoder_dir, max_length=40, device="cpu")
+        CrossEncoder.from_pretrained(encoder_dir, max_length=40, device="cpu", allow_untrained_head=True)
         if selection == "cross"
         else RankFeatureSelector(hidden_size=8, num_hidden_layers=1)
     )

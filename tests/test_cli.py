@@ -25,7 +25,8 @@ def reranker_dir(tiny_bert_dir, tmp_path_factory):
     from rankface.models.cross_encoder import CrossEncoder
 
     path = tmp_path_factory.mktemp("reranker")
-    CrossEncoder.from_pretrained(tiny_bert_dir, max_length=32, device="cpu").save_pretrained(path)
+    CrossEncoder.from_pretrained(tiny_bert_dir, max_length=32, device="cpu", allow_untrained_head=True).save_pretrained(
+        path)
     return path
 
 

@@ -29,7 +29,8 @@ FIRST_STAGE = {
 
 @pytest.fixture(scope="module")
 def cross_encoder(minilm_dir):
-    return CrossEncoder.from_pretrained(minilm_dir, num_layers=1, max_length=64, device="cpu")
+    # A new head on MiniLM: these tests check the pipeline's plumbing, not the quality of the scores.
+    return CrossEncoder.from_pretrained(minilm_dir, num_layers=1, max_length=64, device="cpu", allow_untrained_head=True)
 
 
 def test_rerank_scores_all_queries_in_one_call(cross_encoder, monkeypatch):

@@ -22,7 +22,7 @@ PAIRS = [
 @pytest.fixture(scope="module")
 def cross(tiny_bert_dir):
     torch.manual_seed(0)
-    return CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64, device="cpu")
+    return CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64, device="cpu", allow_untrained_head=True)
 
 
 def test_predict_is_order_independent_and_matches_unbatched_forward(cross):
@@ -121,7 +121,7 @@ def test_bi_encoder_encode_search_predict_and_sentence_transformers_round_trip(t
 
 
 def test_truncating_layers_of_real_minilm(minilm_dir):
-    cross = CrossEncoder.from_pretrained(minilm_dir, num_layers=1, device="cpu")
+    cross = CrossEncoder.from_pretrained(minilm_dir, num_layers=1, device="cpu", allow_untrained_head=True)
     assert len(cross.model.bert.encoder.layer) == 1 and cross.model.config.num_hidden_layers == 1
     with pytest.raises(ValueError, match="num_layers"):
-        CrossEncoder.from_pretrained(minilm_dir, num_layers=9, device="cpu")
+        CrossEncoder.from_pretrained(minilm_dir, num_layers=9, device="cpu", allow_untrained_head=True)

@@ -12,6 +12,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AutoRanker": "rankface.models.loader",
+    "load_ranker": "rankface.models.loader",
+    "detect_model_kind": "rankface.models.loader",
     "CrossEncoder": "rankface.models.cross_encoder",
     "BiEncoder": "rankface.models.bi_encoder",
     "CETConfig": "rankface.models.cet",

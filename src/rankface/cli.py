@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = commands.add_parser("rerank", help="BM25 (or a given run) first stage, then rerank with a model.")
     _first_stage_arguments(p)
     p.add_argument("--model", required=True, help="reranker folder or Hub id")
-    p.add_argument("--encoder", choices=("cross", "bi"), default="cross", help="model kind (default: cross)")
+    _encoder_arguments(p)
     p.add_argument("--first-stage-run", help="rerank this TREC run instead of searching the index")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
@@ -77,6 +77,13 @@ def _first_stage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
 
 
+def _encoder_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", choices=("cross", "bi"), default=None,
+                   help="model kind, checked against the model folder (default: what the folder holds)")
+    p.add_argument("--allow-untrained-head", action="store_true",
+                   help="score with a cross-encoder whose scoring head is new and random (never for real results)")
+
+
 def _index(args, _rest) -> None:
     from rankface.retrieval.lucene import build_index
 
@@ -107,24 +114,26 @@ def _rerank(args, _rest) -> None:
     from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
     from rankface.retrieval.trec import read_run, write_run
 
+    model = _load_scorer(args)  # first: a wrong --model or --encoder fails before the first stage runs
     if args.first_stage_run:
         queries = read_queries_tsv(args.topics)
         retriever = Bm25Retriever(args.index)
         hits = run_to_hits(read_run(args.first_stage_run))
     else:
         queries, retriever, hits = _bm25_hits(args)
-    model = _load_scorer(args.model, args.encoder)
     reranked = rerank(hits, queries, retriever.doc_text, model, top_k=args.hits, batch_size=args.batch_size,
                       show_progress_bar=not args.quiet, predict_kwargs={"precision": args.precision})
     write_run(args.output, hits_to_run(reranked), tag="rankface")
     print(f"wrote {args.output}")
 
 
-def _load_scorer(name_or_path: str, encoder: str):
-    from rankface.models.bi_encoder import BiEncoder
-    from rankface.models.cross_encoder import CrossEncoder
+def _load_scorer(args):
+    """The cross- or bi-encoder in `--model` (a CET pair's relevance model), checked against `--encoder` if given."""
+    from rankface.models.loader import load_text_scorer
 
-    return (CrossEncoder if encoder == "cross" else BiEncoder).from_pretrained(name_or_path)
+    model = load_text_scorer(args.model, args.encoder, allow_untrained_head=args.allow_untrained_head, wording="cli")
+    print(f"scoring with the {type(model).__name__} in {args.model}", file=sys.stderr)
+    return model
 
 
 def _train(_args, rest) -> None:

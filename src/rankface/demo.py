@@ -189,7 +189,8 @@ def run_fold(spec: str, test_split: str, training_dir: Path, settings: dict, arg
           f"{train_args.max_steps} steps of {train_args.batch_size} queries) on {Path(spec).name}")
     train(train_args)
     trained_model = load_text_model(dataclasses.replace(
-        train_args, model_name_or_path=str(training_dir / "model"), lora_rank=None, num_layers=None), docs)
+        train_args, model_name_or_path=str(training_dir / "model"), lora_rank=None, num_layers=None), docs,
+        allow_untrained_head=False)
     trained = rerank_candidates(trained_model, queries, bm25, docs, train_args.eval_batch_size, args.quiet)
     log = json.loads((training_dir / "trainer_state.json").read_text(encoding="utf-8"))["log"]
     return {"train_args": train_args, "bm25": bm25, "zero_shot": zero_shot, "trained": trained, "log": log}

@@ -105,16 +105,22 @@ def build_models(args: RerankerTrainingArguments, data: TrainingData) -> list[to
     return models
 
 
-def load_text_model(args: RerankerTrainingArguments, corpus: dict[str, str] | None = None) -> torch.nn.Module:
+def load_text_model(
+    args: RerankerTrainingArguments, corpus: dict[str, str] | None = None, allow_untrained_head: bool = True
+) -> torch.nn.Module:
     """The model `args` describes, frozen and cached as `args.training_mode` says (with `corpus` for the
-    query-side document cache), with LoRA adapters when `args.lora_rank` is set."""
+    query-side document cache), with LoRA adapters when `args.lora_rank` is set.
+
+    Training starts a cross-encoder from a plain encoder (MiniLM) with a new head, hence `allow_untrained_head`;
+    loading a trained model to score with passes False, so a model saved without its head is an error."""
     from rankface.models.bi_encoder import BiEncoder
     from rankface.models.cross_encoder import CrossEncoder
 
     path = minilm_path() if args.model_name_or_path == "minilm" else args.model_name_or_path
     # Models are built on the CPU; `accelerator.prepare` moves them where the launch configuration says.
     if args.encoder == "cross":
-        model = CrossEncoder.from_pretrained(path, max_length=args.max_length, num_layers=args.num_layers, device="cpu")
+        model = CrossEncoder.from_pretrained(path, max_length=args.max_length, num_layers=args.num_layers, device="cpu",
+                                             allow_untrained_head=allow_untrained_head)
     else:
         model = BiEncoder.from_pretrained(
             path, max_length=args.max_length, scale=args.bi_scale, num_layers=args.num_layers, device="cpu"

