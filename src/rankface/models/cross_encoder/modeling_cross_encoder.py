@@ -32,12 +32,12 @@ from rankface.models._text import (
 from rankface.utils.io import write_json
 
 RANKFACE_SETTINGS = "rankface_reranker.json"
-
 logger = logging.getLogger(__name__)
 
 
 class UntrainedHeadError(UserError):
     """A checkpoint has no trained scoring head: a CrossEncoder built from it would score with random weights."""
+
 
 class CrossEncoder(nn.Module):
     """Scores (query, document) pairs jointly with one transformer.
@@ -65,8 +65,8 @@ class CrossEncoder(nn.Module):
         max_length: int | None = None,
         num_layers: int | None = None,
         device: str | torch.device | None = None,
-        **model_kwargs,
         allow_untrained_head: bool = False,
+        **model_kwargs,
     ) -> CrossEncoder:
         """Load a reranker checkpoint, or (on request) start one from a plain encoder checkpoint.
 
@@ -81,12 +81,12 @@ class CrossEncoder(nn.Module):
             max_length: maximum pair length in tokens; defaults to the saved setting, else 256.
             num_layers: keep only the first layers (fast tests and smoke runs on real weights).
             device: where to put the model; default CUDA when available, else CPU.
-        """
             allow_untrained_head: build a new, randomly initialised scoring head when the checkpoint has none
                 (to train it, or to time a model whose scores do not matter).
 
         Raises:
             UntrainedHeadError: the checkpoint lacks scoring-head weights and `allow_untrained_head` is False.
+        """
         config = AutoConfig.from_pretrained(name_or_path)
         is_reranker = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
         if is_reranker and config.num_labels != 1:
@@ -211,8 +211,6 @@ class CrossEncoder(nn.Module):
         )
 
 
-def _reset_pooler_to_identity(model: PreTrainedModel) -> None:
-    base = getattr(model, model.base_model_prefix, None)
 def _newly_initialised_head(model: PreTrainedModel, loading_info: dict) -> list[str]:
     """Names of the head weights (those outside the base encoder) that the checkpoint did not provide.
 
@@ -244,6 +242,8 @@ def _untrained_head_message(name_or_path, config, new_head: list[str]) -> str:
     return message
 
 
+def _reset_pooler_to_identity(model: PreTrainedModel) -> None:
+    base = getattr(model, model.base_model_prefix, None)
     pooler = getattr(base, "pooler", None)
     dense = getattr(pooler, "dense", None)
     if isinstance(dense, nn.Linear) and dense.in_features == dense.out_features:
