@@ -60,6 +60,26 @@ def pointwise_bce_loss(scores: torch.Tensor, weights: torch.Tensor | None = None
     return per_entry.mean()
 
 
+def graded_listwise_loss(scores: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy against graded targets (ListNet's top-one form with exponential gains).
+
+    `l = −Σ_i p_i log softmax(s)_i` with `p_i = (2^g_i − 1) / Σ_j (2^g_j − 1)`: a grade-3 document should take more
+    of the probability mass than a grade-1 one, and unjudged or grade-0 documents none. The gain is nDCG's, so the
+    loss asks for the order that nDCG rewards. Every query needs at least one document of grade >= 1.
+
+    Args:
+        scores: `[Q, D]` scores of any `D` candidates per query (no column is special).
+        grades: `[Q, D]` relevance grades (0 = not relevant or unjudged).
+    """
+    if scores.shape != grades.shape or scores.dim() != 2:
+        raise ValueError(f"scores and grades must both be [Q, D], got {tuple(scores.shape)} and {tuple(grades.shape)}")
+    gains = torch.pow(2.0, grades.to(scores.dtype)) - 1.0
+    totals = gains.sum(dim=1, keepdim=True)
+    if bool((totals <= 0).any()):
+        raise ValueError("every query needs at least one candidate of grade >= 1 for the graded listwise loss")
+    return -(gains / totals * F.log_softmax(scores, dim=1)).sum(dim=1).mean()
+
+
 def ranking_loss(name: str, scores: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Dispatch by name: one of `LOSSES`."""
     functions = {"pairwise": pairwise_softmax_loss, "listwise": listwise_softmax_loss, "bce": pointwise_bce_loss}

@@ -29,7 +29,9 @@ class RerankerTrainingArguments:
     negatives_from_rank: int = _help("First rank of the window negatives are sampled from.", default=1)
     negatives_to_rank: int = _help("Last rank of the window negatives are sampled from.", default=100)
     positives: str = _help(
-        "'top': one group per query with its best-graded positive; 'all': one group per labelled positive.",
+        "'top': one group per query with its best-graded positive; 'all': one group per labelled positive; "
+        "'graded': one group per query of 1 + num_negatives run candidates (its best-graded one and a sample of the "
+        "window) with their grades, for loss 'graded_listwise'.",
         default="top",
     )
     min_positive_grade: int = _help("The lowest qrels grade that makes a training positive.", default=1)
@@ -64,7 +66,11 @@ class RerankerTrainingArguments:
     )
     # ----------------------------------------------------------------- objective
     method: str = _help("'plain' or 'cet' (relevance + selection model, see methods.md §1).", default="plain")
-    loss: str = _help("'pairwise', 'listwise' or 'bce'.", default="pairwise")
+    loss: str = _help(
+        "'pairwise', 'listwise', 'bce', or 'graded_listwise' (softmax cross-entropy against the candidates' nDCG "
+        "gains; needs positives 'graded').",
+        default="pairwise",
+    )
     cet_temperature: float = _help("CET: temperature T of the coupled weights.", default=10.0)
     cet_weights_from: str = _help("CET: 'eval_forward' (authors) or 'train_logits' (cheaper).", default="eval_forward")
     cet_weight_on: str = _help("CET: 'negative', 'positive' or 'both'.", default="negative")
@@ -108,11 +114,11 @@ class RerankerTrainingArguments:
         choices = {
             "encoder": ("cross", "bi"),
             "method": ("plain", "cet"),
-            "loss": ("pairwise", "listwise", "bce"),
+            "loss": ("pairwise", "listwise", "bce", "graded_listwise"),
             "cet_weights_from": ("eval_forward", "train_logits"),
             "cet_weight_on": ("negative", "positive", "both"),
             "cet_selection": ("same", "mlp"),
-            "positives": ("top", "all"),
+            "positives": ("top", "all", "graded"),
             "mixed_precision": (None, "no", "bf16", "fp16", "auto"),
             "training_mode": ("full", "query_side", "partial"),
         }
@@ -121,6 +127,12 @@ class RerankerTrainingArguments:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if (self.loss == "graded_listwise") != (self.positives == "graded"):
+            raise ValueError("loss 'graded_listwise' and positives 'graded' go together (the loss reads every "
+                             f"candidate's grade); got loss {self.loss!r} with positives {self.positives!r}")
+        if self.loss == "graded_listwise" and self.method != "plain":
+            raise ValueError("loss 'graded_listwise' trains with method 'plain' (CET weighs negatives of a "
+                             "one-positive group)")
         if self.training_mode == "query_side" and self.encoder != "bi":
             raise ValueError("training_mode 'query_side' needs encoder 'bi' (a cross-encoder reads query and document "
                              "together, so there is no document tower to freeze); use 'partial' for a cross-encoder")

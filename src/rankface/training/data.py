@@ -12,6 +12,58 @@ from rankface.retrieval.first_stage import bm25_run
 from rankface.retrieval.trec import read_qrels, read_run
 
 
+@dataclass(frozen=True)
+class GradedGroup:
+    """A query with `D` first-stage candidates and their qrels grades (0 for unjudged), for the graded listwise loss.
+
+    `positive_docid` / `negative_docids` name the same documents in the same order, so the text collation that
+    serves one-positive groups serves these too; only the loss reads `grades`.
+    """
+
+    qid: str
+    docids: tuple[str, ...]
+    grades: tuple[int, ...]
+
+    @property
+    def positive_docid(self) -> str:
+        return self.docids[0]
+
+    @property
+    def negative_docids(self) -> tuple[str, ...]:
+        return self.docids[1:]
+
+
+def build_graded_groups(queries, qrels, run, size: int, rank_window: tuple[int, int], doc_ids, seed: int):
+    """One `GradedGroup` per query: its best-graded candidate of the run window (ties: better rank) and `size - 1`
+    others drawn from the window (seeded), each with its grade. Queries without a graded candidate are skipped.
+
+    Returns `(groups, report)`, the report counting what happened to every query.
+    """
+    from rankface.utils.ties import ranked
+
+    rng = random.Random(seed)
+    lo, hi = rank_window
+    groups, report = [], {"queries_total": len(queries), "queries_used": 0, "queries_without_graded_candidate": 0,
+                          "queries_with_short_window": 0}
+    for qid in queries:
+        window = [d for d, _ in ranked(run.get(qid, {}))[lo - 1 : hi] if d in doc_ids]
+        judged = qrels.get(qid, {})
+        graded = [d for d in window if judged.get(d, 0) > 0]
+        if not graded:
+            report["queries_without_graded_candidate"] += 1
+            continue
+        best = max(graded, key=lambda d: judged[d])  # max keeps the first (best-ranked) of equal grades
+        others = [d for d in window if d != best]
+        if len(others) < size - 1:
+            report["queries_with_short_window"] += 1
+            others = others + rng.choices(others or [best], k=size - 1 - len(others))
+        chosen = [best, *rng.sample(others, size - 1)]
+        groups.append(GradedGroup(qid, tuple(chosen), tuple(int(judged.get(d, 0)) for d in chosen)))
+        report["queries_used"] += 1
+    report["groups"] = len(groups)
+    return groups, report
+
+
 @dataclass
 class TrainingData:
     collection: IRCollection
@@ -46,6 +98,14 @@ def prepare_training_data(args) -> TrainingData:
         run = read_run(args.negatives_run)
     else:
         run = bm25_run(collection, args.train_split, depth=args.negatives_to_rank, cache_dir=args.cache_dir)
+    if args.positives == "graded":
+        groups, graded_report = build_graded_groups(
+            train_queries, qrels, run, size=args.num_negatives + 1,
+            rank_window=(args.negatives_from_rank, args.negatives_to_rank), doc_ids=docs.keys(), seed=args.seed,
+        )
+        if not groups:
+            raise ValueError(f"no graded training groups could be built from split {args.train_split!r}: {graded_report}")
+        return _with_evaluation(args, collection, docs, train_queries, groups, run, graded_report)
     groups, report = build_training_groups(
         train_queries,
         qrels,
@@ -59,7 +119,11 @@ def prepare_training_data(args) -> TrainingData:
     )
     if not groups:
         raise ValueError(f"no training groups could be built from split {args.train_split!r}: {report.as_dict()}")
+    return _with_evaluation(args, collection, docs, train_queries, groups, run, report.as_dict())
 
+
+def _with_evaluation(args, collection, docs, train_queries, groups, run, group_report: dict) -> TrainingData:
+    """The training data plus the evaluation split's queries, qrels and BM25 candidates, as `args` says."""
     eval_queries, eval_qrels, eval_candidates = {}, {}, {}
     if args.eval_split:
         eval_queries = dict(collection.queries(args.eval_split))
@@ -77,7 +141,7 @@ def prepare_training_data(args) -> TrainingData:
         train_queries=train_queries,
         groups=groups,
         train_run=run,
-        group_report=report.as_dict(),
+        group_report=group_report,
         eval_queries=eval_queries,
         eval_qrels=eval_qrels,
         eval_candidates=eval_candidates,

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from rankface.evaluation.ranking import evaluate
-from rankface.losses.ranking import ranking_loss
+from rankface.losses.ranking import graded_listwise_loss, ranking_loss
 from rankface.models.cet.modeling_cet import rank_table
 from rankface.paths import minilm_path
 from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
@@ -175,6 +175,8 @@ class GroupCollator:
     def __call__(self, indices: list[int]) -> dict:
         groups = [self.data.groups[i] for i in indices]
         features = self.model.collate_groups(*self.data.group_texts(groups))
+        if hasattr(groups[0], "grades"):  # graded candidate lists: the loss reads every document's grade
+            features["grades"] = torch.tensor([g.grades for g in groups], dtype=torch.float32)
         if self.rank_table is None:
             return features
         from rankface.models.cet import RankFeatureSelector
@@ -194,7 +196,10 @@ def make_step_function(args: RerankerTrainingArguments, accelerator: Accelerator
 
     def plain_step(learners: list[Learner], features: dict) -> dict[str, float]:
         scores = learners[0].model(features)
-        loss = ranking_loss(args.loss, scores.float())
+        if args.loss == "graded_listwise":
+            loss = graded_listwise_loss(scores.float(), features["grades"])
+        else:
+            loss = ranking_loss(args.loss, scores.float())
         accelerator.backward(loss)
         return {"loss": loss.item()}
 
