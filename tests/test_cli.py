@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import yaml
 from test_training import write_collection
 
 from rankface.cli import main
