@@ -59,6 +59,7 @@ import numpy as np
 
 from rankface.paths import shared_dir
 from rankface.utils.io import atomic_write, write_json
+from rankface.utils.ties import ranked, top_k
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pooling_bias"
 MEASURES = ("nDCG@10", "RR@10", "R@100")
@@ -231,8 +232,8 @@ def normalise(text: str) -> str:
 
 
 def top(docs: Mapping[str, float] | None, n: int) -> dict[str, float]:
-    """The top-`n` of one query's run, score descending, ties by docid (the order `build_training_groups` uses)."""
-    return dict(sorted((docs or {}).items(), key=lambda kv: (-float(kv[1]), kv[0]))[:n])
+    """The top-`n` of one query's run in rankface's one order (`rankface.utils.ties`, as `build_training_groups`)."""
+    return dict(ranked(docs or {})[:n])
 
 
 def prepare_context(args: argparse.Namespace) -> Context:
@@ -365,9 +366,9 @@ def score_splits(model, ctx: Context, splits: Sequence[str], train_run_depth: in
         q_emb = model.encode_query([ctx.queries["train"][q] for q in ctx.all_train_qids],
                                    batch_size=ctx.args.eval_batch_size, show_progress_bar=False)
         sims = q_emb @ doc_emb.T
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :train_run_depth]
         out["train_dense"] = {
-            q: {doc_ids[j]: float(sims[row, j]) for j in top[row]} for row, q in enumerate(ctx.all_train_qids)
+            q: {doc_ids[j]: float(sims[row, j]) for j in top_k(doc_ids, sims[row], train_run_depth)}
+            for row, q in enumerate(ctx.all_train_qids)
         }
     return out
 

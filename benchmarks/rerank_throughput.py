@@ -35,6 +35,7 @@ import torch
 
 from rankface.paths import minilm_path, shared_dir
 from rankface.utils.io import atomic_write, write_json
+from rankface.utils.ties import ranked
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank_throughput"
 
@@ -77,7 +78,7 @@ def load_pairs(args: argparse.Namespace):
     run = bm25_run(collection, args.split, depth=args.depth)
     docs = collection.docs()
     keys = [(qid, docid) for qid in queries if qid in qrels
-            for docid, _ in sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))]
+            for docid, _ in ranked(run[qid])]
     keys = keys[: args.max_pairs] if args.max_pairs else keys
     covered = {qid for qid, _ in keys}
     pairs = [(queries[qid], docs[docid]) for qid, docid in keys]

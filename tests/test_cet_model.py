@@ -158,11 +158,11 @@ def test_bi_relevance_exports_a_bi_encoder(encoder_dir, tmp_path):
 def test_rank_feature_selector_features_and_missing_docs():
     run = {"q1": {"d1": 9.0, "d2": 7.5, "d3": 7.5}, "q2": {"x": 0.4}}
     table = rank_table(run)
-    assert table["q1"]["d2"] == (2, 7.5) and table["q1"]["d3"] == (3, 7.5)  # ties broken by doc id
+    assert table["q1"]["d3"] == (2, 7.5) and table["q1"]["d2"] == (3, 7.5)  # ties: docid descending (utils.ties)
     feats = RankFeatureSelector.collate_groups(["q1", "q2"], [["d3", "zz"], ["x", "y"]], table)
     assert feats["num_missing"] == 2
     expected = torch.tensor(
-        [[[np.log1p(3), 7.5], [np.log1p(4), 7.5]], [[np.log1p(1), 0.4], [np.log1p(2), 0.4]]], dtype=torch.float32
+        [[[np.log1p(2), 7.5], [np.log1p(4), 7.5]], [[np.log1p(1), 0.4], [np.log1p(2), 0.4]]], dtype=torch.float32
     )
     torch.testing.assert_close(feats["features"], expected)
     selector = RankFeatureSelector(hidden_size=8)

@@ -22,14 +22,14 @@ def _run(*docids: str) -> dict[str, float]:
 def synthetic():
     run = {
         "q1": _run(*(f"d{i}" for i in range(1, 13))),  # pool (P=10) = d1..d10
-        "q2": {"a": 5.0, "c": 3.0, "b": 5.0, "x": 1.0},  # tie a/b at 5.0: docid order puts a (rank 1) before b
+        "q2": {"a": 5.0, "c": 3.0, "b": 5.0, "x": 1.0},  # tie a/b at 5.0: docid descending (utils.ties) puts b (rank 1) before a
         "q3": _run("e1", "e2", "e3"),
         "q5": _run("f1", "f2"),
         "q6": _run("ghost", "g1", "g2"),
     }
     full = {
         "q1": {"d3": 2, "d5": 3, "d7": 2, "d11": 3, "d2": 0, "d9": 1},  # best pooled: d5 (grade 3); d11 outside pool
-        "q2": {"b": 2, "a": 2, "c": 1},  # equal grades: better rank wins -> a
+        "q2": {"b": 2, "a": 2, "c": 1},  # equal grades: better rank wins -> b
         "q3": {"e1": 1, "e2": 1, "zz": 3},  # nothing >= 2 in the pool -> dropped
         "q4": {"h1": 3},  # not in the run
         "q6": {"ghost": 3, "g2": 2},  # ghost is not in the corpus -> g2
@@ -55,7 +55,7 @@ def synthetic():
 def test_pooled_labels_follow_protocol(synthetic):
     full, run, corpus = synthetic
     pooled, report = simulate_pooled_labels(full, run, pool_depth=10, min_grade=2, doc_ids=corpus)
-    assert pooled == {"q1": {"d5": 3}, "q2": {"a": 2}, "q6": {"g2": 2}}
+    assert pooled == {"q1": {"d5": 3}, "q2": {"b": 2}, "q6": {"g2": 2}}
     assert all(len(docs) == 1 for docs in pooled.values())  # exactly one labelled positive
     r = report.as_dict()
     assert r["queries_total"] == 6  # run's 5 queries, then q4 from the qrels
@@ -118,7 +118,7 @@ def test_pool_labels_cli_writes_standard_qrels(synthetic, tmp_path, capsys):
         )
         == 0
     )
-    assert read_qrels(out) == {"q1": {"d5": 3}, "q2": {"a": 2}, "q6": {"ghost": 3}}
+    assert read_qrels(out) == {"q1": {"d5": 3}, "q2": {"b": 2}, "q6": {"ghost": 3}}
     report = json.loads((tmp_path / "out" / "pooled.qrels.report.json").read_text())
     assert report["queries_labelled"] == 3 and report["pool_depth"] == 10
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pooled.qrels", "pooled.qrels.report.json"]

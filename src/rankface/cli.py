@@ -7,10 +7,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from rankface.errors import UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, also after a command whose own parser would reject it
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="rankface", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("index", help="Build a Lucene index from a corpus.jsonl or docs TSV.")
@@ -65,7 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and args.command not in ("train", "pool-labels", "convert-mobilefacenet"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.handler(args, rest) or 0
+    try:
+        return args.handler(args, rest) or 0
+    except _USER_ERRORS as err:
+        if debug:
+            raise
+        return _report_error(args.command, err)
+
+
+# Errors that bad input causes (a file, a folder, a setting): one line and exit status 2, the traceback only with
+# --debug. Anything else is a fault in rankface and keeps its traceback.
+_USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError, ImportError)
+
+
+def _report_error(command: str, err: BaseException) -> int:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str() adds quotes
+    message = " ".join(str(message).split()) or type(err).__name__
+    print(f"rankface {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+    return 2
 
 
 def _first_stage_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,15 +111,28 @@ def _encoder_arguments(p: argparse.ArgumentParser) -> None:
 def _index(args, _rest) -> None:
     from rankface.retrieval.lucene import build_index
 
-    print(build_index(args.corpus, args.index, threads=args.threads, overwrite=args.overwrite))
+    try:
+        print(build_index(args.corpus, args.index, threads=args.threads, overwrite=args.overwrite))
+    except FileExistsError:
+        raise UserError(f"index folder {args.index} already exists and is not empty; add --overwrite to replace "
+                        "it") from None
+
+
+def _open_index(index: str, k1: float = 0.9, b: float = 0.4):
+    from rankface.retrieval.lucene import Bm25Retriever
+
+    try:
+        return Bm25Retriever(index, k1=k1, b=b)
+    except FileNotFoundError:
+        raise UserError(f"no Lucene index at {index}; build one with `rankface index --corpus CORPUS --index "
+                        f"{index}`") from None
 
 
 def _bm25_hits(args):
     from rankface.data.ir import read_queries_tsv
-    from rankface.retrieval.lucene import Bm25Retriever
 
     queries = read_queries_tsv(args.topics)
-    retriever = Bm25Retriever(args.index, k1=args.k1, b=args.b)
+    retriever = _open_index(args.index, k1=args.k1, b=args.b)
     return queries, retriever, retriever.batch_search(queries, k=args.hits, threads=args.threads)
 
 
@@ -110,14 +147,13 @@ def _search(args, _rest) -> None:
 
 def _rerank(args, _rest) -> None:
     from rankface.data.ir import read_queries_tsv
-    from rankface.retrieval.lucene import Bm25Retriever
     from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
     from rankface.retrieval.trec import read_run, write_run
 
     model = _load_scorer(args)  # first: a wrong --model or --encoder fails before the first stage runs
     if args.first_stage_run:
         queries = read_queries_tsv(args.topics)
-        retriever = Bm25Retriever(args.index)
+        retriever = _open_index(args.index)
         hits = run_to_hits(read_run(args.first_stage_run))
     else:
         queries, retriever, hits = _bm25_hits(args)
@@ -147,8 +183,32 @@ def _evaluate(args, _rest) -> None:
     from rankface.retrieval.trec import read_qrels, read_run
 
     qrels = read_qrels(args.qrels)
-    rows = {os.path.basename(r): evaluate(read_run(r), qrels, args.measures, args.rr_min_grade) for r in args.runs}
+    rows = {}
+    for label, path in _run_labels(args.runs).items():
+        run = read_run(path)
+        if not any(docs for qid, docs in run.items() if qid in qrels):
+            example = next(iter(run), None)
+            raise UserError(f"{path}: no ranking for any query of {args.qrels}" + (
+                f" (its first query id is {example!r}; the qrels' is {next(iter(qrels))!r})" if example is not None
+                else " (the run is empty)"))
+        rows[label] = evaluation = evaluate(run, qrels, args.measures, args.rr_min_grade)
+        missing = evaluation.missing_queries
+        if missing:
+            print(f"warning: {path}: {len(missing)} of {evaluation.num_queries} queries of {args.qrels} have no "
+                  f"ranking and score 0 (e.g. {', '.join(missing[:5])})", file=sys.stderr)
     print(format_table(rows, args.measures))
+
+
+def _run_labels(paths: Sequence[str]) -> dict[str, str]:
+    """`{label: path}`: each run's file name, or as many trailing folders as make the labels distinct."""
+    if len(set(map(os.path.normpath, paths))) < len(paths):
+        raise UserError(f"a run file is given twice: {' '.join(paths)}")
+    parts = [Path(os.path.normpath(p)).parts for p in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(ps[-depth:]) for ps in parts]
+        if len(set(labels)) == len(labels):
+            return dict(zip(labels, paths, strict=True))
+    return {os.path.normpath(p): p for p in paths}
 
 
 def _demo(args, _rest) -> int:

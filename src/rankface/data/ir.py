@@ -5,7 +5,7 @@ A local folder is registered with ir_datasets as `rankface-local/<name>` (docume
 both kinds of collection the same way. Local layout::
 
     corpus.jsonl            {"id", "contents"} or BEIR {"_id", "title", "text"} per line
-      (or docs.tsv / collection.tsv: docid<TAB>text)
+      (or docs.tsv / collection.tsv: docid<TAB>text; read by `rankface.data.corpus`, the parser indexing uses)
     queries.<split>.tsv     qid<TAB>text            (or queries.tsv: the single split "all")
     qrels.<split>.txt       qid 0 docid grade       (or qrels.txt)
     run.<split>.<any>       qid Q0 docid rank score tag   (optional first-stage run)
@@ -13,6 +13,7 @@ both kinds of collection the same way. Local layout::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,9 +24,14 @@ import shutil
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from types import SimpleNamespace
+from typing import Any, Literal
 
+from rankface.data.corpus import iter_corpus
+from rankface.errors import UserError
 from rankface.retrieval.trec import read_qrels, read_run
+from rankface.utils.io import read_lines
+from rankface.utils.ties import ranked
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +57,11 @@ _LOCAL_PREFIX = "rankface-local"
 _registered_paths: dict[str, str] = {}  # ir_datasets name -> resolved folder it was registered for
 
 
-class DataUnavailableError(RuntimeError):
-    """The data behind a collection cannot be read (download failed, files missing)."""
+class DataUnavailableError(UserError, RuntimeError):
+    """The data behind a collection cannot be read (download failed, files missing).
 
-
-class TitledDoc(NamedTuple):
-    """A BEIR-style document; its text for ranking is `title text`, as in BEIR and pyserini's BEIR indexes."""
-
-    doc_id: str
-    title: str
-    text: str
-
-    def default_text(self) -> str:
-        return f"{self.title} {self.text}" if self.title else self.text
+    A `UserError` (the user can supply the data) and, as before, a `RuntimeError`.
+    """
 
 
 def _doc_text(doc: Any) -> str:
@@ -114,7 +112,7 @@ class IRCollection:
         else:
             how = (
                 f"ir_datasets could not fetch {self.name!r} (no network, or the source needs a manual download). "
-                f"Supply the data locally instead and pass the folder to load_collection: {LOCAL_LAYOUT}"
+                f"Supply the data locally instead, as a folder named in place of the id: {LOCAL_LAYOUT}"
             )
         return DataUnavailableError(f"cannot read the {what} of {self.name!r}: {type(err).__name__}: {err}. {how}")
 
@@ -143,7 +141,7 @@ class IRCollection:
                 docs: dict[str, str] = {}
                 for doc in dataset.docs_iter():
                     docs[str(doc.doc_id)] = _doc_text(doc)  # JSON corpora may hold numeric ids
-            except DataUnavailableError:
+            except UserError:  # already names the file and line
                 raise
             except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
                 raise self._unavailable("documents", err) from err
@@ -169,6 +167,8 @@ class IRCollection:
         dataset_id = self._split_id(split)
         try:
             return {str(q.query_id): _doc_text(q) for q in self._dataset(dataset_id).queries_iter()}
+        except UserError:
+            raise
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
             raise self._unavailable(f"queries ({dataset_id})", err) from err
 
@@ -182,6 +182,8 @@ class IRCollection:
         try:
             for q in dataset.qrels_iter():
                 qrels.setdefault(q.query_id, {})[q.doc_id] = int(q.relevance)
+        except UserError:
+            raise
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
             raise self._unavailable(f"qrels ({dataset_id})", err) from err
         return qrels
@@ -238,42 +240,36 @@ class IRCollection:
 
 # ---------------------------------------------------------------------------------------------------- loading
 def read_queries_tsv(path: str | os.PathLike) -> dict[str, str]:
-    """Strictly read a `qid<TAB>text` topics file: a malformed line or a repeated id names file and line."""
+    """Strictly read a `qid<TAB>text` topics file (UTF-8, a byte-order mark ignored).
+
+    A malformed line, a repeated id or an id with whitespace (a TREC run cannot hold it) raises `UserError` naming
+    file and line. Queries with empty text are kept, counted and reported as a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"queries file not found: {path} (expected `qid<TAB>text` lines)")
     queries: dict[str, str] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                raise ValueError(f"{path}:{lineno}: expected `qid<TAB>text`, found an empty line")
-            cols = line.split("\t")
-            if len(cols) != 2 or not cols[0]:
-                raise ValueError(f"{path}:{lineno}: expected `qid<TAB>text` (2 tab-separated fields), "
-                                 f"found {len(cols)} field(s): {line[:80]!r}")
-            if cols[0] in queries:
-                raise ValueError(f"{path}:{lineno}: query id {cols[0]!r} occurs twice")
-            queries[cols[0]] = cols[1]
+    empty: list[str] = []
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            raise UserError(f"{path}:{lineno}: expected `qid<TAB>text`, found an empty line")
+        cols = line.split("\t")
+        if len(cols) != 2 or not cols[0]:
+            raise UserError(f"{path}:{lineno}: expected `qid<TAB>text` (2 tab-separated fields), "
+                            f"found {len(cols)} field(s): {line[:80]!r}")
+        qid, text = cols
+        if any(c.isspace() for c in qid):
+            raise UserError(f"{path}:{lineno}: query id {qid!r} contains whitespace; expected an id without spaces "
+                            "(a TREC run cannot hold it)")
+        if qid in queries:
+            raise UserError(f"{path}:{lineno}: query id {qid!r} occurs twice; expected each id once")
+        queries[qid] = text
+        if not text.strip():
+            empty.append(qid)
+    if empty:
+        logger.warning("%s: %d of %d queries have empty text (e.g. %s); they are kept", path, len(empty),
+                       len(queries), ", ".join(empty[:5]))
     return queries
-
-
-def _jsonl_layout(path: Path) -> Literal["plain", "beir"]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object per line ({err})") from None
-                if isinstance(obj, dict) and {"id", "contents"} <= obj.keys():
-                    return "plain"
-                if isinstance(obj, dict) and "_id" in obj and "text" in obj:
-                    return "beir"
-                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                raise ValueError(f"{path}:{lineno}: expected fields {{'id','contents'}} or BEIR "
-                                 f"{{'_id','title','text'}}, found {keys}")
-    raise ValueError(f"{path}: no documents")
 
 
 def _cache_link(src: Path, cache_dir: Path) -> Path:
@@ -295,11 +291,69 @@ def _cache_link(src: Path, cache_dir: Path) -> Path:
     return dst
 
 
+@functools.cache
+def _strict_formats() -> SimpleNamespace:
+    """ir_datasets formats for a local folder that read through rankface's own strict parsers.
+
+    A local folder is registered with ir_datasets, and everything reads it through ir_datasets; these classes keep
+    ir_datasets' plumbing (the document lookup store in the cache, the `Dataset` API) but parse each file with
+    `rankface.data.corpus` / `read_queries_tsv` / `retrieval.trec`, the parsers indexing and the CLI use. A folder is
+    then read one way whatever reads it. (Made on first use: ir_datasets is imported lazily.)
+    """
+    from ir_datasets.formats import (
+        GenericDoc,
+        GenericQuery,
+        GenericScoredDoc,
+        JsonlDocs,
+        TrecQrel,
+        TrecQrels,
+        TrecScoredDocs,
+        TsvQueries,
+    )
+    from ir_datasets.util import LocalDownload
+
+    class StrictDocs(JsonlDocs):
+        def __init__(self, source: Path, cached: Path) -> None:
+            # The lookup store lives beside the cached link, under a name of its own: a store built by an older
+            # rankface (ir_datasets' own parser, other fields) is not read back.
+            super().__init__(LocalDownload(cached), doc_cls=GenericDoc, docstore_path=f"{cached}.strict.pklz4")
+            self._source = source
+
+        def _iter(self):
+            return (GenericDoc(docid, text) for docid, text in iter_corpus(self._source))
+
+    class StrictQueries(TsvQueries):
+        def __init__(self, path: Path) -> None:
+            super().__init__(LocalDownload(path))
+            self._source = path
+
+        def queries_iter(self):
+            return (GenericQuery(qid, text) for qid, text in read_queries_tsv(self._source).items())
+
+    class StrictQrels(TrecQrels):
+        def __init__(self, path: Path) -> None:
+            super().__init__(LocalDownload(path), {})
+            self._source = path
+
+        def qrels_iter(self):
+            return (TrecQrel(qid, docid, grade, "0") for qid, docs in read_qrels(self._source).items()
+                    for docid, grade in docs.items())
+
+    class StrictScoredDocs(TrecScoredDocs):
+        def __init__(self, path: Path) -> None:
+            super().__init__(LocalDownload(path))
+            self._source = path
+
+        def scoreddocs_iter(self):
+            return (GenericScoredDoc(qid, docid, score) for qid, docs in read_run(self._source).items()
+                    for docid, score in docs.items())
+
+    return SimpleNamespace(docs=StrictDocs, queries=StrictQueries, qrels=StrictQrels, scoreddocs=StrictScoredDocs)
+
+
 def _local_collection(folder: Path) -> IRCollection:
     import ir_datasets
     from ir_datasets.datasets.base import Dataset
-    from ir_datasets.formats import JsonlDocs, TrecQrels, TrecScoredDocs, TsvDocs, TsvQueries
-    from ir_datasets.util import LocalDownload
 
     folder = folder.resolve()
     docs_file = next((folder / n for n in _DOC_FILES if (folder / n).is_file()), None)
@@ -340,24 +394,17 @@ def _local_collection(folder: Path) -> IRCollection:
     if _registered_paths.get(base, str(folder)) != str(folder):
         base = f"{base}-{digest}"  # another folder with the same name is registered already
     cache = ir_datasets.util.home_path() / _LOCAL_PREFIX / f"{folder.name}-{digest}"
-    linked = _cache_link(docs_file, cache)
-    if docs_file.suffix == ".jsonl":
-        if _jsonl_layout(docs_file) == "beir":
-            docs = JsonlDocs(LocalDownload(linked), doc_cls=TitledDoc,
-                             mapping={"doc_id": "_id", "title": "title", "text": "text"})
-        else:
-            docs = JsonlDocs(LocalDownload(linked), mapping={"doc_id": "id", "text": "contents"})
-    else:
-        docs = TsvDocs(LocalDownload(linked))
+    docs = _strict_formats().docs(docs_file, _cache_link(docs_file, cache))
     names = {split: f"{base}/{split}" for split in queries}
     if base not in _registered_paths:
         ir_datasets.registry.register(base, Dataset(docs))
+        formats = _strict_formats()
         for split, qpath in queries.items():
-            parts: list = [docs, TsvQueries(LocalDownload(qpath))]
+            parts: list = [docs, formats.queries(qpath)]
             if split in qrels:
-                parts.append(TrecQrels(LocalDownload(qrels[split]), {}))
+                parts.append(formats.qrels(qrels[split]))
             if split in runs:
-                parts.append(TrecScoredDocs(LocalDownload(runs[split][0])))
+                parts.append(formats.scoreddocs(runs[split][0]))
             ir_datasets.registry.register(names[split], Dataset(*parts))
         _registered_paths[base] = str(folder)
     # Splits in a conventional order, then any other.
@@ -454,7 +501,7 @@ class GroupReport(CountingReport):
 
 def _ranked_docids(ranking: Mapping[str, float] | Sequence[Any]) -> list[str]:
     if isinstance(ranking, Mapping):
-        return [d for d, _ in sorted(ranking.items(), key=lambda kv: (-float(kv[1]), kv[0]))]
+        return [d for d, _ in ranked(ranking)]
     return [h.docid for h in sorted(ranking, key=lambda h: h.rank)]
 
 

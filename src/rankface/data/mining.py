@@ -22,6 +22,7 @@ from typing import Any
 
 from rankface.data.ir import CountingReport
 from rankface.utils.io import write_json
+from rankface.utils.ties import ranked
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ Qrels = Mapping[str, Mapping[str, int]]
 
 
 def _ranked(docs: Mapping[str, float]) -> list[str]:
-    # Score descending, ties by docid: the order `write_run` and `build_training_groups` use.
-    return [d for d, _ in sorted(docs.items(), key=lambda kv: (-float(kv[1]), kv[0]))]
+    # rankface's one order (`utils.ties`): the one `write_run`, `build_training_groups` and evaluation use.
+    return [d for d, _ in ranked(docs)]
 
 
 # ---------------------------------------------------------------------------------------------- pooled labels
@@ -241,8 +242,8 @@ def fuse_runs(
                     # A run whose scores are all equal says nothing about order: every doc gets 1.
                     norm = (float(score) - lo) / span if span > 0 else 1.0
                     scores[docid] = scores.get(docid, 0.0) + weight * norm
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        fused[qid] = dict(ranked[:depth] if depth is not None else ranked)
+        order = ranked(scores)
+        fused[qid] = dict(order[:depth] if depth is not None else order)
     return fused
 
 

@@ -4,7 +4,9 @@ Conventions (those of `trec_eval -c`, the figures in the shared READMEs):
 - every query in the qrels counts; a query missing from the run (or with an empty ranking) scores 0;
 - run queries without any judgment are ignored;
 - nDCG uses the grades as linear gains; R@k, AP and RR count grade >= 1 as relevant; `RR@k` written without an
-  explicit `rel=` uses grade >= `rr_min_grade`.
+  explicit `rel=` uses grade >= `rr_min_grade`;
+- score ties are broken by docid descending for every measure (trec_eval's order, `rankface.utils.ties`, the order
+  rankface writes runs in).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from rankface.utils.ties import ranked
 
 __all__ = ["DEFAULT_MEASURES", "Evaluation", "evaluate", "format_table", "paired_ttest"]
 
@@ -77,16 +81,16 @@ def evaluate(run: Mapping[str, Mapping[str, float] | Sequence[Any]], qrels: Mapp
     qrels_list = [ir_measures.Qrel(str(q), str(d), int(g)) for q, docs in qrels.items() for d, g in docs.items()]
     judged = {str(q) for q in qrels}
     # ir_measures' providers break score ties differently (pytrec_eval: docid descending, like trec_eval; its
-    # msmarco provider, used for RR@k: docid ascending). Ranking each query once here, trec_eval's way, and
-    # passing strictly decreasing scores makes every measure see the same order.
+    # msmarco provider, used for RR@k: docid ascending). Ranking each query once here by rankface's one rule
+    # (trec_eval's) and passing strictly decreasing scores makes every measure see the same order.
     run_list = []
     for q, docs in run.items():
         if str(q) not in judged:
             continue
         if not isinstance(docs, Mapping):  # a ranked list of hits (`Hit`, `RerankedHit`)
             docs = {h.docid: h.score for h in docs}
-        ordered = sorted(((float(s), str(d)) for d, s in docs.items()), reverse=True)
-        run_list.extend(ir_measures.ScoredDoc(str(q), d, float(len(ordered) - i)) for i, (_, d) in enumerate(ordered))
+        ordered = ranked({str(d): s for d, s in docs.items()})
+        run_list.extend(ir_measures.ScoredDoc(str(q), d, float(len(ordered) - i)) for i, (d, _) in enumerate(ordered))
     per_query: dict[str, dict[str, float]] = {name: dict.fromkeys(sorted(judged), 0.0) for name in names}
     by_measure: dict = {}
     for name, m in parsed.items():  # two names may parse to one measure (e.g. `R@100` and `R(rel=1)@100`)

@@ -9,12 +9,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rankface.data.corpus import CorpusReport, iter_corpus
 from rankface.retrieval.java import ensure_pyserini, run_pyserini_module
+from rankface.utils.io import replace_folder, staging_folder
+from rankface.utils.ties import rank_order
 
 logger = logging.getLogger(__name__)
 
@@ -30,72 +32,15 @@ class Hit:
     rank: int
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, str]]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: expected one JSON object per line, found invalid JSON ({err})") from None
-            if not isinstance(obj, dict):
-                # A data error, not a programming one: ValueError like every other malformed line.
-                raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")  # noqa: TRY004
-            if "id" in obj and "contents" in obj:
-                docid, text = obj["id"], obj["contents"]
-            elif "_id" in obj and ("text" in obj or "title" in obj):
-                # BEIR layout: title and body are indexed together, as pyserini's BEIR "flat" indexes do.
-                docid = obj["_id"]
-                text = " ".join(part for part in (obj.get("title") or "", obj.get("text") or "") if part)
-            else:
-                raise ValueError(
-                    f"{where}: expected fields {{'id', 'contents'}} or BEIR {{'_id', 'title', 'text'}}, "
-                    f"found keys {sorted(obj)}"
-                )
-            if not isinstance(docid, str | int) or isinstance(docid, bool) or str(docid) == "":
-                raise ValueError(f"{where}: the document id must be a non-empty string, found {docid!r}")
-            if not isinstance(text, str):
-                found = type(text).__name__
-                raise ValueError(f"{where}: the document text must be a string, found {found}")  # noqa: TRY004
-            yield str(docid), text
-
-
-def _iter_tsv(path: Path) -> Iterator[tuple[str, str]]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line:
-                continue
-            docid, sep, text = line.partition("\t")
-            if not sep or not docid:
-                raise ValueError(f"{path}:{lineno}: expected `docid<TAB>text`, found {line[:80]!r}")
-            yield docid, text
-
-
-def iter_corpus(corpus: str | os.PathLike) -> Iterator[tuple[str, str]]:
-    """Yield `(docid, text)` from a `corpus.jsonl` (`{"id","contents"}` or BEIR `{"_id","title","text"}`) or a
-    docs TSV (`docid<TAB>text`, e.g. MS MARCO `collection.tsv`). Malformed lines raise `ValueError` naming
-    file and line."""
-    path = Path(corpus)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file not found: {path} (expected a corpus.jsonl or a docs .tsv file)")
-    if path.suffix in {".tsv", ".txt"}:
-        return _iter_tsv(path)
-    if path.suffix in {".jsonl", ".json"}:
-        return _iter_jsonl(path)
-    raise ValueError(f"{path}: unknown corpus format; expected a .jsonl file (id/contents or BEIR) or a .tsv file")
-
-
 def build_index(corpus: str | os.PathLike, index_dir: str | os.PathLike, threads: int = 2,
                 overwrite: bool = False) -> Path:
     """Build a Lucene index (Anserini's default English analyzer, raw text stored) from a corpus file.
 
-    The corpus is validated and rewritten as a one-file `JsonCollection` in a temporary folder, then indexed by
-    `python -m pyserini.index.lucene` in a subprocess (the JVM and Anserini's `System.exit` stay out of this
-    process). The index is built in a temporary folder beside `index_dir` and renamed into place, so a failed
-    build never leaves a half-written index behind.
+    The corpus is read by `rankface.data.corpus.iter_corpus` (the parser training uses too: a bad line, an id with
+    whitespace or a repeated id stops here, before any indexing) and rewritten as a one-file `JsonCollection` in a
+    staging folder, then indexed by `python -m pyserini.index.lucene` in a subprocess (the JVM and Anserini's
+    `System.exit` stay out of this process). The finished index replaces `index_dir` by `replace_folder`, so a
+    failed build never leaves a half-written index and a failed replacement never loses the old one.
 
     Args:
         corpus: `corpus.jsonl` (`{"id","contents"}` or BEIR `{"_id","title","text"}`) or a docs TSV.
@@ -109,22 +54,14 @@ def build_index(corpus: str | os.PathLike, index_dir: str | os.PathLike, threads
     index_dir = Path(index_dir)
     if index_dir.exists() and any(index_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"index folder {index_dir} already exists and is not empty; pass overwrite=True")
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=index_dir.parent))
+    work = staging_folder(index_dir)
     try:
         collection = work / "collection"
         collection.mkdir()
-        count = 0
-        seen: set[str] = set()
+        report = CorpusReport(str(corpus))
         with (collection / "docs.jsonl").open("w", encoding="utf-8") as out:
-            for docid, text in iter_corpus(corpus):
-                if docid in seen:
-                    raise ValueError(f"{corpus}: document id {docid!r} occurs more than once")
-                seen.add(docid)
+            for docid, text in iter_corpus(corpus, report):
                 out.write(json.dumps({"id": docid, "contents": text}, ensure_ascii=False) + "\n")
-                count += 1
-        if count == 0:
-            raise ValueError(f"{corpus}: no documents found")
         built = work / "index"
         run_pyserini_module(
             "pyserini.index.lucene",
@@ -134,10 +71,8 @@ def build_index(corpus: str | os.PathLike, index_dir: str | os.PathLike, threads
         )
         if not any(built.glob("segments_*")):
             raise RuntimeError(f"pyserini finished but wrote no Lucene index into {built}")
-        if index_dir.exists():
-            shutil.rmtree(index_dir)
-        os.replace(built, index_dir)
-        logger.info("indexed %d documents from %s into %s", count, corpus, index_dir)
+        replace_folder(built, index_dir)
+        logger.info("indexed %d documents from %s into %s", report.documents, corpus, index_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return index_dir
@@ -189,10 +124,14 @@ class Bm25Retriever:
 
     @staticmethod
     def _hits(raw) -> list[Hit]:
-        return [Hit(docid=h.docid, score=float(h.score), rank=i) for i, h in enumerate(raw, 1)]
+        # Lucene breaks score ties by its internal document number; rankface's rule (`utils.ties`) decides instead,
+        # so these ranks are those of the TREC file written from them and of its evaluation.
+        docids, scores = [h.docid for h in raw], [float(h.score) for h in raw]
+        return [Hit(docid=docids[i], score=scores[i], rank=r) for r, i in enumerate(rank_order(docids, scores), 1)]
 
     def search(self, query: str, k: int = 1000) -> list[Hit]:
-        """Top-`k` BM25 hits for one query, best first (an empty list when no query term is in the index)."""
+        """Top-`k` BM25 hits for one query, best first (ties by `utils.ties`; an empty list when no query term is in
+        the index)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return self._hits(self.searcher.search(query, k))
@@ -230,7 +169,8 @@ class Bm25Retriever:
             raise KeyError(f"document {docid!r} is not in the index {self.index_dir}")
         raw = doc.raw()
         if raw is None:
-            raise RuntimeError(f"index {self.index_dir} stores no raw text; rebuild it with --storeRaw (build_index)")
+            raise RuntimeError(f"index {self.index_dir} stores no raw text; rebuild it with rankface's indexer "
+                               "(`rankface index`, or build_index in Python), which stores it")
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError:

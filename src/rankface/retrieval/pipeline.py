@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rankface.retrieval.lucene import Hit
+from rankface.utils.ties import rank_order, ranked
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def rerank(hits: Mapping[str, Sequence[Hit]], queries: Mapping[str, str], doc_te
     """Rescore the top `top_k` first-stage hits of every query with `model`.
 
     All pairs of all queries go to one `model.predict` call, so batches span queries (and a length-sorting model
-    packs them well). Documents below `top_k` are dropped. Ties in the new score keep the first-stage order.
+    packs them well). Documents below `top_k` are dropped. Ties in the new score follow `rankface.utils.ties`
+    (docid descending), the order of the TREC file written from the result and of its evaluation.
 
     Args:
         hits: `{qid: [Hit, ...]}` best first (e.g. `Bm25Retriever.batch_search`); empty lists stay empty.
@@ -83,8 +85,7 @@ def rerank(hits: Mapping[str, Sequence[Hit]], queries: Mapping[str, str], doc_te
     for qid, qhits in hits.items():
         start, end = spans[qid]
         top = list(qhits)[:top_k]
-        # Stable sort on the negated score: equal scores keep the first-stage order.
-        order = sorted(range(end - start), key=lambda i: -scores[start + i])
+        order = rank_order([hit.docid for hit in top], scores[start:end].tolist())
         out[qid] = [
             RerankedHit(docid=top[i].docid, first_stage_score=float(top[i].score), score=float(scores[start + i]),
                         rank=rank)
@@ -121,10 +122,7 @@ def hits_to_run(hits: Mapping[str, Sequence[Hit | RerankedHit]], first_stage: bo
 
 
 def run_to_hits(run: Mapping[str, Mapping[str, float]]) -> dict[str, list[Hit]]:
-    """`{qid: [Hit, ...]}` from a run dict (e.g. `read_run`): score descending, ties by docid (trec_eval's
-    order would be docid descending; Lucene's is index order; the choice only matters for exact ties)."""
-    out: dict[str, list[Hit]] = {}
-    for qid, docs in run.items():
-        ranked = sorted(docs.items(), key=lambda item: (-float(item[1]), item[0]))
-        out[str(qid)] = [Hit(docid=d, score=float(s), rank=i) for i, (d, s) in enumerate(ranked, 1)]
-    return out
+    """`{qid: [Hit, ...]}` from a run dict (e.g. `read_run`), in `rankface.utils.ties` order: score descending,
+    ties by docid descending, as trec_eval reads a run file."""
+    return {str(qid): [Hit(docid=d, score=s, rank=i) for i, (d, s) in enumerate(ranked(docs), 1)]
+            for qid, docs in run.items()}

@@ -2,6 +2,7 @@
 
 Run line: `qid Q0 docid rank score tag` (6 whitespace-separated columns).
 Qrels line: `qid iter docid grade` (4 columns, integer grade).
+Files are UTF-8; a byte-order mark at the start is ignored. Runs are written in `rankface.utils.ties` order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from rankface.utils.io import atomic_write
+from rankface.errors import UserError
+from rankface.utils.io import atomic_write, read_lines
+from rankface.utils.ties import ranked
 
 __all__ = ["QRELS_FORMAT", "RUN_FORMAT", "TrecFormatError", "read_qrels", "read_run", "write_qrels", "write_run"]
 
@@ -19,7 +22,7 @@ RUN_FORMAT = "6 whitespace-separated columns `qid Q0 docid rank score tag` (inte
 QRELS_FORMAT = "4 whitespace-separated columns `qid iter docid grade` (integer grade)"
 
 
-class TrecFormatError(ValueError):
+class TrecFormatError(UserError):
     """A malformed line in a TREC run or qrels file; the message names file, line, the expected format and
     what was found."""
 
@@ -31,11 +34,10 @@ class TrecFormatError(ValueError):
 def _lines(path: Path) -> Iterator[tuple[int, list[str], str]]:
     if not path.is_file():
         raise FileNotFoundError(f"TREC file not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            stripped = line.strip()
-            if stripped:  # blank lines (e.g. a trailing newline) carry nothing and trec_eval skips them too
-                yield lineno, stripped.split(), stripped
+    for lineno, line in read_lines(path):
+        stripped = line.strip()
+        if stripped:  # blank lines (e.g. a trailing newline) carry nothing and trec_eval skips them too
+            yield lineno, stripped.split(), stripped
 
 
 def _show(line: str) -> str:
@@ -77,15 +79,10 @@ def read_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     return run
 
 
-def _ranked(docs: Mapping[str, float]) -> list[tuple[str, float]]:
-    # Score descending, ties by docid so the file is the same whatever the dict order.
-    return sorted(((str(d), float(s)) for d, s in docs.items()), key=lambda item: (-item[1], item[0]))
-
-
 def write_run(path: str | os.PathLike, run: Mapping[str, Mapping[str, float]], tag: str = "rankface") -> Path:
-    """Write `{qid: {docid: score}}` as a TREC run, atomically: per query sorted by score (descending, ties by
-    docid), ranks 1.., scores at full float precision (they read back exactly). Queries with no document write
-    no line.
+    """Write `{qid: {docid: score}}` as a TREC run, atomically: per query in `rankface.utils.ties` order (score
+    descending, ties by docid descending: trec_eval reads the file in the same order), ranks 1.., scores at full
+    float precision (they read back exactly). Queries with no document write no line.
     """
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"the run tag must be a non-empty word without whitespace, got {tag!r}")
@@ -95,7 +92,7 @@ def write_run(path: str | os.PathLike, run: Mapping[str, Mapping[str, float]], t
             qid = str(qid)
             if not qid or any(c.isspace() for c in qid):
                 raise ValueError(f"query id {qid!r} cannot be written to a TREC run (empty or has whitespace)")
-            for rank, (docid, score) in enumerate(_ranked(docs), 1):
+            for rank, (docid, score) in enumerate(ranked({str(d): s for d, s in docs.items()}), 1):
                 if not docid or any(c.isspace() for c in docid):
                     raise ValueError(f"document id {docid!r} of query {qid!r} cannot be written (whitespace)")
                 if not math.isfinite(score):

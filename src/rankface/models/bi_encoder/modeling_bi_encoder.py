@@ -33,6 +33,7 @@ from rankface.models._text import (
     truncate_layers,
 )
 from rankface.utils.io import write_json
+from rankface.utils.ties import top_k
 
 RANKFACE_SETTINGS = "rankface_bi_encoder.json"
 ROUTER_CONFIG = "router_config.json"
@@ -265,7 +266,8 @@ class BiEncoder(nn.Module):
         show_progress_bar: bool | None = None,
         precision: str = "auto",
     ) -> dict[str, dict[str, float]]:
-        """Exact cosine search: the top-`k` documents of `corpus` for each query, as a run `{qid: {docid: score}}`."""
+        """Exact cosine search: the top-`k` documents of `corpus` for each query, as a run `{qid: {docid: score}}`
+        (ties, at the cut too, by `rankface.utils.ties`)."""
         doc_ids = list(corpus)
         doc_emb = torch.from_numpy(
             self.encode_document([corpus[d] for d in doc_ids], batch_size, show_progress_bar, precision)
@@ -275,10 +277,9 @@ class BiEncoder(nn.Module):
         run: dict[str, dict[str, float]] = {}
         k = min(k, len(doc_ids))
         for start in range(0, len(query_ids), 256):
-            scores = query_emb[start : start + 256] @ doc_emb.T
-            top = scores.topk(k, dim=1)
+            scores = (query_emb[start : start + 256] @ doc_emb.T).numpy()
             for row, qid in enumerate(query_ids[start : start + 256]):
-                run[qid] = {doc_ids[j]: float(s) for s, j in zip(top.values[row].tolist(), top.indices[row].tolist())}
+                run[qid] = {doc_ids[j]: float(scores[row, j]) for j in top_k(doc_ids, scores[row], k)}
         return run
 
     # ------------------------------------------------------------------ training contract

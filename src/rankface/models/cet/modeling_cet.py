@@ -23,6 +23,7 @@ from rankface.models.cet.configuration_cet import SELECTOR_DEFAULTS, CETConfig
 from rankface.models.cross_encoder import CrossEncoder
 from rankface.models.outputs import CETOutput
 from rankface.utils.io import save_folder_atomically
+from rankface.utils.ties import ranked
 
 SELECTION_TOKENIZER_DIR = "selection_tokenizer"
 
@@ -109,10 +110,11 @@ class RankFeatureSelector(nn.Module):
 
 
 def rank_table(run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, tuple[int, float]]]:
-    """`{qid: {docid: (rank, score)}}` from a run `{qid: {docid: score}}`; rank 1 = highest score, ties by doc id."""
+    """`{qid: {docid: (rank, score)}}` from a run `{qid: {docid: score}}`; rank 1 = highest score, ties by
+    `rankface.utils.ties` (docid descending, as in the run file and its evaluation)."""
     table = {}
     for qid, docs in run.items():
-        order = sorted(docs.items(), key=lambda item: (-item[1], item[0]))
+        order = ranked(docs)
         table[qid] = {did: (rank, float(score)) for rank, (did, score) in enumerate(order, start=1)}
     return table
 

@@ -30,6 +30,7 @@ from rankface.models._text import (
     truncate_layers,
 )
 from rankface.utils.io import write_json
+from rankface.utils.ties import rank_order
 
 RANKFACE_SETTINGS = "rankface_reranker.json"
 logger = logging.getLogger(__name__)
@@ -193,10 +194,11 @@ class CrossEncoder(nn.Module):
     ) -> list[dict]:
         """Rank `documents` for `query`: `[{"corpus_id": i, "score": s, ("text": d)}]`, best first.
 
-        Ties keep input order, so the output is deterministic.
+        Ties follow rankface's one rule (`rankface.utils.ties`) with the position as the document id: the later
+        document first.
         """
         scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar, precision)
-        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:top_k]
+        order = rank_order(list(range(len(documents))), scores.tolist())[:top_k]
         results = []
         for i in order:
             entry = {"corpus_id": i, "score": float(scores[i])}
