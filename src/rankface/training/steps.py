@@ -124,11 +124,11 @@ def _clip_and_check_gradients(accelerator: Accelerator, learner: Learner, max_gr
 
     With fp16 loss scaling an infinite gradient is expected now and then: the scaler skips that step itself.
     """
-    parameters = [p for p in learner.model.parameters() if p.grad is not None]
     if max_grad_norm:
-        norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+        norm = accelerator.clip_grad_norm_(learner.model.parameters(), max_grad_norm)
     else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters]) if parameters else None
+        grads = [p.grad for p in learner.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else None
     if norm is None or accelerator.scaler is not None:
         return
     if not math.isfinite(float(norm)):
@@ -224,6 +224,6 @@ def save_checkpoint(accelerator: Accelerator, learners: list[Learner], output_di
         write_json(staging / "trainer_state.json", state)
         replace_folder(staging, final)
         earlier = [p for p in _checkpoints(output_dir) if _step_of(p) < state["step"]]
-        for old in earlier[: max(0, len(earlier) - (keep - 1))]:
+        for old in earlier[: max(0, len(earlier) - (keep - 1))] if keep >= 1 else []:  # keep < 1: keep all
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
