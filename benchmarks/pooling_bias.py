@@ -150,7 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "num_negatives": (3, 7, 3),
         "batch_size": (8, 16, 16),
         "steps": (6, 800, 1500),
-        "learning_rate": (2e-5, 1e-4, 2e-5),
+        "learning_rate": (2e-5, 5e-5, 2e-5),
         "max_train_queries": (300, None, None),
         "dev_max_queries": (None, None, 100),
         "training_mode": ("query_side", "query_side", "full"),
@@ -177,7 +177,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def training_settings(args: argparse.Namespace) -> dict:
     """Everything that must be equal for two saved results to be comparable (the fingerprint)."""
     return {
-        "collection": str(args.collection),
+        "collection": collection_label(args.collection),
         "encoder": args.encoder,
         "num_layers": args.num_layers,
         "max_length": args.max_length,
@@ -197,6 +197,15 @@ def training_settings(args: argparse.Namespace) -> dict:
         "freeze_embeddings": args.freeze_embeddings,
         "eval_steps": args.eval_steps,
     }
+
+
+def collection_label(collection: str) -> str:
+    """The shared collections by name (`nfcorpus`), so that saved results match on any clone; other paths as given."""
+    path = Path(collection).expanduser()
+    shared = shared_dir() / "data" / "ir"
+    if path.is_dir() and path.resolve().parent == shared.resolve():
+        return path.name
+    return str(collection)
 
 
 def fingerprint(settings: Mapping) -> str:
