@@ -435,7 +435,7 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
 
     method, negatives = SYSTEM_SPECS[system]
     if negatives == "strong":
-        run_path, window = Path(source["run_file"]), source["window"]
+        run_path, window = args.out / source["run_file"], source["window"]  # relative to the results folder
     else:
         run_path, window = ctx.runs[negatives], BM25_WINDOW
     settings = training_settings(args)
@@ -607,6 +607,18 @@ def source_row(ctx: Context, name: str, run: Mapping, window: int, seed: int = 0
     }
 
 
+STRONG_RUN = "data/strong_source.train.run"  # TREC format; not *.trec, which stays git-ignored
+
+
+def save_strong_run(ctx: Context, run: Mapping, window: int) -> str:
+    """Write the strong source's top-`window` of every train query; returns its path relative to the results."""
+    from rankface.retrieval.trec import write_run
+
+    write_run(ctx.args.out / STRONG_RUN, {q: top(run.get(q), window) for q in ctx.all_train_qids if run.get(q)},
+              tag="strong")
+    return STRONG_RUN
+
+
 def build_strong_source(ctx: Context, store: Store) -> dict:
     """Measure the candidates, choose the `strong` source (criteria above), save the table and the run."""
     from rankface.data.mining import fuse_runs
@@ -666,6 +678,9 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
                    "criteria_met": chosen.get("meets_criteria", False), "why": why},
         "retriever": {"system": "plain/bm25-neg", "seed": 0, "test_ndcg10": retriever["test"]["aggregate"]["nDCG@10"]},
     }
+    # The chosen run, cut to its window, is kept beside the results (and committed): a later session on another
+    # machine trains the strong-negative systems from it without retraining the retriever.
+    result["chosen"]["run_file"] = save_strong_run(ctx, runs[chosen["source"]], chosen["window"][1])
     write_json(path, result)
     log(f"strong source: {chosen['source']} ranks 1-{chosen['window'][1]} ({why})")
     shutil.rmtree(ctx.args.out / "models" / "plain__bm25-neg__seed0", ignore_errors=True)
