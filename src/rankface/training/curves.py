@@ -54,7 +54,7 @@ def plot_learning_curve(
     right.set(xlabel="optimizer step", ylabel="training loss", title=f"training loss (moving average of {smooth})")
     for axis in (left, right):
         axis.grid(alpha=0.3)
-        if len(runs) > 1:
+        if len(runs) > 1 and axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
     if title:
         fig.suptitle(title)
