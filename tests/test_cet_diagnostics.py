@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from tiny_models import save_tiny_tokenizer, tiny_bert_config
+from transformers import BertModel
 
 from rankface.data.ir import TrainingGroup
 from rankface.evaluation.cet_diagnostics import (
@@ -92,13 +93,9 @@ def test_written_atomically_as_json_and_markdown(negatives, tmp_path):
 def test_score_negatives_with_a_tiny_pair(tmp_path, selection):
     from rankface.models.cet import CETModel
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     torch.manual_seed(0)
-    BertModel(
-        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=99)
-    ).save_pretrained(tmp_path / "enc")
-    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "enc")
+    BertModel(tiny_bert_config()).save_pretrained(tmp_path / "enc")
+    save_tiny_tokenizer(tmp_path / "enc")
     model = CETModel.from_encoders(tmp_path / "enc", selection=selection, max_length=16)
     queries = {"q1": "a b", "q2": "c"}
     docs = {"d1": "a", "d2": "b c", "d3": "x y z"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel, BertTokenizerFast
+from numerics import ACROSS_PATHS
+from tiny_models import save_tiny_tokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, BertModel
 
 import rankface.models.auto  # noqa: F401  (registers rankface-cet)
 from rankface.models.cet import CETConfig, CETModel, RankFeatureSelector, rank_table
@@ -50,14 +52,9 @@ def _tiny_bert(**extra) -> BertConfig:
 def encoder_dir(tmp_path_factory):
     """A tiny random BERT encoder + word-piece tokenizer saved like a plain pretrained checkpoint."""
     path = tmp_path_factory.mktemp("tiny_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab += [f"##{chr(c)}" for c in range(ord("a"), ord("a") + 99 - len(vocab))]
-    assert len(vocab) == 99
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    save_tiny_tokenizer(path, WORDS)
     torch.manual_seed(0)
     BertModel(_tiny_bert()).save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path
 
 
@@ -71,10 +68,13 @@ def test_pair_round_trip_through_auto_model(encoder_dir, tmp_path, selection):
     before, after = model.state_dict(), loaded.state_dict()
     assert before.keys() == after.keys()
     for key in before:
-        assert torch.equal(before[key], after[key]), key
-    np.testing.assert_array_equal(
-        model.relevance_scorer().predict(PAIRS, precision="fp32"),
+        assert torch.equal(before[key], after[key]), key  # saved and loaded tensors: bit for bit
+    # The same weights at another offset in memory (the safetensors buffer) sum in another order in MKL: the
+    # scores agree to float noise, not bit for bit (tests/numerics.py).
+    np.testing.assert_allclose(
         loaded.relevance_scorer().predict(PAIRS, precision="fp32"),
+        model.relevance_scorer().predict(PAIRS, precision="fp32"),
+        **ACROSS_PATHS,
     )
     if selection == "mlp":
         assert loaded.selection_tokenizer is None

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from numerics import ACROSS_PATHS
 from PIL import Image
 
 import rankface.models.auto  # noqa: F401  (registers the rankface model types)
@@ -96,7 +97,8 @@ def test_auto_round_trip(factory, tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(loaded(x).embedding, model(x).embedding, rtol=0, atol=0)
+    # Same weights, other offsets in memory after loading: float noise, not bit for bit (tests/numerics.py).
+    torch.testing.assert_close(loaded(x).embedding, model(x).embedding, **ACROSS_PATHS)
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(processor, FaceImageProcessor)
     assert (processor.size, processor.color_order, processor.image_mean, processor.image_std) == (
