@@ -2,9 +2,11 @@
 
 MobileFaceNet (rankface's class, the pretrained layout, random init: the cost does not depend on the weights),
 batch 256 at 112x112, a normalised classifier over `--num-classes` identities, SGD with momentum. One training step
-= forward, loss, backward, optimizer step, on synthetic faces and labels made with a fixed seed. The systems
-alternate step by step inside one process, so the noise of a shared machine falls on both alike; the figure is the
-ratio of median step times.
+= forward, loss, backward, optimizer step, on synthetic faces and labels made with a fixed seed. The systems run
+round by round inside one process: each round steps every system twice, in a palindromic order (`A B C C B A`,
+rotated every round), and the figure is the median over rounds of each round's ratio to `arcface`, with the
+spread. Load from other processes that changes between rounds cancels within each round's ratio, load that drifts
+steadily within a round falls on all systems alike, and the median ignores the rounds a burst hit unevenly.
 
 - `arcface`: `MarginLoss(ArcFace())` on the classifier's cosines.
 - `arcface+unpg`: `UNPGLoss(ArcFace())`: the same plus in-batch negative pairs (box-and-whisker filtered).
@@ -12,11 +14,12 @@ ratio of median step times.
   perceptibility attention) with ArcFace, one no-grad forward of the unrecognizable images for the UI-centre
   update, then the total objective (margin + RI regression + index diversion + attention, warm-up off).
 
-    python benchmarks/face_step_cost.py --quick    # batch 64, 1 warm-up + 3 timed steps per system (CPU smoke)
-    python benchmarks/face_step_cost.py            # batch 256, 5 warm-up + 30 timed steps per system (GPU-sized)
+    python benchmarks/face_step_cost.py --quick    # batch 64, 1 warm-up + 8 timed rounds (16 steps per system)
+    python benchmarks/face_step_cost.py            # batch 256, 2 warm-up + 15 timed rounds (30 steps per system)
 
-Results are saved under benchmarks/results/face_step_cost/ (one JSON per mode, device, precision and batch) so a
-rerun prints them without recomputing (`--force` recomputes).
+Results are saved under benchmarks/results/face_step_cost/<mode>/ (one JSON per device, precision, batch and CPU
+class) so a rerun prints them without recomputing (`--force` recomputes); every computed run is also appended to
+`history.jsonl` there, so repeated runs can be compared.
 """
 
 from __future__ import annotations
@@ -29,23 +32,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import class_tag, cpu_class, format_spread, print_cpu_class, ratio_stats, round_orders
 
 from rankface.models.mobilefacenet import MobileFaceNetConfig, MobileFaceNetModel
-from rankface.utils.io import write_json
+from rankface.utils.io import atomic_write, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "face_step_cost"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer timed steps (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="batch 64 and 8 timed rounds (CPU-sized)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per step (protocol: 256; quick mode: 64, a CPU-sized smoke run)")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier rows (identities)")
     parser.add_argument("--images-per-identity", type=int, default=4,
                         help="images of each label in a batch: UNPG's negatives are the different-label pairs")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per system (quick 1, full 5)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per system (quick 3, full 30)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (quick 1, full 2)")
+    parser.add_argument("--rounds", "--steps", dest="steps", type=int, default=None,
+                        help="timed rounds, two steps of each system per round (quick 8, full 15)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                         help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
@@ -54,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="recompute even when a saved result exists")
     args = parser.parse_args(argv)
     args.batch_size = args.batch_size or (64 if args.quick else 256)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
-    args.steps = args.steps if args.steps is not None else (3 if args.quick else 30)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.steps = args.steps if args.steps is not None else (8 if args.quick else 15)
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.batch_size % args.images_per_identity:
         parser.error("--batch-size must be a multiple of --images-per-identity")
@@ -147,51 +152,79 @@ def run(args: argparse.Namespace) -> dict:
     labels = ids.repeat_interleave(args.images_per_identity).to(device)
     systems: dict[str, Callable] = {name: make_system(name, args, device) for name in ("arcface", "arcface+unpg")}
     systems["ri"] = ri_system(args, device)
-    times: dict[str, list[float]] = {name: [] for name in systems}
+    times: dict[str, list[float]] = {name: [] for name in systems}  # every timed step
+    round_times: dict[str, list[float]] = {name: [] for name in systems}  # per round: the sum of its two steps
     losses: dict[str, float] = {}
-    for i in range(args.warmup + args.steps):
-        for name, step in systems.items():  # alternate systems step by step: shared noise hits all alike
+    for i, order in enumerate(round_orders(list(systems), args.warmup + args.steps, palindrome=True)):
+        spent = dict.fromkeys(systems, 0.0)
+        for name in order:
             _synchronize(device)
             start = time.perf_counter()
-            losses[name] = step(pixel_values, labels)
+            losses[name] = systems[name](pixel_values, labels)
             _synchronize(device)
+            spent[name] += time.perf_counter() - start
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-        print(f"step {i + 1}/{args.warmup + args.steps}: " + ", ".join(
-            f"{n} {times[n][-1]:.3f}s" if times[n] else f"{n} warm-up" for n in systems), flush=True)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+        if i >= args.warmup:
+            for name in systems:
+                round_times[name].append(spent[name])
+        print(f"round {i + 1}/{args.warmup + args.steps}{' (warm-up)' if i < args.warmup else ''}: " + ", ".join(
+            f"{n} {spent[n]:.3f}s" for n in systems) + f"; unpg/arcface {spent['arcface+unpg'] / spent['arcface']:.3f}",
+            flush=True)
+    ratios = {name: ratio_stats(round_times[name], round_times["arcface"]) for name in ("arcface+unpg", "ri")}
     return {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "precision": args.precision, "batch_size": args.batch_size,
-        "num_classes": args.num_classes, "warmup": args.warmup, "steps": args.steps,
-        "median_step_s": medians, "step_times_s": times, "final_loss": losses,
-        "unpg_ratio": medians["arcface+unpg"] / medians["arcface"],
-        "ri_ratio": medians["ri"] / medians["arcface"],
+        "cpu": cpu_class(), "threads": torch.get_num_threads(), "precision": args.precision,
+        "batch_size": args.batch_size, "num_classes": args.num_classes, "warmup": args.warmup, "steps": args.steps,
+        "median_step_s": {name: statistics.median(t) for name, t in times.items()}, "step_times_s": times,
+        "round_times_s": round_times, "final_loss": losses, "round_ratios": ratios,
+        "unpg_ratio": ratios["arcface+unpg"]["median"], "ri_ratio": ratios["ri"]["median"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
-    path = RESULTS / f"{mode}_{args.device.replace(':', '')}_{args.precision}_b{args.batch_size}.json"
+    cpu = print_cpu_class()
+    tag = class_tag(cpu) if not args.device.startswith("cuda") else "gpu"
+    folder = RESULTS / mode
+    path = folder / f"{args.device.replace(':', '')}_{args.precision}_b{args.batch_size}_{tag}.json"
     if path.is_file() and not args.force:
         result = json.loads(path.read_text())
         print(f"(saved result {path}; --force recomputes)")
     else:
         result = run(args)
         write_json(path, result)
+        append_history(folder / "history.jsonl", result, mode)
     print()
-    print(f"F3 face step cost: MobileFaceNet, batch {result['batch_size']} at 112x112, {result['precision']}, "
-          f"{result['device_name']}, {result['threads']} threads, median of {result['steps']} steps")
+    print(f"F3 face step cost ({mode}): MobileFaceNet, batch {result['batch_size']} at 112x112, "
+          f"{result['precision']}, {result['device_name']}, {result['threads']} threads, CPU class "
+          f"{result['cpu']['class']}{' (emulated)' if result['cpu']['emulated'] else ''}; {result['steps']} "
+          f"interleaved rounds (after {result['warmup']} warm-up): median of the per-round ratios to arcface")
     print()
-    print("| system | median step (s) | ratio to arcface |")
-    print("|---|---|---|")
-    base = result["median_step_s"]["arcface"]
+    print("| system | median step (s) | ratio to arcface: median of rounds | IQR | min-max |")
+    print("|---|---:|---:|---:|---:|")
     for name, t in result["median_step_s"].items():
-        print(f"| {name} | {t:.4f} | {t / base:.3f} |")
-    ri = "nan" if result.get("ri_ratio") is None else f"{result['ri_ratio']:.3f}"
-    print(f"RESULT unpg_ratio={result['unpg_ratio']:.3f} ri_ratio={ri} mode={mode}")
+        r = result["round_ratios"].get(name)
+        spread = (f"{r['median']:.3f} | {r['q1']:.3f}-{r['q3']:.3f} | {r['min']:.3f}-{r['max']:.3f}" if r
+                  else "1 | - | -")
+        print(f"| {name} | {t:.4f} | {spread} |")
+    print(f"\nunpg ratio {format_spread(result['round_ratios']['arcface+unpg'])}")
+    print(f"RESULT unpg_ratio={result['unpg_ratio']:.3f} ri_ratio={result['ri_ratio']:.3f} mode={mode}")
     return 0
+
+
+def append_history(path: Path, result: dict, mode: str) -> None:
+    """Add one line per computed run (time, CPU class, ratios) to `path`, rewriting it atomically."""
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": mode, "cpu_class": result["cpu"]["class"],
+            "emulated": result["cpu"]["emulated"], "threads": result["threads"], "batch_size": result["batch_size"],
+            "unpg": {k: v for k, v in result["round_ratios"]["arcface+unpg"].items() if k != "ratios"},
+            "ri": {k: v for k, v in result["round_ratios"]["ri"].items() if k != "ratios"}}
+    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+    with atomic_write(path) as handle:
+        handle.write(previous + json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":

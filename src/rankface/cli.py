@@ -38,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _encoder_arguments(p)
     p.add_argument("--first-stage-run", help="rerank this TREC run instead of searching the index")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32", "int8"), default="auto",
+                   help="auto: bf16 where the CPU/GPU runs it natively, else fp32 (see `rankface env`); int8: "
+                        "dynamic int8 quantization, CPU only")
     p.add_argument("--output", required=True, help="TREC run to write")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_rerank)
@@ -67,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = commands.add_parser("convert-mobilefacenet", help="Convert a MobileFaceNet state_dict to a rankface model.",
                             add_help=False)
     p.set_defaults(handler=_convert_mobilefacenet)
+
+    p = commands.add_parser("env", help="Show what decides speed here: CPU class and flags, threads, torch/oneDNN, "
+                                        "the precision auto picks.")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(handler=_env)
 
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("train", "pool-labels", "convert-mobilefacenet"):
@@ -227,6 +234,12 @@ def _convert_mobilefacenet(_args, rest) -> int:
     from rankface.models.mobilefacenet.convert import main as convert_main
 
     return convert_main(rest)
+
+
+def _env(args, _rest) -> int:
+    from rankface.env import main as env_main
+
+    return env_main(["--json"] if args.json else [])
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from rankface.models._text import (
+    QuantizedCopy,
     autocast,
     expected_weight_changes,
     length_sorted_batches,
@@ -74,6 +75,7 @@ class BiEncoder(nn.Module):
         self.scale = scale
         self.document_cache = None  # DocumentEmbeddings of a frozen document tower, see use_document_cache
         self._cache_on_device: torch.Tensor | None = None
+        self._int8 = {"query": QuantizedCopy(), "document": QuantizedCopy()}  # precision="int8" copies per tower
 
     @property
     def document_model(self) -> PreTrainedModel:
@@ -178,9 +180,11 @@ class BiEncoder(nn.Module):
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ embeddings
-    def embed(self, features: Mapping[str, torch.Tensor], tower: str = "query") -> torch.Tensor:
-        """Unit-length mean-pooled embeddings `[N, H]` of a tokenized batch, by the `query` or `document` tower."""
-        model = self.model if tower == "query" else self.document_model
+    def embed(self, features: Mapping[str, torch.Tensor], tower: str = "query",
+              model: nn.Module | None = None) -> torch.Tensor:
+        """Unit-length mean-pooled embeddings `[N, H]` of a tokenized batch, by the `query` or `document` tower
+        (or by `model`, e.g. an int8 copy of that tower)."""
+        model = model if model is not None else self.model if tower == "query" else self.document_model
         hidden = model(**features).last_hidden_state
         mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -223,6 +227,7 @@ class BiEncoder(nn.Module):
         model.eval()
         device = self.device
         precision = resolve_precision(precision, device)
+        quantized = self._int8[tower].get(model) if precision == "int8" else None
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         out = np.empty((len(texts), hidden), dtype=np.float32)
@@ -231,7 +236,7 @@ class BiEncoder(nn.Module):
         for index in tqdm(batches, desc="Encoding", disable=not show, unit="batch"):
             batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
             with autocast(device, precision):
-                out[index] = self.embed({k: v.to(device) for k, v in batch.items()}, tower).cpu().numpy()
+                out[index] = self.embed({k: v.to(device) for k, v in batch.items()}, tower, quantized).cpu().numpy()
         model.train(was_training)
         return out
 

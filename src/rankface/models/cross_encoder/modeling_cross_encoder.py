@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from rankface.errors import UserError
 from rankface.models._text import (
     LowPrecisionCopy,
+    QuantizedCopy,
     expected_weight_changes,
     length_sorted_batches,
     read_settings,
@@ -57,6 +58,7 @@ class CrossEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._bf16 = LowPrecisionCopy()
+        self._int8 = QuantizedCopy()
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -156,7 +158,8 @@ class CrossEncoder(nn.Module):
         """Relevance scores (raw logits) for `(query, document)` pairs, `float32 [N]`, in input order.
 
         Pairs are tokenized once, sorted by length and padded per batch, so short pairs do not pay for long
-        ones. `precision="auto"` uses bf16 autocast where the hardware supports it natively, else fp32.
+        ones. `precision="auto"` runs bf16 weights where the hardware supports bf16 natively, else fp32 (see
+        `rankface.models._text.resolve_precision`); `"int8"` runs a dynamically int8-quantized copy (CPU only).
         """
         if len(pairs) == 0:
             return np.zeros(0, dtype=np.float32)
@@ -165,8 +168,12 @@ class CrossEncoder(nn.Module):
                 raise TypeError(f"pairs[{i}] must be a (query, document) tuple of two strings, got {pair!r}")
         device = self.device
         precision = resolve_precision(precision, device)
-        # bf16 runs on a cached bf16 copy of the weights; fp32 on the model itself, in eval mode.
-        model = self._bf16.get(self.model) if precision == "bf16" else self.model
+        # bf16 and int8 run on cached low-precision copies of the weights; fp32 on the model itself, in eval mode.
+        model = self.model
+        if precision == "bf16":
+            model = self._bf16.get(self.model)
+        elif precision == "int8":
+            model = self._int8.get(self.model)
         was_training = self.model.training
         self.model.eval()
         encoded = self._tokenize([p[0] for p in pairs], [p[1] for p in pairs], padding=False)
