@@ -9,16 +9,20 @@ qrels, BM25 top-50 negatives) and the same optimizer settings, timed per optimiz
   4 forwards + 2 backwards (two models);
 - `cet/train_logits`: weights from the detached training logits: 2 forwards + 2 backwards.
 
-The three systems are interleaved step by step (round robin) so that load from other processes on this shared
-machine hits them alike; the median over the timed steps is reported, with the ratios to plain.
+The three systems run round by round: each round steps every system twice on the round's two batches, in a
+palindromic order (`A B C C B A`, rotated every round), and each ratio to plain is the median over rounds of the
+round's ratio, printed with its spread. Load from other processes on this shared machine that changes between rounds
+cancels within each round's ratio, load that drifts steadily within a round falls on all systems alike, and the
+median ignores the rounds a burst hit unevenly.
 
-    python benchmarks/cet_step_cost.py --quick      # 2 layers, length 128, 4 queries x (1 + 3) docs, 6 timed steps
-    python benchmarks/cet_step_cost.py              # 6 layers, length 192, 4 queries x (1 + 7) docs, 20 timed steps
+    python benchmarks/cet_step_cost.py --quick      # 2 layers, length 128, 4 queries x (1 + 3) docs, 8 timed rounds
+    python benchmarks/cet_step_cost.py              # 6 layers, length 192, 4 queries x (1 + 7) docs, 10 timed rounds
 
 R1 quality of both CET modes comes from the R1 benchmark: by default its saved R1-bi seed-0 results
 (`cet/strong-neg` = eval_forward, `cet-tl/strong-neg` = train_logits, test nDCG@10) when present, or
 `--r1-results FILE` (JSON `{"eval_forward": nDCG@10, "train_logits": nDCG@10}`). Results are saved under
-benchmarks/results/cet_step_cost/ keyed by the settings, so a rerun prints them without retiming (`--force` retimes).
+benchmarks/results/cet_step_cost/<mode>/ keyed by the settings and the CPU class, so a rerun prints them without
+retiming (`--force` retimes).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _common import class_tag, cpu_class, print_cpu_class, ratio_stats, round_orders
 
 from rankface.paths import shared_dir
 from rankface.utils.io import write_json
@@ -47,7 +52,7 @@ SYSTEMS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 layers, length 128, K=3, 6 timed steps")
+    parser.add_argument("--quick", action="store_true", help="2 layers, length 128, K=3, 8 timed rounds")
     parser.add_argument(
         "--collection",
         default=str(shared_dir() / "data" / "ir" / "nfcorpus"),
@@ -58,15 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=None, help="tokens per pair (quick 128, full 192)")
     parser.add_argument("--batch-size", type=int, default=4, help="queries per step")
     parser.add_argument("--num-negatives", type=int, default=None, help="K (quick 3, full 7)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per system (quick 6, full 20)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per system first")
+    parser.add_argument("--rounds", "--steps", dest="steps", type=int, default=None,
+                        help="timed rounds, two steps of each system per round (quick 8, full 10)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's current)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--r1-results", default=None, help="JSON {mode: nDCG@10} of the R1 CET runs, for the table")
     parser.add_argument("--force", action="store_true", help="retime even when a saved result exists")
     args = parser.parse_args(argv)
-    defaults = {"num_layers": (2, None), "max_length": (128, 192), "num_negatives": (3, 7), "steps": (6, 20)}
+    defaults = {"num_layers": (2, None), "max_length": (128, 192), "num_negatives": (3, 7), "steps": (8, 10)}
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -76,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def training_arguments(args: argparse.Namespace, cache_dir: str = "~/.cache/rankface"):
     from rankface.training.arguments import RerankerTrainingArguments
 
-    needed = args.batch_size * (args.warmup + args.steps)
+    needed = args.batch_size * 2 * (args.warmup + args.steps)  # two batches per round
     return RerankerTrainingArguments(
         collection=args.collection,
         eval_split=None,
@@ -110,7 +116,7 @@ def time_systems(args: argparse.Namespace) -> dict:
 
     base = training_arguments(args)
     data = prepare_training_data(base)
-    total = args.warmup + args.steps
+    total = 2 * (args.warmup + args.steps)  # optimizer steps per system: two per round
     if len(data.groups) < args.batch_size * total:
         raise SystemExit(f"only {len(data.groups)} training groups for {total} steps of {args.batch_size} queries")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
@@ -140,8 +146,13 @@ def time_systems(args: argparse.Namespace) -> dict:
 
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
     losses = {name: [] for name in runs}
-    for i, features in enumerate(batches):
-        for name, run in runs.items():  # round robin: the same moment's machine load for every system
+    round_times = {name: [] for name in runs}  # per round: the sum of its two steps
+    for r, order in enumerate(round_orders(list(runs), args.warmup + args.steps, palindrome=True)):
+        spent = dict.fromkeys(runs, 0.0)
+        done = dict.fromkeys(runs, 0)
+        for name in order:  # A B C C B A: each system's 1st step on the round's 1st batch, its 2nd on the 2nd
+            run, features = runs[name], batches[2 * r + done[name]]
+            done[name] += 1
             sync()
             start = time.perf_counter()
             logged = run["step"](run["learners"], features)
@@ -151,12 +162,18 @@ def time_systems(args: argparse.Namespace) -> dict:
                 learner.optimizer.zero_grad(set_to_none=True)
                 learner.scheduler.step()
             sync()
-            if i >= args.warmup:
-                run["times"].append(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            spent[name] += seconds
+            if r >= args.warmup:
+                run["times"].append(seconds)
             losses[name].append(logged["loss"])
+        if r >= args.warmup:
+            for name in runs:
+                round_times[name].append(spent[name])
     pairs = args.batch_size * (1 + args.num_negatives)
     return {
         "times": {name: run["times"] for name, run in runs.items()},
+        "round_times": round_times,
         "losses": losses,
         "pairs_per_step": pairs,
         "device": str(accelerator.device),
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
+    cpu = print_cpu_class()
     key_fields = [
         "collection",
         "encoder",
@@ -187,37 +205,43 @@ def main(argv: list[str] | None = None) -> None:
         "mixed_precision",
         "seed",
     ]
-    key = json.dumps({k: getattr(args, k) for k in key_fields}, sort_keys=True)
+    settings = {k: getattr(args, k) for k in key_fields}
+    settings["collection"] = Path(settings["collection"]).name  # the shared collection by name, not by path
+    key = json.dumps({**settings, "threads": torch.get_num_threads()}, sort_keys=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = RESULTS / f"{mode}-{device}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
+    tag = class_tag(cpu) if device == "cpu" else "gpu"
+    path = RESULTS / mode / f"{device}-{hashlib.sha1(key.encode()).hexdigest()[:10]}-{tag}.json"
     if path.is_file() and not args.force:
         result = json.loads(path.read_text())
         print(f"(saved result {path}; --force retimes)")
     else:
-        result = {"settings": json.loads(key), "mode": mode, "machine": platform.node(), **time_systems(args)}
+        result = {"settings": settings, "mode": mode, "machine": platform.node(), "cpu": cpu_class(),
+                  **time_systems(args)}
+        result["round_ratios"] = {name: ratio_stats(result["round_times"][name], result["round_times"]["plain"])
+                                  for name in SYSTEMS if name != "plain"}
         write_json(path, result)
 
     medians = {name: statistics.median(ts) for name, ts in result["times"].items()}
-    ratios = {name: medians[name] / medians["plain"] for name in medians}
+    ratios = {"plain": 1.0, **{name: r["median"] for name, r in result["round_ratios"].items()}}
     r1 = json.loads(Path(args.r1_results).read_text()) if args.r1_results else saved_r1_quality()
     s = result["settings"]
     print(
         f"\nR3 CET step cost ({mode}): {s['encoder']}-encoder MiniLM, layers={s['num_layers'] or 6}, "
         f"length {s['max_length']}, {s['batch_size']} queries x (1 + {s['num_negatives']}) docs, "
-        f"precision {s['mixed_precision']}, {len(result['times']['plain'])} timed steps per system (after "
-        f"{s['warmup']} warm-up), interleaved; device {result['device']}, {result['threads']} threads\n"
+        f"precision {s['mixed_precision']}, {len(result['round_times']['plain'])} interleaved rounds of 2 steps per "
+        f"system (after {s['warmup']} warm-up); device {result['device']}, {result['threads']} threads, CPU class "
+        f"{result['cpu']['class']}{' (emulated)' if result['cpu']['emulated'] else ''}\n"
     )
-    # The min-to-min ratio is shown beside the median one: on a loaded machine the fastest step is the least disturbed.
-    mins = {name: min(ts) for name, ts in result["times"].items()}
-    print("| system | passes per step | median step (s) | min | max | ratio to plain | ratio of mins | R1 nDCG@10 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, times in result["times"].items():
+    print("| system | passes per step | median step (s) | ratio to plain: median of rounds | IQR | min-max | "
+          "R1 nDCG@10 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in result["times"]:
         mode_key = name.split("/", 1)[-1]
         quality = f"{r1[mode_key]:.4f}" if mode_key in r1 else ("-" if name == "plain" else "see R1")
-        print(
-            f"| {name} | {SYSTEMS[name]['passes']} | {medians[name]:.3f} | {min(times):.3f} | {max(times):.3f} | "
-            f"{ratios[name]:.2f} | {mins[name] / mins['plain']:.2f} | {quality} |"
-        )
+        r = result["round_ratios"].get(name)
+        spread = f"{r['q1']:.2f}-{r['q3']:.2f} | {r['min']:.2f}-{r['max']:.2f}" if r else "- | -"
+        print(f"| {name} | {SYSTEMS[name]['passes']} | {medians[name]:.3f} | {ratios[name]:.2f} | {spread} | "
+              f"{quality} |")
     print(
         f"\nRESULT ratio_eval_forward={ratios['cet/eval_forward']:.3f} "
         f"ratio_train_logits={ratios['cet/train_logits']:.3f} mode={mode}"

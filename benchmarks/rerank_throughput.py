@@ -5,21 +5,36 @@ one process with one thread count, by:
 
 - `st-fp32`: `sentence_transformers.CrossEncoder(folder).predict` (its defaults: fp32, raw logits requested);
 - `rankface-fp32`: `rankface CrossEncoder.predict(precision="fp32")`;
-- `rankface-bf16`: `precision="bf16"` (a cached bf16 copy of the weights);
-- `rankface-default`: `precision="auto"` (bf16 where the CPU/GPU runs it natively, else fp32; not scored again when
-  it resolves to one of the two above).
+- `rankface-bf16`: `precision="bf16"` (a cached bf16 copy of the weights). On a CPU without native bf16 it is
+  emulated and about 5-50x slower, so it is timed on a strided sample of `--bf16-sample` pairs only (no nDCG);
+- `rankface-int8`: `precision="int8"` (dynamic int8 quantization of the linear layers, FBGEMM kernels);
+- `rankface-default`: `precision="auto"`, which is one of the three above on this CPU (not scored again).
+
+The systems are interleaved: the pairs are dealt into `--rounds` strided chunks of the same length mix, and each
+round scores its chunk with every system (order rotated each round). A system's pairs/s is over all its rounds; its
+speed-up over sentence-transformers is the median of the per-round ratios, printed with their spread, so load from
+other processes that changes during the run falls on every system alike.
 
 The checkpoint is the MiniLM weights with a new one-logit head, saved once by rankface with a fixed seed and loaded
-from that folder by both libraries, so both score with identical weights. Reported: pairs/s, speedups over
-sentence-transformers, max |score difference| in fp32, nDCG@10 of each reranking (and of BM25), the matmul peak
-(2048^2, bf16 and fp32, same threads) and the share of it achieved, counting the model's matmul FLOPs over the real
-padded batches that rankface ran.
+from that folder by both libraries, so both score with identical weights (`--model` scores a trained reranker
+instead: use one to judge int8's nDCG@10, since a random head's scores differ by less than int8's rounding).
+Reported: pairs/s, speed-ups, max |score difference| in fp32, nDCG@10 of each reranking (and of BM25), and the
+share of the matmul peak reached. The peak of each precision is the best GFLOP/s over several sizes (square, and
+the model's own linear shapes) and repeats, with the same threads, measured before and after the systems; the
+model's FLOPs are counted over the real padded batches rankface ran. A share above 1 means the peak was no peak:
+the script says so and exits with status 1.
 
     python benchmarks/rerank_throughput.py --quick     # 2,000 pairs (the first test queries, BM25 top-100)
     python benchmarks/rerank_throughput.py             # all 32,500 test pairs
 
-Scores and timings per system are saved under benchmarks/results/rerank_throughput/ so a rerun skips what is done
-(`--force` recomputes).
+The CPU class is printed and keys the results: run under instruction-set caps to measure the AVX2 class on an
+AVX-512 machine (marked `emulated`), e.g.
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \\
+        python benchmarks/rerank_throughput.py --quick
+
+Scores, timings and the summary are saved under benchmarks/results/rerank_throughput/<mode>/ so a rerun prints them
+without recomputing (`--force` recomputes); the checkpoint goes to its git-ignored models/ folder.
 """
 
 from __future__ import annotations
@@ -27,17 +42,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import class_tag, format_spread, print_cpu_class, ratio_stats, round_orders
 
 from rankface.paths import minilm_path, shared_dir
-from rankface.utils.io import atomic_write, write_json
+from rankface.utils.io import write_json
 from rankface.utils.ties import ranked
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank_throughput"
+SYSTEMS = ("st-fp32", "rankface-fp32", "rankface-bf16", "rankface-int8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,10 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the new scoring head")
     parser.add_argument("--model", default=None,
                         help="a trained reranker folder to use instead of the MiniLM weights with a seeded new head")
-    parser.add_argument("--force", action="store_true", help="recompute systems already saved")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
+                        help="systems to run (st-fp32 is always run: it is the reference)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (quick 5, full 10)")
+    parser.add_argument("--bf16-sample", type=int, default=64,
+                        help="pairs bf16 is timed on where the CPU has no native bf16 (0: all pairs)")
+    parser.add_argument("--force", action="store_true", help="recompute a run already saved")
     args = parser.parse_args(argv)
     if args.quick and args.max_pairs is None:
         args.max_pairs = 2000
+    args.rounds = args.rounds or (5 if args.quick else 10)
+    args.systems = ["st-fp32", *[s for s in SYSTEMS[1:] if s in args.systems]]
     return args
 
 
@@ -94,7 +120,7 @@ def make_checkpoint(args: argparse.Namespace) -> Path:
 
     if args.model:
         return Path(args.model)
-    folder = RESULTS / f"checkpoint-seed{args.seed}-len{args.max_length}"
+    folder = RESULTS / "models" / f"checkpoint-seed{args.seed}-len{args.max_length}"
     if not (folder / "config.json").is_file():
         torch.manual_seed(args.seed)
         # A fresh seeded head on purpose: this benchmark times scoring, the scores' quality does not matter.
@@ -103,17 +129,56 @@ def make_checkpoint(args: argparse.Namespace) -> Path:
     return folder
 
 
-# ------------------------------------------------------------------------------------------------ measurements
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best GFLOP/s of an n x n matmul over `repeats` timed runs (after one warm-up), current threads."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
+# ------------------------------------------------------------------------------------------------ the peak
+def peak_shapes(hidden: int, intermediate: int, tokens: int = 4096) -> list[tuple[int, int, int]]:
+    """`(m, k, n)` matmul shapes the peak is the best of: square sizes, and the model's own linear layers."""
+    square = [(n, n, n) for n in (512, 1024, 2048)]
+    return square + [(tokens, hidden, intermediate), (tokens, intermediate, hidden), (tokens, hidden, hidden)]
+
+
+def _matmul(precision: str, m: int, k: int, n: int):
+    """A closure running one `[m, k] x [k, n]` product in `precision` as the model's layers run it."""
+    a = torch.randn(m, k)
+    if precision == "int8":  # the int8 system's kernel: a dynamically quantized linear layer (FBGEMM)
+        from rankface.models._text import quantize_linear_layers
+
+        layer = quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(k, n, bias=False), torch.nn.Identity()))
+        return lambda: layer(a)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = a.to(dtype), torch.randn(k, n).to(dtype)
+    return lambda: torch.matmul(a, b)
+
+
+@torch.inference_mode()
+def matmul_peak(precision: str, shapes: list[tuple[int, int, int]], repeats: int = 5,
+                budget_s: float = 2.0) -> dict:
+    """Best GFLOP/s of `precision` over `shapes` x `repeats` timed runs (after a warm-up each), current threads.
+
+    A shape stops repeating after `budget_s` seconds, and larger shapes are skipped once one run takes over
+    `budget_s` (emulated bf16 runs at a few GFLOP/s: 2048^3 would take minutes).
+    """
+    best, at = 0.0, None
+    for m, k, n in sorted(shapes, key=lambda s: s[0] * s[1] * s[2]):
+        run = _matmul(precision, m, k, n)
         start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+        run()  # warm-up: allocation, kernel choice, oneDNN's primitive cache
+        if time.perf_counter() - start > budget_s:
+            break
+        spent = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+            spent += seconds
+            if 2 * m * k * n / seconds / 1e9 > best:
+                best, at = 2 * m * k * n / seconds / 1e9, [m, k, n]
+            if spent > budget_s:
+                break
+    return {"gflops": best, "shape": at}
+
+
+def measure_peaks(precisions: list[str], shapes: list[tuple[int, int, int]]) -> dict:
+    return {p: matmul_peak(p, shapes) for p in precisions}
 
 
 def padded_flops(model, lengths: list[int], batch_size: int) -> float:
@@ -138,46 +203,76 @@ def padded_flops(model, lengths: list[int], batch_size: int) -> float:
     return total
 
 
-def score(system: str, folder: Path, pairs: list[tuple[str, str]], args: argparse.Namespace) -> dict:
-    """Scores and wall time of one system over all pairs (after a warm-up batch), saved for later reruns."""
-    path = RESULTS / f"{run_key(args)}" / f"{system}.json"
-    if path.is_file() and not args.force:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        saved["scores"] = np.asarray(saved["scores"], dtype=np.float32)
-        saved["cached"] = True
-        return saved
-    if system == "st-fp32":
-        from sentence_transformers import CrossEncoder as STCrossEncoder
+def share_bugs(shares: dict[str, float | None]) -> list[str]:
+    """The systems whose share of the peak is above 1: the "peak" was then not the best the hardware does."""
+    return [name for name, share in shares.items() if share is not None and share > 1.0]
 
-        model = STCrossEncoder(str(folder), max_length=args.max_length, device="cpu")
-        identity = torch.nn.Identity()  # raw logits, as rankface returns (ST applies a sigmoid by default)
 
-        def predict(batch):
-            return model.predict(batch, batch_size=args.batch_size, show_progress_bar=False, activation_fn=identity)
-    else:
-        from rankface.models.cross_encoder import CrossEncoder
+# ------------------------------------------------------------------------------------------------ the systems
+def make_predictors(folder: Path, systems: list[str], args: argparse.Namespace) -> dict:
+    """`{system: predict(pairs) -> scores}`, each warmed up on one batch (first-call allocations, kernel choice)."""
+    from rankface.models.cross_encoder import CrossEncoder
 
-        model = CrossEncoder.from_pretrained(folder, max_length=args.max_length, device="cpu")
-        precision = system.split("-", 1)[1].replace("default", "auto")
+    predictors = {}
+    for system in systems:
+        if system == "st-fp32":
+            from sentence_transformers import CrossEncoder as STCrossEncoder
 
-        def predict(batch):
-            return model.predict(batch, batch_size=args.batch_size, show_progress_bar=False, precision=precision)
+            st = STCrossEncoder(str(folder), max_length=args.max_length, device="cpu")
+            identity = torch.nn.Identity()  # raw logits, as rankface returns (ST applies a sigmoid by default)
 
-    predict(pairs[: args.batch_size])  # warm-up: first-call allocations and oneDNN kernel selection
-    start = time.perf_counter()
-    scores = np.asarray(predict(pairs), dtype=np.float32)
-    seconds = time.perf_counter() - start
-    result = {"system": system, "seconds": seconds, "pairs": len(pairs), "threads": torch.get_num_threads(),
-              "scores": scores.tolist()}
-    write_json(path, result)
-    return {**result, "scores": scores, "cached": False}
+            def predict(batch, st=st, identity=identity):
+                return st.predict(batch, batch_size=args.batch_size, show_progress_bar=False, activation_fn=identity)
+        else:
+            model = CrossEncoder.from_pretrained(folder, max_length=args.max_length, device="cpu")
+            precision = system.split("-", 1)[1]
+
+            def predict(batch, model=model, precision=precision):
+                return model.predict(batch, batch_size=args.batch_size, show_progress_bar=False, precision=precision)
+        predictors[system] = predict
+    return predictors
+
+
+def deal(n: int, rounds: int) -> list[list[int]]:
+    """Pair indices dealt into `rounds` strided chunks (`i::rounds`): each chunk has the whole run's length mix."""
+    return [list(range(r, n, rounds)) for r in range(rounds)]
+
+
+def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Namespace, bf16_sample: int | None,
+                 ) -> dict:
+    """Interleaved scoring of every system; per system its scores (NaN where not scored) and per-round timings."""
+    predictors = make_predictors(folder, args.systems, args)
+    chunks = deal(len(pairs), args.rounds)
+    sampled = {}
+    if bf16_sample:  # bf16 without native support: a strided sample of about bf16_sample pairs, spread over rounds
+        per_round = max(1, bf16_sample // args.rounds)
+        sampled["rankface-bf16"] = [chunk[:: max(1, len(chunk) // per_round)][:per_round] for chunk in chunks]
+    for predict in predictors.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the slow-bf16 warning is printed once, below
+            predict(pairs[: args.batch_size])
+    scores = {name: np.full(len(pairs), np.nan, dtype=np.float32) for name in predictors}
+    rounds = {name: {"seconds": [], "pairs": [], "index": []} for name in predictors}
+    for r, order in enumerate(round_orders(list(predictors), args.rounds)):
+        for name in order:
+            index = sampled.get(name, chunks)[r]
+            start = time.perf_counter()
+            values = predictors[name]([pairs[i] for i in index])
+            seconds = time.perf_counter() - start
+            scores[name][index] = np.asarray(values, dtype=np.float32)
+            rounds[name]["seconds"].append(seconds)
+            rounds[name]["pairs"].append(len(index))
+            rounds[name]["index"].append(index)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {rounds[n]['pairs'][-1] / rounds[n]['seconds'][-1]:.1f} pairs/s" for n in predictors), flush=True)
+    return {"scores": scores, "rounds": rounds}
 
 
 def run_key(args: argparse.Namespace) -> str:
-    settings = [args.collection, args.split, args.depth, args.max_pairs, args.batch_size, args.max_length,
-                args.seed, torch.get_num_threads()] + ([str(Path(args.model).resolve())] if args.model else [])
-    mode = "quick" if args.quick else "full"
-    return f"{mode}-{hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]}"
+    settings = [Path(args.collection).name, args.split, args.depth, args.max_pairs, args.batch_size, args.max_length,
+                args.seed, torch.get_num_threads(), args.rounds, args.systems, args.bf16_sample,
+                ] + ([str(Path(args.model).resolve())] if args.model else [])
+    return hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
 
 
 def ndcg10(keys: list[tuple[str, str]], scores: np.ndarray, qrels: dict) -> float:
@@ -190,63 +285,130 @@ def ndcg10(keys: list[tuple[str, str]], scores: np.ndarray, qrels: dict) -> floa
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(args: argparse.Namespace, cpu: dict) -> dict:
+    """Everything R2 reports for one run: peaks before and after, the interleaved systems, FLOPs."""
+    from rankface.hardware import native_bf16
     from rankface.models._text import resolve_precision
+    from rankface.models.cross_encoder import CrossEncoder
 
     pairs, keys, qrels, bm25 = load_pairs(args)
     folder = make_checkpoint(args)
     default = resolve_precision("auto", torch.device("cpu"))
-    systems = ["st-fp32", "rankface-fp32", "rankface-bf16"]
-    results = {name: score(name, folder, pairs, args) for name in systems}
-    results["rankface-default"] = results[f"rankface-{default}"]  # "auto" is one of the two precisions
-
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    from rankface.models.cross_encoder import CrossEncoder
-
+    bf16_sample = args.bf16_sample if (not native_bf16() and args.bf16_sample) else None
     reranker = CrossEncoder.from_pretrained(folder, max_length=args.max_length, device="cpu")
+    config = reranker.model.config
+    shapes = peak_shapes(config.hidden_size, config.intermediate_size)
+    precisions = ["fp32", *[s.split("-")[1] for s in args.systems if s in ("rankface-bf16", "rankface-int8")]]
+    print("matmul peak (before) ...", flush=True)
+    before = measure_peaks(precisions, shapes)
+    timed = time_systems(folder, pairs, args, bf16_sample)
+    print("matmul peak (after) ...", flush=True)
+    after = measure_peaks(precisions, shapes)
     lengths = [len(ids) for ids in reranker._tokenize([p[0] for p in pairs], [p[1] for p in pairs])["input_ids"]]
-    flops = padded_flops(reranker.model, lengths, args.batch_size)
+    flops = {name: sum(padded_flops(reranker.model, [lengths[i] for i in index], args.batch_size)
+                       for index in r["index"]) for name, r in timed["rounds"].items()}
+    return {
+        "cpu": cpu, "threads": torch.get_num_threads(), "default_precision": default, "bf16_sample": bf16_sample,
+        "pairs": len(pairs), "queries": len(qrels), "mean_length": float(np.mean(lengths)),
+        "peak_before": before, "peak_after": after,
+        "peak": {p: max(before[p]["gflops"], after[p]["gflops"]) for p in precisions},
+        "flops": flops,
+        "rounds": {name: {k: v for k, v in r.items() if k != "index"} for name, r in timed["rounds"].items()},
+        "scores": {name: [None if np.isnan(v) else float(v) for v in s] for name, s in timed["scores"].items()},
+        "ndcg10": {name: ndcg10(keys, s, qrels) for name, s in timed["scores"].items() if not np.isnan(s).any()},
+        "bm25_ndcg10": ndcg10(keys, np.asarray([bm25[q][d] for q, d in keys]), qrels),
+    }
 
-    st = results["st-fp32"]
-    rows = []
-    for name in ["st-fp32", "rankface-fp32", "rankface-bf16"]:
-        r = results[name]
-        precision = name.split("-")[1]
-        rate = r["pairs"] / r["seconds"]
-        achieved = flops / r["seconds"] / 1e9 if name.startswith("rankface") else None
-        r.update(rate=rate, speedup=st["seconds"] / r["seconds"], ndcg=ndcg10(keys, r["scores"], qrels),
-                 max_diff=float(np.max(np.abs(r["scores"] - st["scores"]))),
-                 share=achieved / peak[precision] if achieved else None, achieved=achieved)
-        rows.append((name + (" (default)" if name == f"rankface-{default}" else "") + (" [cached]" if r["cached"]
-                     else ""), f"{rate:.1f}", f"{r['speedup']:.2f}x", f"{r['ndcg']:.4f}", f"{r['max_diff']:.2e}",
-                     f"{achieved:.1f}" if achieved else "-", f"{r['share']:.1%}" if achieved else "-"))
-    bm25_ndcg = ndcg10(keys, np.asarray([bm25[q][d] for q, d in keys]), qrels)
 
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cpu = print_cpu_class()
     mode = "quick" if args.quick else "full"
-    print(f"\nR2 rerank throughput ({mode}): {len(pairs)} pairs, {len(qrels)} queries of {args.split}, BM25 top-"
-          f"{args.depth}, batch {args.batch_size}, max_length {args.max_length}, {torch.get_num_threads()} threads; "
-          f"matmul peak 2048^2: fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f} GFLOP/s; model "
-          f"{flops / len(pairs) / 1e9:.2f} GFLOP/pair (padded, mean length {np.mean(lengths):.1f} tokens)\n")
-    header = ("system", "pairs/s", "vs ST", "nDCG@10", "max abs diff vs ST", "GFLOP/s", "share of peak")
-    table = [header, ("---",) * len(header), *rows, ("BM25 (first stage)", "-", "-", f"{bm25_ndcg:.4f}", "-", "-", "-")]
-    print("\n".join("| " + " | ".join(row) + " |" for row in table))
+    folder = RESULTS / mode
+    name = f"{class_tag(cpu)}-{run_key(args)}"
+    path = folder / f"run_{name}.json"
+    if path.is_file() and not args.force:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        print(f"(saved run {path}; --force recomputes)")
+    else:
+        result = measure(args, cpu)
+        write_json(path, result)
 
-    d = results["rankface-default"]
+    st = result["rounds"]["st-fp32"]
+    st_rates = [p / s for p, s in zip(st["pairs"], st["seconds"], strict=True)]
+    st_scores = np.asarray(result["scores"]["st-fp32"], dtype=np.float32)
+    rows, stats = [], {}
+    for system, r in result["rounds"].items():
+        precision = system.split("-")[1]
+        rate = sum(r["pairs"]) / sum(r["seconds"])
+        speedup = ratio_stats([p / s for p, s in zip(r["pairs"], r["seconds"], strict=True)], st_rates)
+        mine = np.asarray([np.nan if v is None else v for v in result["scores"][system]], dtype=np.float32)
+        scored = ~np.isnan(mine)
+        achieved = result["flops"][system] / sum(r["seconds"]) / 1e9 if system.startswith("rankface") else None
+        share = achieved / result["peak"][precision] if achieved else None
+        stats[system] = {"rate": rate, "speedup": speedup, "achieved_gflops": achieved, "share": share,
+                         "ndcg10": result["ndcg10"].get(system),
+                         "max_abs_diff": float(np.max(np.abs(mine[scored] - st_scores[scored])))}
+        s = stats[system]
+        label = system + (" (default)" if system == f"rankface-{result['default_precision']}" else "")
+        label += f" [{sum(r['pairs'])} pairs sampled]" if not scored.all() else ""
+        rows.append((label, f"{rate:.1f}", f"{speedup['median']:.2f}x", f"{speedup['q1']:.2f}-{speedup['q3']:.2f}",
+                     f"{s['ndcg10']:.4f}" if s["ndcg10"] is not None else "-", f"{s['max_abs_diff']:.2e}",
+                     f"{achieved:.1f}" if achieved else "-", f"{share:.1%}" if share else "-"))
+
+    cpu = result["cpu"]
+    peak = result["peak"]
+    print(f"\nR2 rerank throughput ({mode}): {result['pairs']} pairs, {result['queries']} queries of {args.split}, BM25 "
+          f"top-{args.depth}, batch {args.batch_size}, max_length {args.max_length}, {result['threads']} threads, "
+          f"{args.rounds} interleaved rounds; CPU class {cpu['class']}"
+          f"{' (emulated by ' + ' '.join(f'{k}={v}' for k, v in cpu['caps'].items()) + ')' if cpu['emulated'] else ''}"
+          f"; default precision {result['default_precision']}; matmul peak (best of sizes and repeats, before and "
+          f"after): " + ", ".join(f"{p} {g:.1f}" for p, g in peak.items()) + " GFLOP/s; model "
+          f"{result['flops']['rankface-fp32'] / result['pairs'] / 1e9 if 'rankface-fp32' in result['flops'] else 0:.2f}"
+          f" GFLOP/pair (padded, mean length {result['mean_length']:.1f} tokens)\n")
+    header = ("system", "pairs/s", "vs ST (median of rounds)", "IQR", "nDCG@10", "max abs diff vs ST", "GFLOP/s",
+              "share of peak")
+    table = [header, ("---",) * len(header), *rows,
+             ("BM25 (first stage)", "-", "-", "-", f"{result['bm25_ndcg10']:.4f}", "-", "-", "-")]
+    print("\n".join("| " + " | ".join(row) + " |" for row in table))
+    default = stats.get(f"rankface-{result['default_precision']}")
+    if default:
+        print(f"\ndefault ({result['default_precision']}) vs sentence-transformers: {format_spread(default['speedup'])}")
+
+    fp32_ndcg = result["ndcg10"].get("rankface-fp32")
+
+    def delta(system: str) -> float | None:
+        value = result["ndcg10"].get(system)
+        return value - fp32_ndcg if value is not None and fp32_ndcg is not None else None
+
     summary = {
-        "speedup_default": d["speedup"],
-        "speedup_fp32": results["rankface-fp32"]["speedup"],
-        "max_abs_diff_fp32": results["rankface-fp32"]["max_diff"],
-        "ndcg10_delta_bf16": results["rankface-bf16"]["ndcg"] - results["rankface-fp32"]["ndcg"],
-        "peak_share": d["share"],
+        "speedup_default": default["speedup"]["median"] if default else None,
+        "speedup_fp32": stats.get("rankface-fp32", {}).get("speedup", {}).get("median"),
+        "speedup_bf16": stats.get("rankface-bf16", {}).get("speedup", {}).get("median"),
+        "speedup_int8": stats.get("rankface-int8", {}).get("speedup", {}).get("median"),
+        "max_abs_diff_fp32": stats.get("rankface-fp32", {}).get("max_abs_diff"),
+        "ndcg10_delta_bf16": delta("rankface-bf16"),
+        "ndcg10_delta_int8": delta("rankface-int8"),
+        "peak_share": default["share"] if default else None,
+        "cpu_class": cpu["class"] + ("-emulated" if cpu["emulated"] else ""),
         "mode": mode,
     }
-    with atomic_write(RESULTS / run_key(args) / "summary.json") as handle:
-        json.dump({**summary, "peak_gflops": peak, "flops": flops, "pairs": len(pairs), "bm25_ndcg10": bm25_ndcg,
-                   "ndcg10": {n: results[n]["ndcg"] for n in systems}}, handle, indent=2)
+    bugs = share_bugs({name: s["share"] for name, s in stats.items()})
+    write_json(folder / f"summary_{name}.json", {
+        **summary, "default_precision": result["default_precision"], "threads": result["threads"], "cpu": cpu,
+        "pairs": result["pairs"], "model": "seeded new head" if not args.model else Path(args.model).name,
+        "peak_gflops": peak, "peak_before": result["peak_before"], "peak_after": result["peak_after"],
+        "systems": stats, "bm25_ndcg10": result["bm25_ndcg10"], "ndcg10": result["ndcg10"],
+        "peak_share_above_1": bugs,
+    })
     print("\nRESULT " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    if bugs:
+        print(f"BUG: share of the matmul peak above 1 for {', '.join(bugs)}: the measured peak is not a peak on this "
+              "CPU (the model ran faster than the best matmul timed beside it); the shares above are not valid",
+              file=sys.stderr)
+        sys.exit(1)
     return summary
 
 
