@@ -89,6 +89,7 @@ def test_written_atomically_as_json_and_markdown(negatives, tmp_path):
     assert sorted(p.name for p in (tmp_path / "diag").iterdir()) == ["cet_diagnostics.json", "cet_diagnostics.md"]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("selection", ["cross", "mlp"])
 def test_score_negatives_with_a_tiny_pair(tmp_path, selection):
     from rankface.models.cet import CETModel

@@ -10,6 +10,9 @@ import torch
 
 from rankface.losses.cet import cet_loss, coupled_weights
 
+# Every test here checks a loss against an independently written formula: two code paths (tests/numerics.py).
+pytestmark = pytest.mark.numerics
+
 
 def _ref_weight(x: float, t: float) -> float:
     # The literal definition, as written in the paper and the authors' code (float64 here, so no overflow).

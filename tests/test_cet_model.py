@@ -58,6 +58,7 @@ def encoder_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("selection", ["cross", "mlp", "bi"])
 def test_pair_round_trip_through_auto_model(encoder_dir, tmp_path, selection):
     model = CETModel.from_encoders(encoder_dir, selection=selection, max_length=32).eval()
@@ -113,6 +114,7 @@ def test_forward_scores_groups_and_backpropagates(encoder_dir):
     assert model.relevance.classifier.weight.grad is not None and model.selection.classifier.weight.grad is not None
 
 
+@pytest.mark.numerics
 def test_export_relevance_loads_everywhere_with_identical_scores(encoder_dir, tmp_path):
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
@@ -192,6 +194,7 @@ def test_missing_tokenizer_is_explained():
         CETModel(config).relevance_scorer()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("selection", ["cross", "mlp"])
 def test_from_scorers_pairs_trained_models(encoder_dir, tmp_path, selection):
     rel = CrossEncoder.from_pretrained(encoder_dir, max_length=40, device="cpu", allow_untrained_head=True)

@@ -68,6 +68,7 @@ def _reference_grads(rel, sel, features, seed, weights_from, weight_on="negative
     return grads, w_rel
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("weights_from", ["eval_forward", "train_logits"])
 @pytest.mark.parametrize("weight_on", ["negative", "both"])
 def test_weights_come_from_the_documented_forward(setup, weights_from, weight_on):

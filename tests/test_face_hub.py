@@ -75,6 +75,7 @@ def _check_repo(repo_id: str, fields: dict, template: str) -> ModelCard:
     return card
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["mobilefacenet", "iresnet"])
 def test_face_encoder_round_trip(local_hub, family):
@@ -125,6 +126,7 @@ def _tiny_ri() -> RecognizabilityModel:
     return model.eval()
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_ri_encoder_round_trip(local_hub):
     model = _tiny_ri()

@@ -84,6 +84,7 @@ def test_config_validation():
         MobileFaceNetConfig(color_order="YUV")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("factory", [tiny_mobilefacenet, tiny_iresnet])
 def test_auto_round_trip(factory, tmp_path):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
@@ -128,6 +129,7 @@ def test_processor_inputs_agree_and_normalise():
         processor(["face.jpg"])
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("factory", [tiny_mobilefacenet, tiny_iresnet])
 def test_onnx_export_parity_dynamic_batch(factory, tmp_path):
     import onnxruntime as ort
@@ -149,6 +151,7 @@ def _real_mobilefacenet(shared):
     return load_mobilefacenet_state_dict(shared / "models" / "mobilefacenet" / "mobilefacenet.pt")
 
 
+@pytest.mark.numerics
 def test_real_state_dict_strict_and_onnx_parity(shared, tmp_path):
     import onnxruntime as ort
 
@@ -166,6 +169,7 @@ def test_real_state_dict_strict_and_onnx_parity(shared, tmp_path):
     np.testing.assert_allclose(exported.run(None, {"pixel_values": x.numpy()})[0], ours, atol=5e-5, rtol=0)
 
 
+@pytest.mark.numerics
 def test_convert_mobilefacenet_cli(shared, tmp_path):
     from transformers import AutoImageProcessor, AutoModel
 

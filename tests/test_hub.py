@@ -125,6 +125,7 @@ def _scores(model, tokenizer) -> torch.Tensor:
         return model(**batch).logits
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_push_then_load_from_local_hub(local_hub):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -162,6 +163,7 @@ def test_push_then_load_from_local_hub(local_hub):
     assert ModelCard.load(repo_id).data.license == "mit"
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_push_rankface_cross_encoder_wrapper(local_hub):
     from rankface.models.cross_encoder import CrossEncoder

@@ -153,6 +153,7 @@ def test_every_kind_and_writer_loads_through_the_one_loader(folders, name):
     assert type(again) is cls
 
 
+@pytest.mark.numerics
 def test_loaded_text_models_score_as_saved(folders, tiny_bert_dir):
     reference_cross = _scores(CrossEncoder.from_pretrained(folders["cross/transformers"], device="cpu"))
     for name in ("cross/rankface", "cross/sentence-transformers"):
@@ -166,6 +167,7 @@ def test_loaded_text_models_score_as_saved(folders, tiny_bert_dir):
     assert not np.allclose(_scores(two), reference_bi, atol=1e-3)  # its query tower is its own
 
 
+@pytest.mark.numerics
 def test_cet_pair_loads_with_its_members(folders):
     pair = load_ranker(folders["cet/rankface"])
     assert pair.config.relevance_kind == "cross" and pair.config.selection_kind == "mlp"
@@ -182,6 +184,7 @@ def test_cet_pair_loads_with_its_members(folders):
         load_text_scorer(folders["cet/rankface"], encoder="bi")
 
 
+@pytest.mark.numerics
 def test_face_encoders_load_with_their_weights(folders):
     pixels = torch.randn(3, 3, SIZE, SIZE)
     for name, model in _face_models().items():
@@ -263,6 +266,7 @@ def test_auto_ranker_is_not_instantiated():
 
 
 # ---------------------------------------------------------------------------------------------- Hub ids
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_hub_ids_load_through_the_loader(local_hub, folders):
     from huggingface_hub import HfApi
@@ -330,6 +334,7 @@ def _same_run(a: Path, b: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "right", "wrong"), [("bi/rankface", "bi", "cross"),
                                                       ("cross/rankface", "cross", "bi")])
+@pytest.mark.numerics
 def test_rerank_without_encoder_is_the_run_with_the_right_flag(indexed, folders, tmp_path, capsys, name, right, wrong):
     assert _rerank(indexed, folders[name], tmp_path / "auto.trec") == 0
     assert _rerank(indexed, folders[name], tmp_path / "flag.trec", "--encoder", right) == 0

@@ -19,6 +19,9 @@ from rankface.losses.margins import (
     margin_cross_entropy,
 )
 
+# Every test here checks a loss against an independently written formula: two code paths (tests/numerics.py).
+pytestmark = pytest.mark.numerics
+
 
 def _data(b=6, c=5, seed=0):
     g = torch.Generator().manual_seed(seed)

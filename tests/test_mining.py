@@ -179,6 +179,7 @@ def test_false_negative_rate_counts_and_formats(synthetic):
     assert false_negative_rate([TrainingGroup("q1", "d5", ("d3", "d3"))], full).false_negatives == 2
 
 
+@pytest.mark.numerics
 def test_dense_run_matches_bi_encoder_scores():
     from rankface.models.bi_encoder import BiEncoder
 

@@ -33,6 +33,7 @@ def cross_encoder(minilm_dir):
     return CrossEncoder.from_pretrained(minilm_dir, num_layers=1, max_length=64, device="cpu", allow_untrained_head=True)
 
 
+@pytest.mark.numerics
 def test_rerank_scores_all_queries_in_one_call(cross_encoder, monkeypatch):
     hits = run_to_hits(FIRST_STAGE)
     assert [h.docid for h in hits["q1"]] == ["d4", "d2", "d1", "d5"]
@@ -61,6 +62,7 @@ def test_rerank_scores_all_queries_in_one_call(cross_encoder, monkeypatch):
     assert "d5" not in {h.docid for h in out["q1"]}
 
 
+@pytest.mark.numerics
 def test_reranked_run_round_trips_and_evaluates(cross_encoder, tmp_path):
     out = rerank(run_to_hits(FIRST_STAGE), QUERIES, DOCS.__getitem__, cross_encoder, top_k=10)
     run = hits_to_run(out)

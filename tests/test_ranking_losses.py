@@ -9,6 +9,9 @@ import torch
 
 from rankface.losses.ranking import ranking_loss
 
+# Every test here checks a loss against an independently written formula: two code paths (tests/numerics.py).
+pytestmark = pytest.mark.numerics
+
 
 def reference(name: str, scores: list[list[float]], weights: list[list[float]] | None) -> float:
     total, count = 0.0, 0

@@ -23,6 +23,9 @@ from rankface.losses.recognizability import (
 )
 from rankface.losses.unpg import UNPGLoss
 
+# Every test here checks a loss against an independently written formula: two code paths (tests/numerics.py).
+pytestmark = pytest.mark.numerics
+
 
 def _unit(a):
     a = np.asarray(a, dtype=np.float64)

@@ -52,6 +52,7 @@ def test_forward_shapes(backbone):
     assert out.feature_map.shape == (3, bb.feature_channels, h, h)
 
 
+@pytest.mark.numerics
 def test_ablation_and_match_options():
     plain = tiny(attention=False).eval()
     out = plain(torch.randn(2, 3, 32, 32))
@@ -69,6 +70,7 @@ def test_ablation_and_match_options():
         RecognizabilityConfig(backbone={"model_type": "resnet"})
 
 
+@pytest.mark.numerics
 def test_perceptibility_attention_matches_loop_reference():
     torch.manual_seed(1)
     att = PerceptibilityAttention(4, reduction=2, kernel=3)
@@ -98,6 +100,7 @@ def test_perceptibility_attention_matches_loop_reference():
         np.testing.assert_allclose(out[n].detach().numpy(), y * sp[None], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_save_load_keeps_ui_buffers_exactly(tmp_path):
     model = tiny().eval()
     w = torch.randn(5, 16)
@@ -119,6 +122,7 @@ def test_save_load_keeps_ui_buffers_exactly(tmp_path):
     torch.testing.assert_close(loaded(x).quality, model(x).quality)
 
 
+@pytest.mark.numerics
 def test_update_ui_centre_uses_eval_bn_and_matches_reference():
     model = tiny().train()
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
@@ -137,6 +141,7 @@ def test_update_ui_centre_uses_eval_bn_and_matches_reference():
     )
 
 
+@pytest.mark.numerics
 def test_embed_with_quality_and_quality_helper():
     model = tiny().eval()
     rng = np.random.default_rng(0)
@@ -186,6 +191,7 @@ def test_training_step_with_ri_loss_and_unpg():
     assert all(not b.requires_grad for b in model.ui_centre.buffers())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("match_with", ["v", "v+att"])
 def test_onnx_export_gives_matching_embedding_and_quality(match_with, tmp_path):
     import onnxruntime as ort

@@ -26,6 +26,7 @@ def cross(tiny_bert_dir):
     return CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64, device="cpu", allow_untrained_head=True)
 
 
+@pytest.mark.numerics
 def test_predict_is_order_independent_and_matches_unbatched_forward(cross):
     scores = cross.predict(PAIRS, batch_size=2, precision="fp32")
     assert scores.shape == (len(PAIRS),) and scores.dtype == np.float32
@@ -37,6 +38,7 @@ def test_predict_is_order_independent_and_matches_unbatched_forward(cross):
     np.testing.assert_allclose(single, scores, atol=1e-5)
 
 
+@pytest.mark.numerics
 def test_bf16_close_to_fp32_without_quantised_ties(cross):
     fp32 = cross.predict(PAIRS, precision="fp32")
     bf16 = cross.predict(PAIRS, precision="bf16")
@@ -46,6 +48,7 @@ def test_bf16_close_to_fp32_without_quantised_ties(cross):
     assert cross.model.classifier.weight.dtype == torch.float32  # the model itself is untouched
 
 
+@pytest.mark.numerics
 def test_rank_sorts_and_truncates(cross):
     docs = [d for _, d in PAIRS]
     ranked = cross.rank("aspirin heart", docs, top_k=3, return_documents=True)
@@ -56,6 +59,7 @@ def test_rank_sorts_and_truncates(cross):
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
 
 
+@pytest.mark.numerics
 def test_new_head_on_plain_encoder_and_round_trip_loads_everywhere(cross, tmp_path):
     assert cross.model.config.num_labels == 1
     cross.save_pretrained(tmp_path)
@@ -76,6 +80,7 @@ def test_new_head_on_plain_encoder_and_round_trip_loads_everywhere(cross, tmp_pa
     np.testing.assert_allclose(st.predict(PAIRS), want, atol=1e-5)
 
 
+@pytest.mark.numerics
 def test_group_scores_match_predict(cross):
     queries = ["aspirin", "coffee"]
     groups = [["aspirin heart", "fish oil", "salt"], ["coffee tea", "milk", "soy eggs"]]
@@ -95,6 +100,7 @@ def test_predict_rejects_malformed_pairs(cross):
     assert cross.predict([]).shape == (0,)
 
 
+@pytest.mark.numerics
 def test_bi_encoder_encode_search_predict_and_sentence_transformers_round_trip(tiny_bert_dir, tmp_path):
     bi = BiEncoder.from_pretrained(tiny_bert_dir, max_length=64, device="cpu")
     corpus = {f"d{i}": d for i, (_, d) in enumerate(PAIRS)}

@@ -66,6 +66,7 @@ def test_query_side_training_freezes_the_document_tower_and_exports_two_towers(c
         assert torch.equal(tensor, start[name]), name
 
 
+@pytest.mark.numerics
 def test_two_towers_load_in_sentence_transformers_with_the_same_embeddings(collection, tiny_bert_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -82,6 +83,7 @@ def test_two_towers_load_in_sentence_transformers_with_the_same_embeddings(colle
     assert np.abs(queries - documents).max() > 1e-3
 
 
+@pytest.mark.numerics
 def test_a_cached_step_gives_the_loss_of_an_uncached_step(tiny_bert_dir, tmp_path):
     model = BiEncoder.from_pretrained(tiny_bert_dir, max_length=32, device="cpu")
     model.freeze_document_tower()
@@ -140,6 +142,7 @@ def test_query_side_works_with_cet_and_lora(collection, tiny_bert_dir, tmp_path)
     assert all(torch.equal(t, start[n]) for n, t in document_tower.items())
 
 
+@pytest.mark.numerics
 def test_query_side_resume_reproduces_the_uninterrupted_run(collection, tiny_bert_dir, tmp_path):
     values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side",
                       checkpoint_steps=3, checkpoints_to_keep=5)
