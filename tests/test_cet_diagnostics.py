@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from numerics import ACROSS_PATHS
 from tiny_models import save_tiny_tokenizer, tiny_bert_config
 from transformers import BertModel
 
@@ -110,7 +111,8 @@ def test_score_negatives_with_a_tiny_pair(tmp_path, selection):
     assert list(zip(out["qids"], out["docids"])) == [("q1", "d1"), ("q1", "d2"), ("q2", "d3")]
     assert out["skipped"]["doc_text_missing"] == 1 and out["skipped"]["query_text_missing"] == 1
     expected = model.relevance_scorer().predict([("a b", "a"), ("a b", "b c"), ("c", "x y z")], precision="fp32")
-    np.testing.assert_allclose(out["relevance_logits"], expected, atol=1e-6)
+    # Scored in other batches than `predict`'s: float noise, not bit for bit (tests/numerics.py).
+    np.testing.assert_allclose(out["relevance_logits"], expected, **ACROSS_PATHS)
     assert out["selection_logits"].shape == (3,)
     if selection == "mlp":
         assert out["skipped"]["not_in_run"] == 0
