@@ -12,6 +12,17 @@ from hub_server import local_hub  # noqa: F401 - the local Hub-compatible server
 
 from rankface.paths import minilm_path, shared_dir
 
+KERNEL_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "OMP_NUM_THREADS")
+
+
+def pytest_report_header(config):
+    """Which kernels the float results come from (see tests/numerics.py and .ci/run's second pass)."""
+    import torch
+
+    switches = " ".join(f"{name}={os.environ[name]}" for name in KERNEL_SWITCHES if name in os.environ)
+    return (f"kernels: ATen {torch.backends.cpu.get_cpu_capability()}, threads: {torch.get_num_threads()}"
+            + (f" ({switches})" if switches else ""))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _ir_datasets_home(tmp_path_factory):
