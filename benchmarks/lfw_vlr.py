@@ -1,50 +1,56 @@
 """Protocol F1 (../shared/docs/benchmarks.md): very-low-resolution verification on LFW, 2 x 5 identity-disjoint folds.
 
 Systems: `pretrained` (the public MobileFaceNet, converted to rankface, no fine-tuning) and the same network
-fine-tuned with `arcface`, `arcface+unpg`, `cosface`, `cosface+unpg` (recipes/configs/lfw_vlr_*.yaml: same schedule,
-data and very-low-resolution augmentation; the benchmark overrides only the budget). Model A trains on every identity
-outside View-2 folds 0-4 and scores the pairs of folds 0-4; model B the other way round.
+fine-tuned with `arcface`, `arcface+unpg`, `cosface`, `cosface+unpg`, `magface` and the RI model `ri` with its
+ablations `ri+reg` (regressor only) and `ri+reg+id` (+ index diversion) (recipes/configs/lfw_vlr_*.yaml: the same
+schedule, data, augmentation and validation pairs for all; the benchmark sets only the budget, seed and half). Model A
+trains on every identity outside View-2 folds 0-4 and scores the pairs of folds 0-4; model B the other way round.
 
 Evaluation, exactly as the lfw112 README: images degraded with `degrade_exact` (cv2 INTER_AREA down to r, INTER_CUBIC
 back to 112), cosine of L2-normalised embeddings; LR-LR (both images at r) and HR-LR (first at 112, second at r);
 10-fold accuracy with each fold's threshold chosen on the other folds of the same half; ROC AUC and TAR at FAR 1e-2 /
-1e-3 per half, then averaged. The `pretrained` row is also scored with the README's anchor protocol (thresholds over
-all 9 other folds, TAR pooled) and compared with the README's figures.
+1e-3 per half, then averaged. The `pretrained` row is also scored with the README's anchor protocol.
 
-Embeddings are computed with onnxruntime on an ONNX export of each model (`rankface.models.face_export`,
-parity-tested against PyTorch): several times faster than eager PyTorch on these CPUs. `--engine torch` uses PyTorch.
+Learning curves: every `--eval-every` steps (and at step 0 and the end) the recipe scores its validation pairs at 16
+and 8 px: pairs of the identities that appear in no View-2 pair, left out of training for every system and half, so
+no test pair is looked at during training and the schedule was chosen on them, honestly. PNG beside the results.
 
-Each (system, seed, half) result (with every pair score) is saved under benchmarks/results/lfw_vlr/<mode>/ when it
-finishes; a rerun with the same settings skips it, so the full table can be completed over several runs.
+Significance, seeds pooled: accuracy claims by a paired t-test over the 10 folds (each fold's accuracy averaged over
+the seeds), TAR claims by a paired bootstrap over pairs (genuine and impostor pairs resampled within each half, the
+same resample for both systems).
 
-    python benchmarks/lfw_vlr.py --quick      # 2 folds per half, r in {112, 16, 8}, 4 steps of 16 images per model
-    python benchmarks/lfw_vlr.py              # all 6,000 pairs, r in {112, 24, 16, 12, 8}, 60 steps of 64 images
+Each (system, seed, half) result (pair scores rounded to 5 decimals, the learning curve, training figures) is saved
+under benchmarks/results/lfw_vlr/<mode>/ when it finishes; a rerun with the same settings skips it, so the table can
+be completed over several runs and processes (a lock file keeps two processes off the same run). Models stay under
+the git-ignored runs/ folder there (checkpoints are deleted once the result is saved; `model/` is kept for F2).
 
-Full-mode budget: on these 2 shared cores one MobileFaceNet training step of 64 images at 112 px takes 12-40 s
-(5 to 1.5 images/s, depending on the other load) and scoring one half at 5 resolutions ~300-650 s, so 60 steps x 64
-images (about 0.75 epoch of the ~5,100 training images of a half) per model keeps the 9 models near two hours.
+    python benchmarks/lfw_vlr.py --quick                # 2 folds per half, r in {112, 16, 8}, 6 steps x 16 images
+    python benchmarks/lfw_vlr.py                        # the full plan: 600 steps x 64 images per (system, half)
+    python benchmarks/lfw_vlr.py --systems arcface ri --seeds 0   # a part of it
+    python benchmarks/lfw_vlr.py --report-only          # the tables and figures from what is saved
+
+The full plan, headline first: seed 0 of pretrained, arcface, arcface+unpg, ri, magface (F2 needs ri and magface);
+seeds 1 and 2 of arcface, arcface+unpg, ri; then seed 0 of cosface, cosface+unpg, ri+reg, ri+reg+id.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_class, print_cpu_class
+from _plots import plot_accuracy_vs_resolution, plot_learning_curves
 
 from rankface.data.faces import degrade_exact, image_to_rgb_array, load_face_dataset, pair_rows, read_lfw_pairs
-from rankface.evaluation.verification import (
-    cosine_pair_scores,
-    kfold_accuracy,
-    plot_accuracy_vs_resolution,
-    roc_auc,
-    tar_at_far,
-)
+from rankface.evaluation.verification import cosine_pair_scores, kfold_accuracy, roc_auc, tar_at_far
 from rankface.paths import shared_dir
 from rankface.utils.io import write_json
 
@@ -57,96 +63,115 @@ SYSTEMS = {  # name -> recipe config (None: no training)
     "arcface+unpg": "lfw_vlr_arcface_unpg.yaml",
     "cosface": "lfw_vlr_cosface.yaml",
     "cosface+unpg": "lfw_vlr_cosface_unpg.yaml",
-}
-RI_SYSTEMS = {  # --with-ri: the RI model and its ablations (methods.md section 3: margin < + regressor < + ID < + att)
+    "magface": "lfw_vlr_magface.yaml",
+    # the RI model and its ablations (methods.md section 3: margin < + regressor < + ID < + attention)
     "ri+reg": "lfw_vlr_ri.yaml",
     "ri+reg+id": "lfw_vlr_ri.yaml",
     "ri": "lfw_vlr_ri.yaml",
+    # investigation, run only when named: the RI's new modules at the classifier's learning rate
+    "ri-headlr": "lfw_vlr_ri.yaml",
 }
-# Investigation, run only when named: the RI model with its new modules (regressor, attention) at the classifier's
-# learning rate instead of the pretrained backbone's.
-RI_SYSTEMS_EXTRA = {"ri-headlr": "lfw_vlr_ri.yaml"}
 SYSTEM_OVERRIDES = {
     "ri+reg": ["--ri_attention", "false", "--ri_beta", "0"],
     "ri+reg+id": ["--ri_attention", "false"],
     "ri-headlr": ["--ri_head_learning_rate", "0.05"],
 }
-# The recipe turns index diversion and attention on after one epoch (methods.md: "about one epoch"), which the
-# benchmark's budget (60 steps x 64 images, 0.75 epoch) never reaches: the ablations would all equal `ri+reg`.
-# The benchmark therefore scales the warm-up to its budget, a quarter of the steps (15 of 60: the UI centre's EMA
-# has then seen 15 batches of unrecognizable images).
-RI_WARMUP_SHARE = 0.25
-
-
-def system_overrides(system: str, steps: int) -> list[str]:
-    """Recipe flags of `system` beyond its config, for a budget of `steps` optimizer steps."""
-    flags = list(SYSTEM_OVERRIDES.get(system, []))
-    if system in RI_SYSTEMS or system in RI_SYSTEMS_EXTRA:
-        flags += ["--ri_warmup_steps", str(max(1, round(steps * RI_WARMUP_SHARE)))]
-    return flags
-
-
-SYSTEMS.update(RI_SYSTEMS)
-BASE_SYSTEMS = [s for s in SYSTEMS if s not in RI_SYSTEMS]
-SYSTEMS.update(RI_SYSTEMS_EXTRA)
+RI_FAMILY = {"ri", "ri+reg", "ri+reg+id", "ri-headlr"}
+# (system, seeds) in the order the full mode runs them: the headline comparison and F2's models first.
+FULL_PLAN = [
+    ("pretrained", [0]), ("arcface", [0]), ("arcface+unpg", [0]), ("ri", [0]), ("magface", [0]),
+    ("arcface", [1, 2]), ("arcface+unpg", [1, 2]), ("ri", [1, 2]),
+    ("cosface", [0]), ("cosface+unpg", [0]), ("ri+reg", [0]), ("ri+reg+id", [0]),
+]
+QUICK_PLAN = [("pretrained", [0]), ("arcface", [0]), ("arcface+unpg", [0]), ("ri", [0]), ("magface", [0])]
 HALVES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
-ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR at 8 px
+ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR
     ("lr-lr", 112): 99.37, ("lr-lr", 24): 92.00, ("lr-lr", 16): 81.08, ("lr-lr", 12): 73.98, ("lr-lr", 8): 68.28,
     ("hr-lr", 24): 95.00, ("hr-lr", 16): 79.65, ("hr-lr", 12): 66.50, ("hr-lr", 8): 55.95,
 }
 FARS = (1e-2, 1e-3)
+GOALS = {"lr-lr@16": 92.0, "lr-lr@8": 80.0, "hr-lr@8": 75.0, "lr-lr@112": 99.2}  # issue 11: accuracy (%) goals
+# Claims and the figures each is judged on: (system, reference).
+CLAIMS = [("arcface+unpg", "arcface"), ("cosface+unpg", "cosface"), ("ri", "arcface"), ("ri+reg", "arcface"),
+          ("ri+reg+id", "arcface"), ("magface", "arcface")]
+ACCURACY_KEYS = ("lr-lr@16", "lr-lr@8", "hr-lr@8", "lr-lr@112")
+TAR_KEYS = ("lr-lr@16", "lr-lr@8")
+CURVE_KEYS = ("lr-lr@16", "lr-lr@8")
+SCORE_DECIMALS = 5  # cosine scores to 1e-5: far below any threshold difference that changes a decision
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget, 2 folds per half, r in {112, 16, 8}")
     parser.add_argument("--systems", nargs="+", default=None, choices=list(SYSTEMS),
-                        help=f"default: {' '.join(BASE_SYSTEMS)} (+ {' '.join(RI_SYSTEMS)} with --with-ri)")
-    parser.add_argument("--with-ri", action="store_true", help="add the RI model and its ablations")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+                        help="only these systems of the plan (a system outside the plan runs with --seeds)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="these seeds for every system run")
     parser.add_argument("--halves", nargs="+", default=list(HALVES), choices=list(HALVES))
     parser.add_argument("--resolutions", nargs="+", type=int, default=None, help="quick: 112 16 8; full: 112 24 16 12 8")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per model (quick 4, full 60)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per model (quick 6, full 600)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (quick 16, full 64)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="validation-pair evaluation every this many steps (quick 3, full 50)")
     parser.add_argument("--min-images-per-class", type=int, default=None,
                         help="training identities need this many images (quick 5: fewer classes to initialise; full 2)")
     parser.add_argument("--folds-per-half", type=int, default=None, help="evaluated folds per half (quick 2, full 5)")
     parser.add_argument("--head-init-images", type=int, default=None, help="images per class for the centroid init "
                         "(quick 1, full 2)")
     parser.add_argument("--engine", default="onnx", choices=["onnx", "torch"], help="inference engine")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--mode", default=None, help="results folder name (default: quick / full)")
+    parser.add_argument("--report-only", action="store_true", help="print the tables from saved results, train nothing")
+    parser.add_argument("--no-estimate", action="store_true", help="skip the step-time calibration at start")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the TAR tests")
     parser.add_argument("--quiet", action="store_true", help="no progress bars while training")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.systems = args.systems or (BASE_SYSTEMS + (list(RI_SYSTEMS) if args.with_ri else []))
     args.resolutions = args.resolutions or ([112, 16, 8] if quick else [112, 24, 16, 12, 8])
     if 112 not in args.resolutions:
         args.resolutions = [112, *args.resolutions]  # HR-LR needs the 112 px embeddings
-    args.steps = args.steps or (4 if quick else 60)
+    args.steps = args.steps or (6 if quick else 600)
     args.batch_size = args.batch_size or (16 if quick else 64)
+    args.eval_every = args.eval_every or (3 if quick else 50)
     args.min_images_per_class = args.min_images_per_class or (5 if quick else 2)
     args.folds_per_half = args.folds_per_half or (2 if quick else 5)
     args.head_init_images = args.head_init_images or (1 if quick else 2)
     args.mode = args.mode or ("quick" if quick else "full")
     if not 2 <= args.folds_per_half <= 5:
         raise SystemExit(f"--folds-per-half must be in 2..5 (k-fold needs 2 folds), got {args.folds_per_half}")
+    args.plan = make_plan(QUICK_PLAN if quick else FULL_PLAN, args.systems, args.seeds)
     return args
 
 
+def make_plan(base: list[tuple[str, list[int]]], systems: list[str] | None, seeds: list[int] | None
+              ) -> list[tuple[str, int]]:
+    """The (system, seed) runs in order: the plan's order restricted to `systems` (a named system outside the plan
+    runs with seed 0); with `seeds`, every system gets those, seed by seed (all systems' first seed first).
+    `pretrained` is never trained, so it runs once."""
+    if seeds is not None:
+        names = systems or list(dict.fromkeys(s for s, _ in base))
+        return [(s, seed) for seed in seeds for s in names if s != "pretrained" or seed == seeds[0]]
+    order = [(s, seed) for s, system_seeds in base for seed in system_seeds if systems is None or s in systems]
+    return order + [(s, 0) for s in systems or [] if all(s != o for o, _ in order)]
+
+
 # ---------------------------------------------------------------------------------------------- settings
+def system_overrides(system: str) -> list[str]:
+    """Recipe flags of `system` beyond its config."""
+    return list(SYSTEM_OVERRIDES.get(system, []))
+
+
 def run_settings(args: argparse.Namespace, system: str, seed: int, half: str) -> dict:
     """Everything that determines a (system, seed, half) result; stored with it and compared on rerun."""
-    flags = system_overrides(system, args.steps)
+    flags = system_overrides(system)
     extra = {"overrides": flags} if flags else {}
+    trained = SYSTEMS[system] is not None
     return {
         **extra,
         "system": system, "seed": seed, "half": half, "heldout_folds": HALVES[half],
         "eval_folds": HALVES[half][: args.folds_per_half], "resolutions": sorted(args.resolutions, reverse=True),
-        "steps": 0 if SYSTEMS[system] is None else args.steps, "batch_size": args.batch_size,
-        "head_init_images": args.head_init_images,
-        "config": None if SYSTEMS[system] is None else (CONFIGS / SYSTEMS[system]).read_text(),
-        **({} if SYSTEMS[system] is None else {"min_images_per_class": args.min_images_per_class}),
+        "steps": args.steps if trained else 0, "batch_size": args.batch_size, "head_init_images": args.head_init_images,
+        "config": (CONFIGS / SYSTEMS[system]).read_text() if trained else None,
+        **({"min_images_per_class": args.min_images_per_class, "eval_every": args.eval_every} if trained else {}),
     }
 
 
@@ -154,9 +179,14 @@ def result_path(args: argparse.Namespace, system: str, seed: int, half: str) -> 
     return RESULTS / args.mode / f"{system.replace('+', '_')}-seed{seed}-half{half}.json"
 
 
+def model_dir(mode: str, system: str, seed: int, half: str) -> Path:
+    """Where the trained encoder of a (system, seed, half) is kept (git-ignored), e.g. for F2's `--from-f1`."""
+    return RESULTS / mode / "runs" / f"{system.replace('+', '_')}-seed{seed}-half{half}" / "model"
+
+
 def claim(path: Path) -> bool:
     """Take `<path>.lock` (holding this process id) so that benchmark processes run side by side, e.g. one per
-    system, never work on the same (system, seed, half); a lock whose process is gone is taken over."""
+    core, never work on the same (system, seed, half); a lock whose process is gone is taken over."""
     lock = path.with_suffix(".lock")
     for _ in range(2):
         try:
@@ -175,36 +205,57 @@ def claim(path: Path) -> bool:
     return False
 
 
-# ---------------------------------------------------------------------------------------------- models
+# ---------------------------------------------------------------------------------------------- training
+def training_flags(args: argparse.Namespace, system: str, seed: int, half: str, run_dir: Path) -> list[str]:
+    return [
+        "--config", str(CONFIGS / SYSTEMS[system]), "--heldout_folds", *map(str, HALVES[half]),
+        "--max_steps", str(args.steps), "--batch_size", str(args.batch_size), "--seed", str(seed),
+        "--head_init_images_per_class", str(args.head_init_images), "--output_dir", str(run_dir),
+        "--eval_at_end", "false", "--eval_steps", str(args.eval_every), "--eval_sets", "validation",
+        "--checkpoint_steps", str(max(1, min(50, args.steps // 3))), "--checkpoints_to_keep", "1",
+        "--resume_from_checkpoint", "latest", "--quiet", str(args.quiet).lower(),
+        # the benchmark reads the shared Parquet, whose images all decode (README)
+        "--check_images", "false", "--min_images_per_class", str(args.min_images_per_class),
+        *system_overrides(system),
+    ]
+
+
+def learning_curve(log: list[dict]) -> list[list]:
+    """`[[step, {"lr-lr@16": accuracy %, ...}], ...]` from a trainer-state log's validation entries."""
+    return [[e["step"], {k: round(100 * v["accuracy"], 3) for k, v in e["val"].items()}] for e in log if "val" in e]
+
+
+def loss_summary(log: list[dict], points: int = 20) -> list[list[float]]:
+    """The training loss averaged over `points` equal stretches of steps: `[[last step, mean loss], ...]`."""
+    entries = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    if not entries:
+        return []
+    chunks = np.array_split(np.arange(len(entries)), min(points, len(entries)))
+    return [[entries[c[-1]][0], round(float(np.mean([entries[i][1] for i in c])), 4)] for c in chunks if len(c)]
+
+
 def train_model(args: argparse.Namespace, system: str, seed: int, half: str, run_dir: Path) -> tuple[Path, dict]:
     """Fine-tune with the system's recipe config and the benchmark's budget; returns (model folder, train info)."""
     from rankface.training.face import train_face
     from rankface.training.face_arguments import parse_face_training_args
 
-    overrides = [
-        "--config", str(CONFIGS / SYSTEMS[system]), "--heldout_folds", *map(str, HALVES[half]),
-        "--max_steps", str(args.steps), "--batch_size", str(args.batch_size), "--seed", str(seed),
-        "--head_init_images_per_class", str(args.head_init_images), "--output_dir", str(run_dir),
-        "--eval_at_end", "false", "--checkpoint_steps", str(max(1, args.steps // 3)), "--checkpoints_to_keep", "1",
-        "--resume_from_checkpoint", "latest", "--quiet", str(args.quiet).lower(),
-        "--check_images", "false", "--min_images_per_class", str(args.min_images_per_class),  # the benchmark reads the shared Parquet, whose images all decode (README)
-        *system_overrides(system, args.steps),
-    ]
-    settings = parse_face_training_args(overrides)
-    settings.eval_steps = None
+    settings = parse_face_training_args(training_flags(args, system, seed, half, run_dir))
     started = time.perf_counter()
     train_face(settings)
     state = json.loads((run_dir / "trainer_state.json").read_text())
-    losses = [e["loss"] for e in state["log"] if "loss" in e]
-    info = {"steps": state["step"], "train_seconds": state["train_seconds"], "wall_seconds": time.perf_counter() - started,
+    report = json.loads((run_dir / "data_report.json").read_text())
+    info = {"steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
+            "seconds_per_step": round(state["train_seconds"] / max(1, state["step"]), 3),
+            "wall_seconds": round(time.perf_counter() - started, 1), "precision": state.get("precision"),
             "num_classes": state["num_classes"], "num_train_images": state["num_train_images"],
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            "loss_last10": float(np.mean(losses[-10:])) if losses else None}
+            "num_validation_pairs": report.get("num_validation_pairs"),
+            "num_validation_identities": report.get("num_validation_identities"),
+            "loss": loss_summary(state["log"]), "curve": learning_curve(state["log"])}
     return run_dir / "model", info
 
 
-def load_encoder(model_dir: Path | None):
-    if model_dir is None:
+def load_encoder(folder: Path | None):
+    if folder is None:
         from rankface.models.mobilefacenet.convert import load_mobilefacenet_state_dict
 
         return load_mobilefacenet_state_dict(shared_dir() / "models" / "mobilefacenet" / "mobilefacenet.pt")
@@ -212,7 +263,7 @@ def load_encoder(model_dir: Path | None):
 
     import rankface.models.auto  # noqa: F401 - registers rankface model types
 
-    return AutoModel.from_pretrained(model_dir).eval()
+    return AutoModel.from_pretrained(folder).eval()
 
 
 class Embedder:
@@ -248,8 +299,16 @@ def half_pairs(all_pairs, eval_folds: list[int]) -> np.ndarray:
     return np.array([i for i, p in enumerate(all_pairs) if p.fold in set(eval_folds)], dtype=np.int64)
 
 
+def record_pairs(record: dict, all_pairs) -> np.ndarray:
+    """The pair indices a saved record scored (older records list them; newer ones derive them from the folds)."""
+    if "pair_indices" in record:
+        return np.asarray(record["pair_indices"])
+    return half_pairs(all_pairs, record["settings"]["eval_folds"])
+
+
 def score_half(embed: Embedder, dataset, pair_index: np.ndarray, resolutions: list[int]) -> tuple[dict, float]:
-    """Pair scores `{"lr-lr@r": [P], "hr-lr@r": [P]}` for the pairs `pair_index [P, 2]` (rows of `dataset`)."""
+    """Pair scores `{"lr-lr@r": [P], "hr-lr@r": [P]}` (rounded to `SCORE_DECIMALS`) for the pairs `pair_index
+    [P, 2]` (rows of `dataset`), and the seconds spent embedding."""
     rows, local = np.unique(pair_index, return_inverse=True)
     local = local.reshape(pair_index.shape)
     images = np.stack([image_to_rgb_array(dataset[int(r)]["image"]) for r in rows])
@@ -261,34 +320,39 @@ def score_half(embed: Embedder, dataset, pair_index: np.ndarray, resolutions: li
     seconds = time.perf_counter() - started
     scores = {}
     for r in sorted(resolutions, reverse=True):
-        scores[f"lr-lr@{r}"] = cosine_pair_scores(embeddings[r][local[:, 0]], embeddings[r][local[:, 1]]).tolist()
+        pairs = {f"lr-lr@{r}": (embeddings[r], embeddings[r])}
         if r != 112:
-            scores[f"hr-lr@{r}"] = cosine_pair_scores(embeddings[112][local[:, 0]], embeddings[r][local[:, 1]]).tolist()
+            pairs[f"hr-lr@{r}"] = (embeddings[112], embeddings[r])
+        for key, (first, second) in pairs.items():
+            values = cosine_pair_scores(first[local[:, 0]], second[local[:, 1]])
+            scores[key] = np.round(values.astype(np.float64), SCORE_DECIMALS).tolist()
     return scores, seconds
 
 
 def half_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
     kfold = kfold_accuracy(scores, same, folds=folds)
-    out = {"fold_accuracies": kfold["fold_accuracies"], "auc": roc_auc(scores, same)}
+    out = {"fold_accuracies": kfold["fold_accuracies"], "folds": kfold["folds"], "auc": roc_auc(scores, same)}
     out.update({f"tar@{far:g}": tar_at_far(scores, same, far)[0] for far in FARS})
     return out
 
 
 def system_metrics(results: list[dict], all_pairs) -> dict:
-    """Combine the two halves of one (system, seed): accuracy = mean of all folds' accuracies (thresholds within
-    each half), AUC and TAR = mean of the halves'. Values in %."""
+    """Combine the halves of one (system, seed): accuracy = mean of all folds' accuracies (thresholds within each
+    half), AUC and TAR = mean of the halves'. Values in %; `fold_accuracies` keyed by fold for the paired tests."""
     keys = results[0]["scores"].keys()
     out = {}
     for key in keys:
         per_half = []
         for res in results:
-            idx = np.asarray(res["pair_indices"])
+            idx = record_pairs(res, all_pairs)
             same = np.array([all_pairs[i].same for i in idx])
             folds = np.array([all_pairs[i].fold for i in idx])
             per_half.append(half_metrics(np.asarray(res["scores"][key]), same, folds))
         accs = np.concatenate([h["fold_accuracies"] for h in per_half])
         out[key] = {"accuracy": 100 * float(accs.mean()), "accuracy_std": 100 * float(accs.std()),
-                    "auc": float(np.mean([h["auc"] for h in per_half]))}
+                    "auc": float(np.mean([h["auc"] for h in per_half])),
+                    "fold_accuracies": {int(f): 100 * a for h in per_half
+                                        for f, a in zip(h["folds"], h["fold_accuracies"], strict=True)}}
         for far in FARS:
             out[key][f"tar@{far:g}"] = 100 * float(np.mean([h[f"tar@{far:g}"] for h in per_half]))
     return out
@@ -296,7 +360,7 @@ def system_metrics(results: list[dict], all_pairs) -> dict:
 
 def anchor_check(results: list[dict], all_pairs) -> dict | None:
     """The README's anchor protocol on the pretrained model's scores of all 6,000 pairs (None if not all scored)."""
-    idx = np.concatenate([np.asarray(r["pair_indices"]) for r in results])
+    idx = np.concatenate([record_pairs(r, all_pairs) for r in results])
     if sorted(idx.tolist()) != list(range(len(all_pairs))):
         return None
     order = np.argsort(idx)
@@ -307,14 +371,224 @@ def anchor_check(results: list[dict], all_pairs) -> dict | None:
         setting, r = key.split("@")
         acc = 100 * kfold_accuracy(scores, same, folds=np.array([p.fold for p in all_pairs]))["accuracy"]
         anchor = ANCHOR.get((setting, int(r)))
-        out[key] = {"accuracy": acc, "anchor": anchor, "diff": None if anchor is None else acc - anchor,
-                    "tar@0.01": 100 * tar_at_far(scores, same, 1e-2)[0]}
+        out[key] = {"accuracy": acc, "anchor": anchor, "diff": None if anchor is None else acc - anchor}
     return out
+
+
+# ---------------------------------------------------------------------------------------------- significance
+def paired_fold_test(first: np.ndarray, second: np.ndarray) -> dict:
+    """Paired two-sided t-test over folds: `first`, `second` `[K]` per-fold accuracies (seeds already averaged).
+
+    Returns:
+        `{"diff": mean of first - second, "t", "p", "folds"}`; `p` is 1 when every difference is 0, and NaN for
+        fewer than two folds.
+    """
+    from scipy import stats
+
+    d = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
+    if d.size < 2:
+        return {"diff": float(d.mean()) if d.size else float("nan"), "t": float("nan"), "p": float("nan"),
+                "folds": int(d.size)}
+    sd = d.std(ddof=1)
+    if sd == 0:
+        return {"diff": float(d.mean()), "t": float("inf") * np.sign(d.mean()) if d.mean() else 0.0,
+                "p": 1.0 if d.mean() == 0 else 0.0, "folds": int(d.size)}
+    t = d.mean() / (sd / np.sqrt(d.size))
+    return {"diff": float(d.mean()), "t": float(t), "p": float(2 * stats.t.sf(abs(t), d.size - 1)),
+            "folds": int(d.size)}
+
+
+def pooled_fold_accuracies(metrics_by_seed: list[dict], key: str) -> np.ndarray:
+    """`[K]` per-fold accuracy (%) averaged over seeds, folds in ascending order (the folds every seed scored)."""
+    folds = sorted(set.intersection(*(set(m[key]["fold_accuracies"]) for m in metrics_by_seed)))
+    return np.array([np.mean([m[key]["fold_accuracies"][f] for m in metrics_by_seed]) for f in folds])
+
+
+def tar_from_sorted_impostors(genuine: np.ndarray, impostors: np.ndarray, far: float) -> np.ndarray:
+    """TAR at FAR for a batch of resamples, `tar_at_far`'s rule (at most floor(far * n) impostors accepted,
+    `score > threshold` accepts): `genuine [..., G]`, `impostors [..., I]` -> `[...]`."""
+    n = impostors.shape[-1]
+    allowed = int(np.floor(far * n + 1e-9))
+    if allowed >= n:
+        return np.ones(genuine.shape[:-1])
+    threshold = -np.partition(-impostors, allowed, axis=-1)[..., allowed]  # the (allowed+1)-th largest
+    return np.mean(genuine > threshold[..., None], axis=-1)
+
+
+def paired_bootstrap_tar(runs_a: list[list[dict]], runs_b: list[list[dict]], key: str, far: float, all_pairs,
+                         resamples: int = 2000, seed: int = 0) -> dict:
+    """Paired bootstrap over pairs of TAR(A) - TAR(B) at `far` (%, seeds and halves averaged).
+
+    Args:
+        runs_a, runs_b: per seed, the saved records of both halves of a system.
+
+    Genuine and impostor pairs are resampled separately within each half (the counts stay those of the protocol),
+    the same resample for every run of both systems. `p` is the two-sided bootstrap p-value
+    `2 * min(P(diff <= 0), P(diff >= 0))`, at least `1 / resamples`.
+    """
+    rng = np.random.default_rng(seed)
+    halves = sorted({r["settings"]["half"] for runs in (runs_a, runs_b) for seed_runs in runs for r in seed_runs})
+    boot = {"a": np.zeros(resamples), "b": np.zeros(resamples)}
+    observed = {"a": 0.0, "b": 0.0}
+    for half in halves:
+        records = {name: [next(r for r in seed_runs if r["settings"]["half"] == half) for seed_runs in runs]
+                   for name, runs in (("a", runs_a), ("b", runs_b))}
+        idx = record_pairs(records["a"][0], all_pairs)
+        same = np.array([all_pairs[i].same for i in idx])
+        genuine, impostor = np.flatnonzero(same), np.flatnonzero(~same)
+        g_draw = rng.integers(0, genuine.size, size=(resamples, genuine.size))
+        i_draw = rng.integers(0, impostor.size, size=(resamples, impostor.size))
+        for name, recs in records.items():
+            for record in recs:
+                if not np.array_equal(record_pairs(record, all_pairs), idx):
+                    raise ValueError(f"paired_bootstrap_tar: half {half} runs scored different pairs")
+                scores = np.asarray(record["scores"][key], dtype=np.float64)
+                g, i = scores[genuine], scores[impostor]
+                weight = 1.0 / (len(recs) * len(halves))
+                boot[name] += weight * tar_from_sorted_impostors(g[g_draw], i[i_draw], far)
+                observed[name] += weight * float(tar_from_sorted_impostors(g[None], i[None], far)[0])
+    diff = 100 * (boot["a"] - boot["b"])
+    p = 2 * min(np.mean(diff <= 0), np.mean(diff >= 0))
+    return {"diff": 100 * (observed["a"] - observed["b"]), "p": float(min(1.0, max(p, 1.0 / resamples))),
+            "ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))], "resamples": resamples}
+
+
+def significance(results: dict, metrics: dict, all_pairs, resamples: int) -> list[dict]:
+    """Every claim of `CLAIMS` whose two systems are complete: accuracy (paired t over folds) and TAR (bootstrap)."""
+    rows = []
+    for system, reference in CLAIMS:
+        seeds_a = sorted(s for (name, s) in metrics if name == system)
+        seeds_b = sorted(s for (name, s) in metrics if name == reference)
+        if not seeds_a or not seeds_b:
+            continue
+        base = {"claim": f"{system} vs {reference}", "seeds": f"{len(seeds_a)}/{len(seeds_b)}"}
+        for key in ACCURACY_KEYS:
+            if key not in metrics[(system, seeds_a[0])]:
+                continue
+            test = paired_fold_test(pooled_fold_accuracies([metrics[(system, s)] for s in seeds_a], key),
+                                    pooled_fold_accuracies([metrics[(reference, s)] for s in seeds_b], key))
+            rows.append({**base, "figure": f"accuracy {key}", "test": f"paired t, {test['folds']} folds", **test})
+        for key in TAR_KEYS:
+            if key not in metrics[(system, seeds_a[0])]:
+                continue
+            for far in FARS:
+                test = paired_bootstrap_tar([results[(system, s)] for s in seeds_a],
+                                            [results[(reference, s)] for s in seeds_b], key, far, all_pairs,
+                                            resamples)
+                rows.append({**base, "figure": f"TAR@{far:g} {key}", "test": f"bootstrap over pairs ({resamples})",
+                             **test})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- time estimate
+def calibrate(args: argparse.Namespace) -> dict:
+    """Seconds per training step of the arcface and RI recipes and per embedded image, measured now, here (the
+    median of 2 steps after a warm-up step, with the recipes' precision and memory layout)."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    from rankface.evaluation.verification import embed_uint8
+    from rankface.losses.margins import MarginLoss, build_head
+    from rankface.losses.recognizability import RecognizabilityLoss
+    from rankface.training.face import (
+        FaceRecognitionModule,
+        build_encoder,
+        make_accelerator,
+        prepare_face_data,
+        resolve_face_precision,
+        ri_step,
+        wrap_recognizability,
+    )
+    from rankface.training.face_arguments import parse_face_training_args
+
+    out = {}
+    for family, config in (("plain", "lfw_vlr_arcface.yaml"), ("ri", "lfw_vlr_ri.yaml")):
+        settings = parse_face_training_args(training_flags(args, "arcface" if family == "plain" else "ri", 0, "A",
+                                                           Path("unused")))
+        settings.eval_sets, settings.eval_steps = [], None
+        data = prepare_face_data(settings)
+        encoder = build_encoder(settings)
+        if family == "ri":
+            encoder = wrap_recognizability(encoder, settings)
+        model = FaceRecognitionModule(encoder, data.num_classes).train()
+        if settings.channels_last:
+            model.to(memory_format=torch.channels_last)
+        loss_fn = MarginLoss(build_head(settings.head))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = make_accelerator(settings)
+        ri_loss = RecognizabilityLoss(loss_fn, warmup_steps=0) if family == "ri" else None
+        bf16 = resolve_face_precision(settings.precision) == "bf16"
+        loader = torch.utils.data.DataLoader(data.train_set, batch_size=args.batch_size, shuffle=True, drop_last=True)
+        times = []
+        for step, (pixels, labels) in zip(range(3), loader, strict=False):
+            started = time.perf_counter()
+            if settings.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if ri_loss is None:
+                    embedding, cos = model(pixels)
+                    loss = loss_fn(embedding, labels, cos)
+                else:
+                    loss, _ = ri_step(accelerator, model, ri_loss, pixels, labels, settings, step)
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - started)
+        out[f"{family}_step"] = float(np.median(times[1:]))
+        if family == "plain":
+            model.to(memory_format=torch.contiguous_format)
+            images = np.stack([data.train_set.raw_image(i) for i in range(64)])
+            started = time.perf_counter()
+            embed_uint8(model.encoder, images, 64)
+            out["image"] = (time.perf_counter() - started) / 64
+            with tempfile.TemporaryDirectory() as tmp:
+                embed = Embedder(model.encoder.eval(), args.engine, Path(tmp), args.threads)
+                embed(images[:8])  # session warm-up
+                started = time.perf_counter()
+                embed(images)
+                out["image_scoring"] = (time.perf_counter() - started) / 64
+            out["classes"] = data.num_classes
+            out["validation_images"] = 0 if data.validation is None else len(data.validation.images)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return out
+
+
+def estimate_seconds(args: argparse.Namespace, system: str, measured: dict, pair_images: int) -> float:
+    """Wall seconds one (system, half) should take: training steps, validation evaluations, centroid init, scoring."""
+    scoring = pair_images * len(args.resolutions) * measured["image_scoring"]
+    if SYSTEMS[system] is None:
+        return scoring
+    step = measured["ri_step" if system in RI_FAMILY else "plain_step"]
+    evaluations = (args.steps // args.eval_every + 2) * measured["validation_images"] * 2 * measured["image"]
+    init = measured["classes"] * args.head_init_images * measured["image"]
+    return args.steps * step + evaluations + init + scoring
+
+
+def print_estimate(args: argparse.Namespace, todo: list[tuple[str, int, str]], pair_images: int) -> None:
+    print(f"calibrating: 3 steps of the arcface and RI recipes (batch {args.batch_size}) ...", flush=True)
+    measured = calibrate(args)
+    print(f"measured now: {measured['plain_step']:.1f} s/step arcface, {measured['ri_step']:.1f} s/step RI "
+          f"(batch {args.batch_size}, {args.threads} threads), {1000 * measured['image']:.0f} ms per embedded image "
+          f"(torch), {1000 * measured['image_scoring']:.0f} ms scoring ({args.engine})",
+          flush=True)
+    total = 0.0
+    print("| system | seed | half | estimated wall time |\n|---|---|---|---:|")
+    for system, seed, half in todo:
+        seconds = estimate_seconds(args, system, measured, pair_images)
+        total += seconds
+        print(f"| {system} | {seed} | {half} | {seconds / 60:.0f} min |")
+    print(f"estimated total for the {len(todo)} runs still to do: {total / 3600:.1f} h on this process "
+          "(the machine's load changes it; the figures are from this moment)", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print_cpu_class()
     data_dir = shared_dir() / "data" / "face" / "lfw112"
     if not data_dir.is_dir():
         raise SystemExit(f"needs {data_dir} (set RANKFACE_SHARED)")
@@ -323,128 +597,220 @@ def main(argv: list[str] | None = None) -> int:
     dataset, report = load_face_dataset(data_dir, check_images=False)
     all_pairs = read_lfw_pairs(data_dir / "pairs.txt")
     all_rows = pair_rows(dataset, all_pairs)
-    print(f"{report.summary()}; mode={args.mode} systems={args.systems} seeds={args.seeds} steps={args.steps} "
-          f"batch={args.batch_size} resolutions={args.resolutions} engine={args.engine}", flush=True)
+    print(f"{report.summary()}; mode={args.mode} plan={args.plan} steps={args.steps} batch={args.batch_size} "
+          f"resolutions={args.resolutions} engine={args.engine}", flush=True)
 
     results: dict[tuple[str, int], list[dict]] = {}
-    for seed in args.seeds:
-        for system in args.systems:
-            if system == "pretrained" and seed != args.seeds[0]:
-                continue  # no training: one seed says it all
-            for half in args.halves:
-                path = result_path(args, system, seed, half)
-                settings = run_settings(args, system, seed, half)
-                if path.is_file():
-                    saved = json.loads(path.read_text())
-                    if saved["settings"] == settings:
-                        print(f"[skip] {system} seed {seed} half {half}: {path.relative_to(ROOT)}", flush=True)
-                        results.setdefault((system, seed), []).append(saved)
-                        continue
-                    print(f"[redo] {system} seed {seed} half {half}: saved with other settings", flush=True)
-                if not claim(path):
-                    print(f"[busy] {system} seed {seed} half {half}: another benchmark process is on it", flush=True)
+    todo = []
+    for system, seed in args.plan:
+        for half in args.halves:
+            path = result_path(args, system, seed, half)
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                if saved["settings"] == run_settings(args, system, seed, half):
+                    results.setdefault((system, seed), []).append(saved)
                     continue
-                started = time.perf_counter()
-                run_dir = out_dir / "runs" / path.stem
-                if path.is_file() and run_dir.exists():
-                    shutil.rmtree(run_dir)  # its checkpoints belong to the other settings: do not resume them
-                train_info = None
-                model_dir = None
-                if SYSTEMS[system] is not None:
-                    print(f"[train] {system} seed {seed} half {half}: {args.steps} steps x {args.batch_size}",
-                          flush=True)
-                    model_dir, train_info = train_model(args, system, seed, half, run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                embed = Embedder(load_encoder(model_dir), args.engine, run_dir, args.threads)
-                idx = half_pairs(all_pairs, settings["eval_folds"])
-                scores, embed_seconds = score_half(embed, dataset, all_rows[idx], args.resolutions)
-                record = {"settings": settings, "pair_indices": idx.tolist(), "scores": scores, "train": train_info,
-                          "embed_seconds": embed_seconds, "engine": args.engine,
-                          "wall_seconds": time.perf_counter() - started}
-                write_json(path, record)
-                path.with_suffix(".lock").unlink(missing_ok=True)
-                quick_view = system_metrics([record], all_pairs)
-                print(f"[done] {system} seed {seed} half {half} in {record['wall_seconds']:.0f} s: " + " ".join(
-                    f"{k}={v['accuracy']:.2f}" for k, v in quick_view.items() if k.startswith("lr-lr")), flush=True)
-                results.setdefault((system, seed), []).append(record)
+                print(f"[stale] {system} seed {seed} half {half}: saved with other settings", flush=True)
+            todo.append((system, seed, half))
+    print(f"{sum(len(v) for v in results.values())} results saved, {len(todo)} to do", flush=True)
+    if todo and not args.report_only and not args.no_estimate:
+        pair_images = len(np.unique(all_rows[half_pairs(all_pairs, HALVES["A"][: args.folds_per_half])]))
+        print_estimate(args, todo, pair_images)
+    for system, seed, half in [] if args.report_only else todo:
+        record = run_one(args, system, seed, half, dataset, all_pairs, all_rows)
+        if record is not None:
+            results.setdefault((system, seed), []).append(record)
 
-    complete = {k: v for k, v in results.items() if len(v) == len(HALVES) and len(args.halves) == len(HALVES)}
+    complete = {k: sorted(v, key=lambda r: r["settings"]["half"]) for k, v in results.items()
+                if {r["settings"]["half"] for r in v} == set(HALVES)}
     metrics = {k: system_metrics(v, all_pairs) for k, v in complete.items()}
-    summary = render(args, metrics, results, all_pairs)
-    write_json(out_dir / "summary.json", {"metrics": {f"{s}|{seed}": m for (s, seed), m in metrics.items()},
-                                          "settings": vars(args)})
+    summary, values = render(args, metrics, complete, results, all_pairs)
+    write_json(out_dir / "summary.json", {
+        "metrics": {f"{s}|{seed}": {k: {f: v for f, v in m.items() if f != "fold_accuracies"} for k, m in ms.items()}
+                    for (s, seed), ms in metrics.items()},
+        "result": values, "plan": [list(p) for p in args.plan]})
     print(summary, flush=True)
     return 0
+
+
+def run_one(args, system: str, seed: int, half: str, dataset, all_pairs, all_rows) -> dict | None:
+    """Train (unless `pretrained`), score and save one (system, seed, half); None when another process has it."""
+    path = result_path(args, system, seed, half)
+    settings = run_settings(args, system, seed, half)
+    if not claim(path):
+        print(f"[busy] {system} seed {seed} half {half}: another benchmark process is on it", flush=True)
+        return None
+    if path.is_file():  # another process may have finished it since this one looked
+        saved = json.loads(path.read_text())
+        if saved["settings"] == settings:
+            path.with_suffix(".lock").unlink(missing_ok=True)
+            return saved
+    started = time.perf_counter()
+    run_dir = RESULTS / args.mode / "runs" / path.stem
+    stale = run_dir / "settings.json"
+    if run_dir.exists() and (not stale.is_file() or json.loads(stale.read_text()) != settings):
+        shutil.rmtree(run_dir)  # checkpoints of other settings: do not resume them
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(stale, settings)
+    train_info, folder = None, None
+    if SYSTEMS[system] is not None:
+        print(f"[train] {system} seed {seed} half {half}: {args.steps} steps x {args.batch_size}", flush=True)
+        folder, train_info = train_model(args, system, seed, half, run_dir)
+    embed = Embedder(load_encoder(folder), args.engine, run_dir, args.threads)
+    idx = half_pairs(all_pairs, settings["eval_folds"])
+    scores, embed_seconds = score_half(embed, dataset, all_rows[idx], args.resolutions)
+    record = {"settings": settings, "scores": scores, "train": train_info, "embed_seconds": round(embed_seconds, 1),
+              "engine": args.engine, "threads": args.threads, "cpu_class": cpu_class()["class"],
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    write_json(path, record)
+    path.with_suffix(".lock").unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only for resuming; model/ stays for F2
+    (run_dir / "encoder.onnx").unlink(missing_ok=True)
+    view = system_metrics([record], all_pairs)
+    print(f"[done] {system} seed {seed} half {half} in {record['wall_seconds']:.0f} s: " + " ".join(
+        f"{k}={v['accuracy']:.2f}" for k, v in view.items() if k.startswith("lr-lr")), flush=True)
+    return record
 
 
 def mean_over_seeds(metrics: dict, system: str) -> tuple[dict, int] | None:
     runs = [m for (s, _), m in metrics.items() if s == system]
     if not runs:
         return None
-    keys = runs[0].keys()
-    return {k: {f: float(np.mean([r[k][f] for r in runs])) for f in runs[0][k]} for k in keys}, len(runs)
+    fields = [f for f in runs[0][next(iter(runs[0]))] if f != "fold_accuracies"]
+    return {k: {f: float(np.mean([r[k][f] for r in runs])) for f in fields} for k in runs[0]}, len(runs)
 
 
-def render(args: argparse.Namespace, metrics: dict, results: dict, all_pairs) -> str:
+def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dict, all_pairs) -> tuple[str, dict]:
     lines = []
     rs = sorted(args.resolutions, reverse=True)
+    order = [s for s in SYSTEMS if any(name == s for name, _ in metrics)]
     if metrics:
         lines.append(f"\n### LFW-VLR (protocol F1, mode={args.mode}, {args.steps} steps x {args.batch_size} images per "
-                     f"model, {args.folds_per_half} folds per half)\n")
+                     f"model, {args.folds_per_half} folds per half; mean over seeds)\n")
         head = "| system | seeds | " + " | ".join(f"LR-LR {r}" for r in rs) + " | " + " | ".join(
-            f"HR-LR {r}" for r in rs if r != 112) + " | TAR@1e-2 16 | TAR@1e-2 8 | AUC 16 |"
+            f"HR-LR {r}" for r in rs if r != 112) + " | TAR@1e-2 16 | TAR@1e-2 8 | TAR@1e-3 16 | TAR@1e-3 8 |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        curves_lr, curves_hr = {}, {}
-        for system in SYSTEMS:
-            agg = mean_over_seeds(metrics, system)
-            if agg is None:
-                continue
-            m, n = agg
+        rows = {}
+        for system in order:
+            m, n = mean_over_seeds(metrics, system)
             cells = [f"{m[f'lr-lr@{r}']['accuracy']:.2f} ± {m[f'lr-lr@{r}']['accuracy_std']:.2f}" for r in rs]
             cells += [f"{m[f'hr-lr@{r}']['accuracy']:.2f}" for r in rs if r != 112]
-            tar = [f"{m[f'lr-lr@{r}']['tar@0.01']:.2f}" if f"lr-lr@{r}" in m else "—" for r in (16, 8)]
-            auc = f"{m['lr-lr@16']['auc']:.4f}" if "lr-lr@16" in m else "—"
-            lines.append(f"| {system} | {n} | " + " | ".join(cells) + f" | {' | '.join(tar)} | {auc} |")
-            curves_lr[f"{system} LR-LR"] = {r: m[f"lr-lr@{r}"]["accuracy"] for r in rs}
-            curves_hr[f"{system} HR-LR"] = {r: m[f"hr-lr@{r}"]["accuracy"] if r != 112 else m["lr-lr@112"]["accuracy"]
-                                            for r in rs}
-        plot = plot_accuracy_vs_resolution({**curves_lr, **curves_hr}, RESULTS / args.mode / "accuracy_vs_resolution.png",
-                                           title=f"LFW-VLR verification ({args.mode})")
+            cells += [f"{m[f'lr-lr@{r}'][f'tar@{far:g}']:.2f}" if f"lr-lr@{r}" in m else "—"
+                      for far in FARS for r in (16, 8)]
+            lines.append(f"| {system} | {n} | " + " | ".join(cells) + " |")
+            rows[system] = {"lr-lr": {r: m[f"lr-lr@{r}"]["accuracy"] for r in rs},
+                            "hr-lr": {r: m[f"hr-lr@{r}" if r != 112 else "lr-lr@112"]["accuracy"] for r in rs}}
+        lines.append("\n(accuracy ± std over the 10 folds; TAR in %, per half then averaged)")
+        plot = plot_accuracy_vs_resolution(
+            rows, RESULTS / args.mode / "accuracy_vs_resolution.png",
+            title=f"LFW-VLR, protocol F1 ({args.mode}): 10-fold accuracy on the 6,000 test pairs, mean over seeds; "
+                  f"{args.steps} steps x {args.batch_size}")
         lines.append(f"\nplot: {plot.relative_to(ROOT)}")
-    partial = sorted({(s, seed) for (s, seed), v in results.items() if (s, seed) not in metrics})
+        lines += goals_table(metrics, order)
+        lines += significance_table(significance(complete, metrics, all_pairs, args.bootstrap))
+        lines += ablation_table(metrics)
+    curves = {}
+    for (system, _seed), records in results.items():
+        for record in records:
+            if record.get("train") and record["train"].get("curve"):
+                curves.setdefault(system, []).append([(s, v) for s, v in record["train"]["curve"]])
+    if curves:
+        pairs = next(r["train"]["num_validation_pairs"] for rs_ in results.values() for r in rs_ if r.get("train"))
+        png = plot_learning_curves(
+            {s: curves[s] for s in SYSTEMS if s in curves}, RESULTS / args.mode / "learning_curves.png",
+            keys=CURVE_KEYS,
+            title=f"Learning curves ({args.mode}): LR-LR accuracy on {pairs} validation pairs of identities in no "
+                  "View-2 pair, left out of training (no test pair; the schedule was chosen on these)")
+        lines.append(f"\nlearning curves: {png.relative_to(ROOT)}")
+    partial = sorted({(s, seed) for (s, seed) in results if (s, seed) not in metrics})
     if partial:
-        lines.append(f"incomplete (one half only, not in the table above): {partial}")
+        lines.append(f"incomplete (one half only, not in the tables above): {partial}")
     if results:
-        # Every saved (system, seed, half) on its own: compares systems on the same half before both are done.
-        lines.append("\nper half (thresholds and TAR within the half):\n")
-        head = "| system | seed | half | " + " | ".join(f"LR-LR {r}" for r in rs) + " | HR-LR 8 | TAR@1e-2 16 | " \
-               "TAR@1e-2 8 | steps |"
-        lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        for (system, seed), records in sorted(results.items(), key=lambda kv: (list(SYSTEMS).index(kv[0][0]), kv[0][1])):
-            for record in sorted(records, key=lambda r: r["settings"]["half"]):
-                m = system_metrics([record], all_pairs)
-                cells = [f"{m[f'lr-lr@{r}']['accuracy']:.2f}" if f"lr-lr@{r}" in m else "—" for r in rs]
-                extra = [f"{m[k]['accuracy' if k.startswith('hr') else 'tar@0.01']:.2f}" if k in m else "—"
-                         for k in ("hr-lr@8", "lr-lr@16", "lr-lr@8")]
-                lines.append(f"| {system} | {seed} | {record['settings']['half']} | " + " | ".join(cells + extra)
-                             + f" | {record['settings']['steps']} |")
-    pre = results.get(("pretrained", args.seeds[0]))
-    if pre and len(pre) == 2:
+        lines += per_half_table(results, all_pairs, rs)
+    pre = complete.get(("pretrained", 0))
+    if pre:
         check = anchor_check(pre, all_pairs)
         if check:
-            lines.append("\nanchor check (README protocol over all 6,000 pairs, pretrained):")
-            lines.append("| setting | rankface | README | diff |")
-            lines.append("|---|---|---|---|")
+            lines += ["\nanchor check (README protocol over all 6,000 pairs, pretrained):",
+                      "| setting | rankface | README | diff |", "|---|---|---|---|"]
             for key, v in check.items():
                 anchor = "—" if v["anchor"] is None else f"{v['anchor']:.2f}"
                 diff = "—" if v["diff"] is None else f"{v['diff']:+.2f}"
                 lines.append(f"| {key} | {v['accuracy']:.2f} | {anchor} | {diff} |")
+    values = result_values(args, metrics)
+    lines.append("RESULT " + " ".join(f"{k}={v}" for k, v in values.items()))
+    return "\n".join(lines), values
+
+
+def goals_table(metrics: dict, order: list[str]) -> list[str]:
+    lines = ["\nGoals (issue 11), mean over seeds:", "",
+             "| figure | goal | " + " | ".join(order) + " |", "|---|---:|" + "---:|" * len(order)]
+    means = {s: mean_over_seeds(metrics, s)[0] for s in order}
+    for key, goal in GOALS.items():
+        if not all(key in means[s] for s in order):
+            continue
+        cells = [f"**{means[s][key]['accuracy']:.2f}**" if means[s][key]["accuracy"] >= goal
+                 else f"{means[s][key]['accuracy']:.2f}" for s in order]
+        lines.append(f"| {key} | ≥ {goal:g} | " + " | ".join(cells) + " |")
+    return lines + ["(bold: goal met)"]
+
+
+def significance_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["\nSignificance (seeds pooled; Δ = first − second, points; two-sided p):", "",
+             "| claim | seeds | figure | Δ | p | test |", "|---|---|---|---:|---:|---|"]
+    for row in rows:
+        ci = f" (95 % CI {row['ci95'][0]:+.2f} … {row['ci95'][1]:+.2f})" if "ci95" in row else ""
+        star = " *" if row["p"] < 0.05 else ""
+        lines.append(f"| {row['claim']} | {row['seeds']} | {row['figure']} | {row['diff']:+.2f}{ci} | "
+                     f"{row['p']:.3g}{star} | {row['test']} |")
+    return lines + ["(*: p < 0.05)"]
+
+
+def ablation_table(metrics: dict) -> list[str]:
+    """Each RI component's share: the step from the previous model in margin < + regressor < + ID < + attention."""
+    chain = [s for s in ("arcface", "ri+reg", "ri+reg+id", "ri") if mean_over_seeds(metrics, s)]
+    if len(chain) < 2:
+        return []
+    means = {s: mean_over_seeds(metrics, s)[0] for s in chain}
+    keys = [k for k in ("lr-lr@16", "lr-lr@8", "hr-lr@8") if all(k in means[s] for s in chain)]
+    lines = ["\nRI ablation, accuracy step from the previous row (points):", "",
+             "| step | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for before, after in itertools.pairwise(chain):
+        lines.append(f"| {before} → {after} | " + " | ".join(
+            f"{means[after][k]['accuracy'] - means[before][k]['accuracy']:+.2f}" for k in keys) + " |")
+    return lines
+
+
+def per_half_table(results: dict, all_pairs, rs: list[int]) -> list[str]:
+    """Every saved (system, seed, half) on its own: compares systems on the same half before both are done."""
+    lines = ["\nper half (thresholds and TAR within the half):\n"]
+    head = "| system | seed | half | " + " | ".join(f"LR-LR {r}" for r in rs) + " | HR-LR 8 | TAR@1e-2 16 | " \
+           "TAR@1e-2 8 | steps | s/step |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for (system, seed), records in sorted(results.items(), key=lambda kv: (list(SYSTEMS).index(kv[0][0]), kv[0][1])):
+        for record in sorted(records, key=lambda r: r["settings"]["half"]):
+            m = system_metrics([record], all_pairs)
+            cells = [f"{m[f'lr-lr@{r}']['accuracy']:.2f}" if f"lr-lr@{r}" in m else "—" for r in rs]
+            extra = [f"{m[k]['accuracy' if k.startswith('hr') else 'tar@0.01']:.2f}" if k in m else "—"
+                     for k in ("hr-lr@8", "lr-lr@16", "lr-lr@8")]
+            train = record.get("train") or {}
+            pace = f"{train['seconds_per_step']:.1f}" if train.get("seconds_per_step") else "—"
+            lines.append(f"| {system} | {seed} | {record['settings']['half']} | " + " | ".join(cells + extra)
+                         + f" | {record['settings']['steps']} | {pace} |")
+    return lines
+
+
+def result_values(args: argparse.Namespace, metrics: dict) -> dict[str, str]:
     result = {}
+    seeds = 0
     for system in SYSTEMS:
         agg = mean_over_seeds(metrics, system)
         if agg is None:
             continue
-        m, _ = agg
+        m, n = agg
+        seeds = max(seeds, n)
         key = system.replace("+", "_")
         for r in (112, 16, 8):
             if f"lr-lr@{r}" in m:
@@ -453,10 +819,9 @@ def render(args: argparse.Namespace, metrics: dict, results: dict, all_pairs) ->
             result[f"{key}_tar16"] = f"{m['lr-lr@16']['tar@0.01']:.2f}"
         if "hr-lr@8" in m:
             result[f"{key}_hrlr8"] = f"{m['hr-lr@8']['accuracy']:.2f}"
-    result["seeds"] = str(len(args.seeds))
+    result["seeds"] = str(seeds)
     result["mode"] = args.mode
-    lines.append("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
-    return "\n".join(lines)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,40 +1,44 @@
 """Protocol F2 (../shared/docs/benchmarks.md): face image quality on mixed-resolution LFW pairs, error versus discard.
 
-Every image slot of the 6,000 View-2 pairs gets a resolution drawn with a fixed seed from {8, 12, 16, 24, 112} (one
-draw per slot, over all 6,000 pairs, so `--quick` scores the same degraded pairs as the full mode) and is degraded
-with `degrade_exact` (INTER_AREA down to r, INTER_CUBIC back to 112). A pair's score is the cosine of the two
-embeddings, its quality the lower of the two images' qualities. The threshold is fixed at FMR = 1e-2 over all
-impostor pairs; the lowest-quality fraction d in 0..0.5 is discarded and the FNMR of the remaining genuine pairs
-plotted; the summary is the area up to d = 0.3 (lower is better). `rankface.evaluation.quality` does the curves.
+Every image slot of the 6,000 View-2 pairs gets a resolution drawn with a fixed seed (one draw per slot over all 6,000
+pairs, so `--quick` scores a subset of the full mode's degraded pairs) and is degraded with `degrade_exact`
+(INTER_AREA down to r, INTER_CUBIC back to 112). Two mixes, reported side by side:
 
-Quality functions:
-- `ri`: the regressed recognizability index of an RI model (`--ri-model PATH`, a rankface `RecognizabilityModel`
-  checkpoint; without it the RI rows are skipped).
-- `norm`: the L2 norm of the (unnormalised) backbone embedding, of the RI model and of a plain encoder
-  (`--norm-model`, default: the pretrained MobileFaceNet in ../shared/models, converted to a rankface checkpoint
-  with `rankface.models.mobilefacenet.convert`).
-- references on the same scores: `random` (mean of 10 random orders), `resolution oracle` (quality = the image's
-  resolution, ties in a seeded random order) and the `error oracle` (false non-matches first: the lower bound).
+- `hard`: uniform over {8, 12, 16, 24, 112} (measured: 73-77 % of genuine pairs fail at d = 0, so little room for any
+  quality to act);
+- `realistic`: over {8, 12, 16, 24, 32, 48, 112} with weights proportional to r^lambda, lambda chosen by bisection on
+  the calibration pairs (one View-2 fold per half) so that the RI model's FNMR at d = 0 is near 25 %, inside the
+  protocol's 10-40 % band; the weights and the FNMR of the scored pairs are printed.
 
-The RESULT line reports the RI model's curves when `--ri-model` is given, else the plain encoder's:
-`ratio_ri_to_norm` = pAUC(RI) / pAUC(norm of the same model); keys that cannot be computed are `nan`.
+A pair's score is the cosine of the RI model's two (matching) embeddings; the threshold is fixed at FMR = 1e-2 over
+all impostor pairs; the lowest-quality fraction d in 0..0.5 is discarded (a pair's quality is the lower of its two
+images') and the FNMR of the remaining genuine pairs plotted; the summary is the area up to d = 0.3 and each quality's
+share of the attainable improvement (random order = 0, error oracle = 1). The qualities, all ranking the same pairs
+of the same scores:
 
-Each (image, resolution) is embedded once, in batches, under `torch.inference_mode`. Per-system results (pair scores,
-per-image qualities, curves) are saved as JSON under benchmarks/results/quality_erc/<mode>/ and reused by a rerun
-with the same settings (same model files, pairs, seed).
+- `ri`: the regressed recognizability index of the RI model;
+- `norm`: the L2 norm of the same model's backbone embedding;
+- `magface norm`: the embedding norm of the MagFace model trained in the same F1 run and budget (the quality the
+  face-quality field holds up);
+- `resolution oracle` (quality = the image's resolution), `random` (mean of 10 orders), `error oracle` (false
+  non-matches first: the floor no quality can pass).
 
-    python benchmarks/quality_erc.py --quick                       # View-2 folds 0-1 (1,200 pairs)
-    python benchmarks/quality_erc.py --ri-model runs/ri/model      # all 6,000 pairs
+Models come per F1 half (model A scores the pairs of folds 0-4, model B those of folds 5-9, so no model scores an
+identity it trained on): `--from-f1 full` takes seed 0's `ri` and `magface` models of benchmarks/lfw_vlr.py's full run.
+Each (image, resolution) view is embedded once per model and kept in a cache under the results folder (git-ignored),
+so a rerun only recomputes the curves. Per-resolution RI histograms (PNG) show whether the RI separates 8 px from
+24 px, and failures from successes within one resolution.
 
-Cost on the shared 2-core machine (torch, MobileFaceNet at 112 px, ~18 views/s under load): quick mode embeds
-2,215 views in ~2 min per model; the full mode ~11,000 views, ~10 min per model.
+    python benchmarks/quality_erc.py --quick --from-f1 quick     # View-2 folds 0-1 (1,200 pairs), model A only
+    python benchmarks/quality_erc.py --from-f1 full              # all 6,000 pairs, both halves' models
+
+One RESULT line per mix (`mix=hard`, then `mix=realistic`).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import sys
 import time
@@ -43,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _plots import plot_erc_curves
 
 from rankface.data.faces import degrade_exact, image_to_rgb_array, load_face_dataset, pair_rows, read_lfw_pairs
 from rankface.evaluation.quality import (
@@ -51,31 +56,46 @@ from rankface.evaluation.quality import (
     error_versus_discard,
     oracle_erc,
     pair_quality,
-    plot_erc,
     random_erc,
+    threshold_at_fmr,
 )
-from rankface.evaluation.verification import cosine_pair_scores
+from rankface.evaluation.verification import cosine_pair_scores, roc_auc
 from rankface.paths import shared_dir
-from rankface.utils.io import atomic_write, write_json
+from rankface.utils.io import atomic_write, save_png, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality_erc"
-RESOLUTIONS = (8, 12, 16, 24, 112)
+F1_RESULTS = ROOT / "benchmarks" / "results" / "lfw_vlr"
+RESOLUTIONS = (8, 12, 16, 24, 112)  # the hard mix
+REALISTIC = (8, 12, 16, 24, 32, 48, 112)
+MIXES = ("hard", "realistic")
+FNMR_BAND = (0.10, 0.40)  # the realistic mix's FNMR at d = 0 (protocol F2)
+FNMR_TARGET = 0.25
 QUICK_FOLDS = (0, 1)
+CALIBRATION_FOLDS = (0, 5)  # one fold per half: the pairs the realistic weights are searched on
 FMR = 1e-2
 UPTO = 0.3
-RESULT_KEYS = ("ri_pauc", "norm_pauc", "random_pauc", "oracle_pauc", "ratio_ri_to_norm", "mode")
+DECIMALS = 5
+RESULT_KEYS = ("ri_pauc", "norm_pauc", "random_pauc", "oracle_pauc", "ratio_ri_to_norm", "ri_share", "norm_share",
+               "magface_share", "resolution_share", "fnmr_d0", "mix", "mode")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"only the pairs of View-2 folds {QUICK_FOLDS}")
     parser.add_argument("--folds", nargs="+", type=int, default=None, help="View-2 folds to score (default: all 10)")
-    parser.add_argument("--ri-model", type=Path, default=None, help="rankface RecognizabilityModel checkpoint folder")
-    parser.add_argument("--norm-model", type=Path, default=None,
-                        help="plain face encoder for the norm baseline: a rankface checkpoint folder or a MobileFaceNet "
-                             ".pt state_dict (default: ../shared/models/mobilefacenet/mobilefacenet.pt)")
-    parser.add_argument("--no-norm-model", action="store_true", help="skip the plain encoder's norm baseline")
+    parser.add_argument("--from-f1", default=None, metavar="MODE",
+                        help="take the ri and magface models of benchmarks/lfw_vlr.py's MODE run (e.g. full, quick)")
+    parser.add_argument("--f1-seed", type=int, default=0, help="with --from-f1: the F1 seed whose models are used")
+    parser.add_argument("--ri-model", type=Path, nargs="+", default=None,
+                        help="RecognizabilityModel checkpoint folder(s): one for every pair, or two: model A (scores "
+                             "folds 0-4) and model B (folds 5-9)")
+    parser.add_argument("--magface-model", type=Path, nargs="+", default=None,
+                        help="MagFace-trained encoder folder(s), one or two as for --ri-model")
+    parser.add_argument("--norm-model", type=Path, nargs="+", default=None,
+                        help="optional extra: a plain encoder whose norm is also compared ('pretrained norm'); a "
+                             "rankface folder or a MobileFaceNet .pt state_dict")
+    parser.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-image resolution draw")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -88,16 +108,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     args.mode = args.mode or ("quick" if args.quick else "full")
-    if args.norm_model is None and not args.no_norm_model:
-        args.norm_model = shared_dir() / "models" / "mobilefacenet" / "mobilefacenet.pt"
-    if args.ri_model is not None and not args.ri_model.is_dir():
-        parser.error(f"--ri-model {args.ri_model}: not a checkpoint folder (expected config.json + model.safetensors)")
+    halves = sorted({half_of(f) for f in args.folds})
+    if args.from_f1:
+        for kind in ("ri", "magface"):
+            if getattr(args, f"{kind}_model") is None:
+                setattr(args, f"{kind}_model", [F1_RESULTS / args.from_f1 / "runs" / f"{kind}-seed{args.f1_seed}-half"
+                                                f"{h}" / "model" for h in ("A", "B")])
+    if args.ri_model is None:
+        parser.error("give --ri-model (or --from-f1 MODE): the RI model's scores are the ones every quality ranks")
+    for kind in ("ri_model", "magface_model", "norm_model"):
+        paths = getattr(args, kind)
+        if paths is None:
+            continue
+        if len(paths) not in (1, 2):
+            parser.error(f"--{kind.replace('_', '-')}: one path (every pair) or two (model A, model B), got {len(paths)}")
+        by_half = {"A": paths[0], "B": paths[-1]}
+        for half in halves:
+            if not by_half[half].exists():
+                parser.error(f"--{kind.replace('_', '-')} for half {half} (folds {half_folds(half)}): {by_half[half]} "
+                             "does not exist (train it with benchmarks/lfw_vlr.py)")
+        setattr(args, kind, by_half)
     return args
 
 
-# ---------------------------------------------------------------------------------------------- pure logic
+def half_of(fold: int) -> str:
+    """The F1 half whose model scores a View-2 fold: A scores folds 0-4, B folds 5-9."""
+    return "A" if fold < 5 else "B"
+
+
+def half_folds(half: str) -> list[int]:
+    return [f for f in range(10) if half_of(f) == half]
+
+
+# ---------------------------------------------------------------------------------------------- mixes
 def draw_resolutions(num_pairs: int, seed: int, choices: Sequence[int] = RESOLUTIONS) -> np.ndarray:
-    """Resolution of every image slot of every pair, `[P, 2]` int64, uniform over `choices` with a fixed seed.
+    """The hard mix: resolution of every image slot of every pair, `[P, 2]` int64, uniform over `choices`.
 
     Drawn for all pairs at once, so a subset of pairs (quick mode) has the same resolutions as in the full run.
     """
@@ -105,6 +150,61 @@ def draw_resolutions(num_pairs: int, seed: int, choices: Sequence[int] = RESOLUT
     return np.asarray(choices, dtype=np.int64)[rng.integers(0, len(choices), size=(num_pairs, 2))]
 
 
+def mix_weights(lam: float, choices: Sequence[int] = REALISTIC) -> np.ndarray:
+    """Weights proportional to `r ** lam` (0: uniform; larger: more high-resolution images), summing to 1."""
+    w = np.asarray(choices, dtype=np.float64) ** float(lam)
+    return w / w.sum()
+
+
+def draw_mix(num_pairs: int, seed: int, weights: Sequence[float], choices: Sequence[int] = REALISTIC) -> np.ndarray:
+    """Resolutions `[P, 2]` drawn with `weights` by inverting the cumulative weights at one uniform number per slot.
+
+    The uniform numbers depend only on `seed`, so every slot's resolution moves monotonically with the weights (a
+    search over weights changes as few slots as possible), and a subset of pairs matches the full draw.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(choices),) or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
+        raise ValueError(f"draw_mix: weights {w.tolist()} must be {len(choices)} non-negative numbers summing to 1")
+    u = np.random.default_rng(seed).random((num_pairs, 2))
+    index = np.minimum(np.searchsorted(np.cumsum(w), u, side="right"), len(choices) - 1)
+    return np.asarray(choices, dtype=np.int64)[index]
+
+
+def fnmr_at_zero_discard(scores: np.ndarray, same: np.ndarray, fmr: float = FMR) -> float:
+    """FNMR of all genuine pairs at the threshold of FMR `fmr` over all impostor pairs (`score > t` accepts)."""
+    threshold, _ = threshold_at_fmr(scores, same, fmr)
+    return float(np.mean(np.asarray(scores)[np.asarray(same, dtype=bool)] <= threshold))
+
+
+def search_mix(fnmr_of: Callable[[np.ndarray], float], band: tuple[float, float] = FNMR_BAND,
+               target: float = FNMR_TARGET, bounds: tuple[float, float] = (-3.0, 4.0), iterations: int = 12
+               ) -> dict:
+    """The realistic mix: bisection on lambda (weights `mix_weights(lambda)`) for FNMR at d = 0 near `target`.
+
+    FNMR falls as lambda grows (more weight on high resolutions). Each evaluation is `fnmr_of(weights)`; the
+    search stops once the FNMR is within 0.02 of `target`, and returns the evaluated lambda closest to `target`.
+
+    Returns:
+        `{"lambda", "weights", "fnmr", "in_band", "tried": [[lambda, fnmr], ...]}`.
+    """
+    lo, hi = bounds
+    tried: list[tuple[float, float]] = []
+    for _ in range(iterations):
+        lam = (lo + hi) / 2
+        fnmr = float(fnmr_of(mix_weights(lam)))
+        tried.append((lam, fnmr))
+        if abs(fnmr - target) <= 0.02:
+            break
+        if fnmr > target:
+            lo = lam
+        else:
+            hi = lam
+    lam, fnmr = min(tried, key=lambda t: abs(t[1] - target))
+    return {"lambda": lam, "weights": mix_weights(lam).tolist(), "fnmr": fnmr,
+            "in_band": band[0] <= fnmr <= band[1], "tried": [list(t) for t in tried]}
+
+
+# ---------------------------------------------------------------------------------------------- views
 def unique_views(rows: np.ndarray, resolutions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (image row, resolution) views of the pair slots, so each is embedded once.
 
@@ -128,95 +228,6 @@ def pair_values(image_values: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     return np.asarray(image_values)[inverse]
 
 
-def system_curves(scores: np.ndarray, same: np.ndarray, slot_quality: Mapping[str, np.ndarray],
-                  resolutions: np.ndarray, seed: int = 0) -> dict[str, ERCCurve]:
-    """ERC curves of each quality (per-slot `[P, 2]` -> pair quality = min) and the references on the same scores.
-
-    Returns:
-        `{quality name: curve, "random": ..., "resolution oracle": ..., "error oracle": ...}`.
-    """
-    curves = {
-        name: error_versus_discard(scores, same, pair_quality(q[:, 0], q[:, 1]), fmr=FMR, tie_seed=seed, name=name)
-        for name, q in slot_quality.items()
-    }
-    curves["random"] = random_erc(scores, same, fmr=FMR, seed=seed)
-    oracle = pair_quality(resolutions[:, 0], resolutions[:, 1])
-    curves["resolution oracle"] = error_versus_discard(scores, same, oracle, fmr=FMR, tie_seed=seed,
-                                                       name="resolution oracle")
-    curves["error oracle"] = oracle_erc(scores, same, fmr=FMR)
-    return curves
-
-
-def headline(ri: Mapping[str, ERCCurve] | None, plain: Mapping[str, ERCCurve] | None, mode: str) -> dict[str, str]:
-    """The RESULT values: the RI model's curves when present, else the plain encoder's; `nan` where unavailable."""
-    source = ri if ri is not None else plain
-
-    def pauc(curves: Mapping[str, ERCCurve] | None, name: str) -> float:
-        return curves[name].pauc(UPTO) if curves is not None and name in curves else math.nan
-
-    values = {
-        "ri_pauc": pauc(ri, "ri"),
-        "norm_pauc": pauc(source, "norm"),
-        "random_pauc": pauc(source, "random"),
-        "oracle_pauc": pauc(source, "resolution oracle"),
-    }
-    norm = values["norm_pauc"]
-    values["ratio_ri_to_norm"] = values["ri_pauc"] / norm if norm > 0 else math.nan
-    out = {k: "nan" if math.isnan(v) else f"{v:.5f}" for k, v in values.items()}
-    out["mode"] = mode
-    return out
-
-
-def attainable_share(curves: Mapping[str, ERCCurve]) -> dict[str, float]:
-    """How much of the improvement a quality could make it makes: `(random - q) / (random - error oracle)` of the
-    pAUCs, per quality curve (0 = no better than a random order, 1 = as good as knowing the errors). The error
-    oracle is the floor no quality can pass, which matters when judging a ratio goal such as RI <= 0.8 x norm."""
-    rand, floor = curves["random"].pauc(UPTO), curves["error oracle"].pauc(UPTO)
-    span = rand - floor
-    return {name: (rand - c.pauc(UPTO)) / span if span > 0 else math.nan
-            for name, c in curves.items() if name not in ("random", "error oracle")}
-
-
-def goal_line(curves: Mapping[str, ERCCurve], ratio: float = 0.8) -> str:
-    """The F2 goal `pAUC(ri) <= ratio x pAUC(norm)` beside the floor set by the error oracle."""
-    target, floor = ratio * curves["norm"].pauc(UPTO), curves["error oracle"].pauc(UPTO)
-    verdict = ("below the error oracle: no quality function can reach it on these scores" if target < floor
-               else "reachable in principle (above the error oracle)")
-    return (f"Goal pAUC(ri) <= {ratio} x pAUC(norm) = {target:.5f}; pAUC(ri) = {curves['ri'].pauc(UPTO):.5f}; "
-            f"error oracle (perfect quality) = {floor:.5f}: the goal is {verdict}.")
-
-
-def result_line(values: Mapping[str, str]) -> str:
-    """`RESULT k=v ...` in the protocol's key order."""
-    missing = [k for k in RESULT_KEYS if k not in values]
-    if missing:
-        raise ValueError(f"result_line: missing key(s) {missing}")
-    return "RESULT " + " ".join(f"{k}={values[k]}" for k in RESULT_KEYS)
-
-
-def mean_by_resolution(slot_quality: np.ndarray, resolutions: np.ndarray) -> dict[int, float]:
-    """Mean image quality per resolution (does the quality order the resolutions at all?)."""
-    q, r = np.asarray(slot_quality).reshape(-1), np.asarray(resolutions).reshape(-1)
-    return {int(v): float(q[r == v].mean()) for v in np.unique(r)}
-
-
-def rates_by_resolution(scores: np.ndarray, same: np.ndarray, resolutions: np.ndarray, threshold: float
-                        ) -> dict[int, dict[str, float]]:
-    """Where the fixed threshold bites, per pair's lower resolution r: the genuine accept rate (TAR), the impostor
-    accept rate (FMR) and the number of pairs. With collapsed very-low-resolution embeddings the FMR = 1e-2
-    threshold is set by the lowest-resolution impostors, which this table shows."""
-    s, g = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
-    low = np.asarray(resolutions).min(axis=1)
-    out = {}
-    for r in np.unique(low):
-        m = low == r
-        out[int(r)] = {"tar": float(np.mean(s[m & g] > threshold)) if (m & g).any() else math.nan,
-                       "fmr": float(np.mean(s[m & ~g] > threshold)) if (m & ~g).any() else math.nan,
-                       "genuine": int((m & g).sum()), "impostor": int((m & ~g).sum())}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- models
 def fingerprint(path: Path) -> str:
     """SHA-256 over the weight and config files of a checkpoint folder (or of one file)."""
     files = [path] if path.is_file() else sorted(
@@ -295,105 +306,366 @@ def embed_views(model: torch.nn.Module, load_images: Callable[[np.ndarray], np.n
         if quality is not None:
             out["ri"].append(quality.float().numpy())
         done = start + len(chunk)
-        if progress and (done == len(views) or (start // batch_size) % 10 == 9):
+        if progress and (done == len(views) or (start // batch_size) % 20 == 19):
             rate = done / max(time.perf_counter() - started, 1e-9)
             print(f"  embedded {done}/{len(views)} views ({rate:.1f}/s)", flush=True)
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
-# ---------------------------------------------------------------------------------------------- systems
 def score_system(model: torch.nn.Module, load_images: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
                  resolutions: np.ndarray, batch_size: int = 64, progress: bool = True) -> dict:
     """Pair scores `[P]` and per-slot qualities `{"norm": [P, 2], "ri": [P, 2]}` of one model."""
     views, inverse = unique_views(rows, resolutions)
-    started = time.perf_counter()
     embedded = embed_views(model, load_images, views, batch_size, progress)
-    seconds = time.perf_counter() - started
     emb = embedded["embedding"]
     scores = cosine_pair_scores(emb[inverse[:, 0]], emb[inverse[:, 1]])
     quality = {name: pair_values(embedded[name], inverse) for name in ("ri", "norm") if name in embedded}
-    return {"scores": scores, "quality": quality, "num_views": len(views), "embed_seconds": seconds}
+    return {"scores": scores, "quality": quality, "num_views": len(views)}
 
 
-def curves_json(curves: Mapping[str, ERCCurve]) -> dict:
-    def clean(values: np.ndarray) -> list:
-        return [None if not np.isfinite(v) else float(v) for v in values]
+class ViewStore:
+    """One model's embedded (row, resolution) views, each computed once and kept in `cache_file` (an `.npz` named by
+    the model's fingerprint), so both mixes, the weight search and a rerun share them."""
 
-    return {name: {"pauc": c.pauc(UPTO), "threshold": c.threshold, "fmr": c.fmr, "discard": clean(c.discard),
-                   "fnmr": clean(c.fnmr)} for name, c in curves.items()}
+    def __init__(self, model: torch.nn.Module, load_images: Callable[[np.ndarray], np.ndarray], cache_file: Path,
+                 batch_size: int = 64) -> None:
+        self.model, self.load_images, self.cache_file, self.batch_size = model, load_images, cache_file, batch_size
+        self.index: dict[tuple[int, int], int] = {}
+        self.values: dict[str, np.ndarray] = {}
+        self.embedded_now = 0
+        if cache_file.is_file():
+            with np.load(cache_file) as saved:
+                self.values = {k: saved[k] for k in saved.files if k != "views"}
+                self.index = {(int(r), int(s)): i for i, (r, s) in enumerate(saved["views"])}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, views: np.ndarray) -> dict[str, np.ndarray]:
+        """Values of `views [U, 2]` (embedding the ones not stored yet): `{"embedding", "norm"[, "ri"]}`."""
+        missing = np.array([v for v in dict.fromkeys(map(tuple, views.tolist())) if v not in self.index],
+                           dtype=np.int64).reshape(-1, 2)
+        if len(missing):
+            print(f"  embedding {len(missing)} new views ({len(self)} stored)", flush=True)
+            new = embed_views(self.model, self.load_images, missing, self.batch_size)
+            start = len(self.index)
+            self.values = {k: np.concatenate([self.values[k], v]) if k in self.values else v for k, v in new.items()}
+            self.index.update({(int(r), int(s)): start + i for i, (r, s) in enumerate(missing)})
+            self.embedded_now += len(missing)
+            self.save()
+        at = np.array([self.index[(int(r), int(s))] for r, s in views], dtype=np.int64)
+        return {k: v[at] for k, v in self.values.items()}
+
+    def save(self) -> None:
+        views = np.array(sorted(self.index, key=self.index.get), dtype=np.int64).reshape(-1, 2)
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.cache_file, "wb") as handle:
+            np.savez(handle, views=views, **self.values)
 
 
-def run_system(name: str, model_path: Path, args: argparse.Namespace, context: dict, out_dir: Path) -> dict:
-    """Score one model (or reuse its saved result) and return the record with `curves` rebuilt."""
-    path = out_dir / f"{name}.json"
-    settings = {"system": name, "model": str(model_path), "model_sha256": fingerprint(model_path),
-                "folds": args.folds, "num_pairs": len(context["pair_indices"]), "seed": args.seed,
-                "resolutions": list(RESOLUTIONS), "fmr": FMR}
-    record = None
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
-            print(f"[skip] {name}: {path}", flush=True)
-            record = saved
-        else:
-            print(f"[redo] {name}: saved with other settings", flush=True)
-    if record is None:
-        model, folder = load_model(model_path, out_dir / "models", expect_ri=name == "ri")
-        print(f"[embed] {name}: {type(model).__name__} from {folder}", flush=True)
-        result = score_system(model, context["load_images"], context["rows"], context["resolutions"],
-                              args.batch_size)
-        record = {"settings": settings, "model_class": type(model).__name__,
-                  "pair_indices": context["pair_indices"].tolist(), "scores": result["scores"].tolist(),
-                  "quality": {k: v.tolist() for k, v in result["quality"].items()},
-                  "num_views": result["num_views"], "embed_seconds": result["embed_seconds"]}
-    quality = {k: np.asarray(v, dtype=np.float64) for k, v in record["quality"].items()}
-    if name != "ri":
-        quality.pop("ri", None)  # a plain encoder has no RI; an RI model given as --norm-model is scored by norm only
-    curves = system_curves(np.asarray(record["scores"]), context["same"], quality, context["resolutions"], args.seed)
-    record["curves"] = curves_json(curves)
-    write_json(path, record)
-    record["_curves"] = curves
-    return record
+def score_pairs(stores: Mapping[str, ViewStore], pair_half: np.ndarray, rows: np.ndarray, resolutions: np.ndarray
+                ) -> dict:
+    """Pair scores `[P]` and per-slot qualities `{"norm": [P, 2], "ri": [P, 2]}`, each pair scored by its half's
+    model (`stores[pair_half[p]]`)."""
+    scores = np.zeros(len(rows))
+    quality: dict[str, np.ndarray] = {}
+    for half in np.unique(pair_half):
+        mask = pair_half == half
+        views, inverse = unique_views(rows[mask], resolutions[mask])
+        values = stores[str(half)].get(views)
+        emb = values["embedding"]
+        scores[mask] = cosine_pair_scores(emb[inverse[:, 0]], emb[inverse[:, 1]])
+        for name in ("ri", "norm"):
+            if name in values:
+                quality.setdefault(name, np.zeros(rows.shape))[mask] = pair_values(values[name], inverse)
+    return {"scores": scores, "quality": quality}
 
 
-def report(systems: Mapping[str, dict], resolutions: np.ndarray, same: np.ndarray, out_dir: Path, mode: str,
-           num_pairs: int) -> str:
-    lines = [f"\n### Quality: error versus discard (protocol F2, mode={mode}, {num_pairs} mixed-resolution pairs)\n"]
-    labels = {"ri": "RI model", "plain": "plain encoder"}
-    for name, record in systems.items():
-        curves = record["_curves"]
-        lines.append(f"**{labels.get(name, name)}** ({record['model_class']}, `{record['settings']['model']}`; "
-                     f"{record['num_views']} views embedded in {record['embed_seconds']:.0f} s)\n")
-        lines.append(erc_table(curves, upto=UPTO))
-        shares = attainable_share(curves)
-        lines.append("\nShare of the attainable improvement over a random order (error oracle = 1): " + ", ".join(
-            f"{q} {v:.2f}" for q, v in shares.items()) + "\n")
-        if "ri" in curves and "norm" in curves:
-            lines.append(goal_line(curves) + "\n")
-        means = {q: mean_by_resolution(np.asarray(record["quality"][q]), resolutions) for q in record["quality"]
-                 if q in curves}
-        if means:
-            rs = sorted(next(iter(means.values())))
-            lines += ["", "| mean image quality | " + " | ".join(f"{r} px" for r in rs) + " |",
-                      "|---|" + "---:|" * len(rs)]
-            lines += [f"| {q} | " + " | ".join(f"{m[r]:.3f}" for r in rs) + " |" for q, m in means.items()]
-        threshold = next(iter(curves.values())).threshold
-        rates = rates_by_resolution(np.asarray(record["scores"]), same, resolutions, threshold)
-        rs = sorted(rates)
-        lines += ["", f"At the fixed threshold {threshold:.4f}, by the pair's lower resolution:", "",
-                  "| | " + " | ".join(f"{r} px" for r in rs) + " |", "|---|" + "---:|" * len(rs),
-                  "| genuine accepted (TAR) | " + " | ".join(f"{rates[r]['tar']:.3f}" for r in rs) + " |",
-                  "| impostors accepted (FMR) | " + " | ".join(f"{rates[r]['fmr']:.3f}" for r in rs) + " |",
-                  "| pairs (genuine / impostor) | " + " | ".join(
-                      f"{rates[r]['genuine']} / {rates[r]['impostor']}" for r in rs) + " |"]
-        png = plot_erc(curves, out_dir / f"erc_{name}.png", title=f"ERC, {labels.get(name, name)} ({mode})", upto=UPTO)
-        lines.append(f"\nplot: {png}\n")
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------------- curves
+def system_curves(scores: np.ndarray, same: np.ndarray, slot_quality: Mapping[str, np.ndarray],
+                  resolutions: np.ndarray, seed: int = 0) -> dict[str, ERCCurve]:
+    """ERC curves of each quality (per-slot `[P, 2]` -> pair quality = min) and the references on the same scores.
+
+    Returns:
+        `{quality name: curve, "resolution oracle": ..., "random": ..., "error oracle": ...}`.
+    """
+    curves = {
+        name: error_versus_discard(scores, same, pair_quality(q[:, 0], q[:, 1]), fmr=FMR, tie_seed=seed, name=name)
+        for name, q in slot_quality.items()
+    }
+    oracle = pair_quality(resolutions[:, 0], resolutions[:, 1])
+    curves["resolution oracle"] = error_versus_discard(scores, same, oracle, fmr=FMR, tie_seed=seed,
+                                                       name="resolution oracle")
+    curves["random"] = random_erc(scores, same, fmr=FMR, seed=seed)
+    curves["error oracle"] = oracle_erc(scores, same, fmr=FMR, name="error oracle")
+    return curves
+
+
+def attainable_share(curves: Mapping[str, ERCCurve]) -> dict[str, float]:
+    """How much of the improvement a quality could make it makes: `(random - q) / (random - error oracle)` of the
+    pAUCs, per quality curve (0 = no better than a random order, 1 = as good as knowing the errors)."""
+    rand, floor = curves["random"].pauc(UPTO), curves["error oracle"].pauc(UPTO)
+    span = rand - floor
+    return {name: (rand - c.pauc(UPTO)) / span if span > 0 else math.nan
+            for name, c in curves.items() if name not in ("random", "error oracle")}
+
+
+def headline(curves: Mapping[str, ERCCurve], fnmr_d0: float, mix: str, mode: str) -> dict[str, str]:
+    """The RESULT values of one mix; `nan` for a quality that was not scored."""
+    shares = attainable_share(curves)
+
+    def pauc(name: str) -> float:
+        return curves[name].pauc(UPTO) if name in curves else math.nan
+
+    values = {"ri_pauc": pauc("ri"), "norm_pauc": pauc("norm"), "random_pauc": pauc("random"),
+              "oracle_pauc": pauc("resolution oracle")}
+    values["ratio_ri_to_norm"] = values["ri_pauc"] / values["norm_pauc"] if values["norm_pauc"] > 0 else math.nan
+    for key, name in (("ri_share", "ri"), ("norm_share", "norm"), ("magface_share", "magface norm"),
+                      ("resolution_share", "resolution oracle")):
+        values[key] = shares.get(name, math.nan)
+    values["fnmr_d0"] = fnmr_d0
+    out = {k: "nan" if math.isnan(v) else (f"{v:.3f}" if "share" in k or k == "fnmr_d0" else f"{v:.5f}")
+           for k, v in values.items()}
+    return {**out, "mix": mix, "mode": mode}
+
+
+def result_line(values: Mapping[str, str]) -> str:
+    """`RESULT k=v ...` in the protocol's key order."""
+    missing = [k for k in RESULT_KEYS if k not in values]
+    if missing:
+        raise ValueError(f"result_line: missing key(s) {missing}")
+    return "RESULT " + " ".join(f"{k}={values[k]}" for k in RESULT_KEYS)
+
+
+def goal_line(shares: Mapping[str, float]) -> str:
+    """The F2 goal: the RI's share >= 0.5 and above the norm's, the MagFace norm's and the resolution oracle's."""
+    ri = shares.get("ri", math.nan)
+    rivals = {k: shares[k] for k in ("norm", "magface norm", "resolution oracle") if k in shares}
+    beaten = [k for k, v in rivals.items() if ri > v]
+    met = ri >= 0.5 and len(beaten) == len(rivals)
+    return (f"Goal: RI share >= 0.5 and above {', '.join(rivals)}: RI share {ri:.3f}; above "
+            f"{', '.join(beaten) or 'none'} -> {'met' if met else 'NOT met'}.")
+
+
+def mean_by_resolution(slot_quality: np.ndarray, resolutions: np.ndarray) -> dict[int, float]:
+    """Mean image quality per resolution (does the quality order the resolutions at all?)."""
+    q, r = np.asarray(slot_quality).reshape(-1), np.asarray(resolutions).reshape(-1)
+    return {int(v): float(q[r == v].mean()) for v in np.unique(r)}
+
+
+def rates_by_resolution(scores: np.ndarray, same: np.ndarray, resolutions: np.ndarray, threshold: float
+                        ) -> dict[int, dict[str, float]]:
+    """Where the fixed threshold bites, per pair's lower resolution r: the genuine accept rate (TAR), the impostor
+    accept rate (FMR) and the number of pairs."""
+    s, g = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
+    low = np.asarray(resolutions).min(axis=1)
+    out = {}
+    for r in np.unique(low):
+        m = low == r
+        out[int(r)] = {"tar": float(np.mean(s[m & g] > threshold)) if (m & g).any() else math.nan,
+                       "fmr": float(np.mean(s[m & ~g] > threshold)) if (m & ~g).any() else math.nan,
+                       "genuine": int((m & g).sum()), "impostor": int((m & ~g).sum())}
+    return out
+
+
+def separation(slot_quality: Mapping[str, np.ndarray], resolutions: np.ndarray, scores: np.ndarray,
+               same: np.ndarray, threshold: float) -> dict:
+    """Does a quality know more than the resolution does?
+
+    Returns:
+        `{"between": {quality: AUC that an image at 24 px outranks one at 8 px}, "within": {quality: {r: AUC that a
+        genuine pair whose lower resolution is r and that is accepted outranks one that fails}}}` (0.5 = no
+        separation; `nan` where a group is empty).
+    """
+    res = np.asarray(resolutions)
+    g = np.asarray(same, dtype=bool)
+    accepted = np.asarray(scores) > threshold
+    low = res.min(axis=1)
+    out: dict = {"between": {}, "within": {}}
+    for name, q in slot_quality.items():
+        flat_q, flat_r = q.reshape(-1), res.reshape(-1)
+        hi, lo = flat_q[flat_r == 24], flat_q[flat_r == 8]
+        out["between"][name] = roc_auc(np.r_[hi, lo], np.r_[np.ones(hi.size, bool), np.zeros(lo.size, bool)]) \
+            if hi.size and lo.size else math.nan
+        pair_q = np.minimum(q[:, 0], q[:, 1])
+        out["within"][name] = {}
+        for r in np.unique(low):
+            m = g & (low == r)
+            ok, bad = pair_q[m & accepted], pair_q[m & ~accepted]
+            out["within"][name][int(r)] = roc_auc(np.r_[ok, bad], np.r_[np.ones(ok.size, bool),
+                                                                         np.zeros(bad.size, bool)]) \
+                if ok.size and bad.size else math.nan
+    return out
+
+
+def plot_ri_histograms(ri: np.ndarray, resolutions: np.ndarray, scores: np.ndarray, same: np.ndarray,
+                       threshold: float, path: Path, title: str) -> Path:
+    """Left: the RI of every image, one histogram per resolution. Then one panel per lower pair resolution: the pair
+    RI of the genuine pairs accepted at the fixed threshold against those that fail."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = np.asarray(resolutions)
+    levels = sorted(np.unique(res).tolist())
+    low = res.min(axis=1)
+    g = np.asarray(same, dtype=bool)
+    accepted = np.asarray(scores) > threshold
+    pair_ri = np.minimum(ri[:, 0], ri[:, 1])
+    bins = np.linspace(float(ri.min()), float(ri.max()), 40)
+    cols = 1 + len(levels)
+    fig, axes = plt.subplots(1, cols, figsize=(2.6 * cols + 1.5, 3.2), dpi=110, sharex=True)
+    cmap = plt.get_cmap("viridis")
+    for k, r in enumerate(levels):
+        axes[0].hist(ri.reshape(-1)[res.reshape(-1) == r], bins=bins, histtype="step", density=True, lw=1.4,
+                     color=cmap(k / max(1, len(levels) - 1)), label=f"{r} px")
+    axes[0].set_title("every image, by resolution", fontsize=9)
+    axes[0].legend(fontsize=7)
+    for ax, r in zip(axes[1:], levels, strict=True):
+        m = g & (low == r)
+        ax.hist(pair_ri[m & accepted], bins=bins, histtype="stepfilled", alpha=0.5, color="#2ca02c",
+                label=f"accepted ({int((m & accepted).sum())})")
+        ax.hist(pair_ri[m & ~accepted], bins=bins, histtype="stepfilled", alpha=0.5, color="#d62728",
+                label=f"fail ({int((m & ~accepted).sum())})")
+        ax.set_title(f"genuine pairs, lower res. {r} px", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("RI (pair: the lower of its two)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def rounded(values: np.ndarray) -> list:
+    return np.round(np.asarray(values, dtype=np.float64), DECIMALS).tolist()
+
+
+def build_stores(paths: Mapping[str, Path] | None, kind: str, context: dict, out_dir: Path, args) -> dict | None:
+    """`{half: ViewStore}` of the models given for `kind` (one loaded model per distinct folder)."""
+    if paths is None:
+        return None
+    stores: dict[str, ViewStore] = {}
+    loaded: dict[Path, ViewStore] = {}
+    for half in context["halves"]:
+        path = Path(paths[half])
+        if path not in loaded:
+            model, folder = load_model(path, out_dir / "models", expect_ri=kind == "ri")
+            cache = out_dir / "cache" / f"{kind}-{fingerprint(folder)[:16]}.npz"
+            loaded[path] = ViewStore(model, context["load_images"], cache, args.batch_size)
+            print(f"[model] {kind} half {half}: {type(model).__name__} from {folder} ({len(loaded[path])} views "
+                  "cached)", flush=True)
+        stores[half] = loaded[path]
+    return stores
+
+
+def mix_resolutions(mix: str, args, context: dict, ri_stores: dict) -> tuple[np.ndarray, dict]:
+    """The resolutions of all 6,000 pairs' slots for `mix`, and how they were chosen."""
+    num = context["num_all_pairs"]
+    if mix == "hard":
+        return draw_resolutions(num, args.seed), {"choices": list(RESOLUTIONS), "weights": "uniform"}
+    calibration = np.isin(context["folds"], CALIBRATION_FOLDS) if np.isin(context["folds"], CALIBRATION_FOLDS).any() \
+        else np.ones(len(context["folds"]), bool)
+    sub = {k: context[k][calibration] for k in ("rows", "same", "pair_half", "pair_indices")}
+    print(f"[mix] realistic: searching the weights on {int(calibration.sum())} pairs of folds "
+          f"{sorted(set(context['folds'][calibration].tolist()))} (FNMR at d = 0 near {FNMR_TARGET:.0%}, band "
+          f"{FNMR_BAND[0]:.0%}-{FNMR_BAND[1]:.0%})", flush=True)
+
+    def fnmr_of(weights: np.ndarray) -> float:
+        res = draw_mix(num, args.seed, weights)[sub["pair_indices"]]
+        scored = score_pairs(ri_stores, sub["pair_half"], sub["rows"], res)
+        return fnmr_at_zero_discard(scored["scores"], sub["same"])
+
+    found = search_mix(fnmr_of)
+    print("[mix] realistic: lambda {:.3f}, weights {}; calibration FNMR {:.3f}".format(
+        found["lambda"], ", ".join(f"{r} px {w:.3f}" for r, w in zip(REALISTIC, found["weights"], strict=True)),
+        found["fnmr"]), flush=True)
+    return draw_mix(num, args.seed, found["weights"]), {"choices": list(REALISTIC), **found}
+
+
+def run_mix(mix: str, args, context: dict, stores: dict, out_dir: Path) -> tuple[str, dict]:
+    all_res, how = mix_resolutions(mix, args, context, stores["ri"])
+    res = all_res[context["pair_indices"]]
+    same, half = context["same"], context["pair_half"]
+    ri = score_pairs(stores["ri"], half, context["rows"], res)
+    scores = ri["scores"]
+    slot_quality = {"ri": ri["quality"]["ri"], "norm": ri["quality"]["norm"]}
+    own_magface = None
+    for kind, name in (("magface", "magface norm"), ("norm", "pretrained norm")):
+        if stores.get(kind):
+            other = score_pairs(stores[kind], half, context["rows"], res)
+            slot_quality[name] = other["quality"]["norm"]
+            if kind == "magface":
+                own_magface = other
+    fnmr_d0 = fnmr_at_zero_discard(scores, same)
+    curves = system_curves(scores, same, slot_quality, res, args.seed)
+    shares = attainable_share(curves)
+    threshold = curves["random"].threshold
+    sep = separation(slot_quality, res, scores, same, threshold)
+    counts = {int(r): int((res == r).sum()) for r in how["choices"]}
+    heading = (f"\n### F2 {mix} mix (mode={args.mode}, {len(same)} pairs, RI model's scores; slots per resolution "
+               f"{counts})\n")
+    lines = [heading]
+    if mix == "realistic":
+        lines.append("weights: " + ", ".join(f"{r} px {w:.3f}" for r, w in zip(REALISTIC, how["weights"], strict=True))
+                     + f" (lambda {how['lambda']:.3f}; calibration FNMR {how['fnmr']:.3f})")
+    band = "" if mix == "hard" else (" (inside the 10-40 % band)" if FNMR_BAND[0] <= fnmr_d0 <= FNMR_BAND[1]
+                                     else " (OUTSIDE the 10-40 % band)")
+    lines.append(f"FNMR at d = 0 (threshold at FMR {FMR:g} over all impostors): {fnmr_d0:.3f}{band}\n")
+    lines.append(erc_table(curves, upto=UPTO))
+    lines.append("\n| quality | pAUC(0.3) | share of the attainable improvement |\n|---|---:|---:|")
+    for name, curve in curves.items():
+        share = shares.get(name, 0.0 if name == "random" else 1.0)
+        lines.append(f"| {name} | {curve.pauc(UPTO):.5f} | {share:.3f} |")
+    lines.append("\n" + goal_line(shares))
+    lines += ["", "| separation (ROC AUC) | 24 px image above 8 px | " + " | ".join(
+        f"within {r} px: accepted above failed" for r in sorted(next(iter(sep["within"].values())))) + " |",
+        "|---|---:|" + "---:|" * len(next(iter(sep["within"].values())))]
+    for name in slot_quality:
+        lines.append(f"| {name} | {sep['between'][name]:.3f} | " + " | ".join(
+            f"{v:.3f}" for _, v in sorted(sep["within"][name].items())) + " |")
+    means = {q: mean_by_resolution(v, res) for q, v in slot_quality.items()}
+    rs = sorted(next(iter(means.values())))
+    lines += ["", "| mean image quality | " + " | ".join(f"{r} px" for r in rs) + " |", "|---|" + "---:|" * len(rs)]
+    lines += [f"| {q} | " + " | ".join(f"{m[r]:.3f}" for r in rs) + " |" for q, m in means.items()]
+    rates = rates_by_resolution(scores, same, res, threshold)
+    lines += ["", f"At the fixed threshold {threshold:.4f}, by the pair's lower resolution:", "",
+              "| | " + " | ".join(f"{r} px" for r in sorted(rates)) + " |", "|---|" + "---:|" * len(rates),
+              "| genuine accepted (TAR) | " + " | ".join(f"{rates[r]['tar']:.3f}" for r in sorted(rates)) + " |",
+              "| impostors accepted (FMR) | " + " | ".join(f"{rates[r]['fmr']:.3f}" for r in sorted(rates)) + " |"]
+    if own_magface is not None:
+        own = system_curves(own_magface["scores"], same, {"magface norm": own_magface["quality"]["norm"]}, res,
+                            args.seed)
+        lines.append(f"\nMagFace on its own scores (FNMR at d = 0 {fnmr_at_zero_discard(own_magface['scores'], same):.3f}"
+                     f"): share of its norm {attainable_share(own)['magface norm']:.3f}, pAUC "
+                     f"{own['magface norm'].pauc(UPTO):.5f} (random {own['random'].pauc(UPTO):.5f})")
+    png = plot_erc_curves({n: (c.discard, c.fnmr) for n, c in curves.items()}, out_dir / f"erc_{mix}.png",
+                          title=f"F2 error versus discard, {mix} mix ({args.mode}): RI model's scores, FMR {FMR:g}",
+                          upto=UPTO, paucs={n: c.pauc(UPTO) for n, c in curves.items()},
+                          ylabel=f"FNMR of the kept genuine pairs (FMR {FMR:g})")
+    hist = plot_ri_histograms(slot_quality["ri"], res, scores, same, threshold, out_dir / f"ri_histograms_{mix}.png",
+                              title=f"RI by resolution, {mix} mix ({args.mode}): does it separate resolutions, and "
+                                    "failures from successes within one?")
+    lines.append(f"\nplots: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}, "
+                 f"{hist.relative_to(ROOT) if hist.is_relative_to(ROOT) else hist}")
+    values = headline(curves, fnmr_d0, mix, args.mode)
+    record = {"mix": mix, "how": how, "fnmr_d0": fnmr_d0, "values": values, "shares": shares, "separation": sep,
+              "pauc": {n: c.pauc(UPTO) for n, c in curves.items()},
+              "curves": {n: {"discard": rounded(c.discard), "fnmr": [None if not np.isfinite(v) else round(float(v), 5)
+                                                                      for v in c.fnmr]} for n, c in curves.items()},
+              "models": context["models"], "folds": args.folds, "seed": args.seed,
+              "slots_per_resolution": counts}  # pair scores and qualities stay in the (git-ignored) view cache
+    write_json(out_dir / f"{mix}.json", record)
+    return "\n".join(lines), values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    from _common import print_cpu_class
+
+    print_cpu_class()
     data_dir = shared_dir() / "data" / "face" / "lfw112"
     if not data_dir.is_dir():
         raise SystemExit(f"needs {data_dir} (set RANKFACE_SHARED)")
@@ -401,43 +673,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset, data_report = load_face_dataset(data_dir, check_images=False)  # the shared Parquet decodes (README)
     all_pairs = read_lfw_pairs(data_dir / "pairs.txt")
-    all_resolutions = draw_resolutions(len(all_pairs), args.seed)
     pair_indices = np.array([i for i, p in enumerate(all_pairs) if p.fold in set(args.folds)], dtype=np.int64)
     if pair_indices.size == 0:
         raise SystemExit(f"--folds {args.folds}: no View-2 pairs in these folds (folds are 0-9)")
-    rows = pair_rows(dataset, [all_pairs[i] for i in pair_indices])
     images = dataset.select_columns(["image"])
 
     def load_images(wanted: np.ndarray) -> np.ndarray:
         return np.stack([image_to_rgb_array(img) for img in images[wanted.tolist()]["image"]])
 
-    context = {"pair_indices": pair_indices, "rows": rows, "resolutions": all_resolutions[pair_indices],
-               "same": np.array([all_pairs[i].same for i in pair_indices]), "load_images": load_images}
-    counts = {int(r): int((context["resolutions"] == r).sum()) for r in RESOLUTIONS}
-    print(f"{data_report.summary()}; mode={args.mode} folds={args.folds} pairs={len(pair_indices)} "
-          f"slots per resolution={counts} seed={args.seed}", flush=True)
-
-    systems: dict[str, dict] = {}
-    if args.ri_model is None:
-        print("no --ri-model given: the RI rows are skipped (ri_pauc and ratio_ri_to_norm are nan)", flush=True)
-    else:
-        systems["ri"] = run_system("ri", args.ri_model, args, context, out_dir)
-    if args.norm_model is not None:
-        systems["plain"] = run_system("plain", args.norm_model, args, context, out_dir)
-    if not systems:
-        raise SystemExit("nothing to score: give --ri-model and/or leave the --norm-model baseline on")
-
-    values = headline(systems["ri"]["_curves"] if "ri" in systems else None,
-                      systems["plain"]["_curves"] if "plain" in systems else None, args.mode)
-    text = report(systems, context["resolutions"], context["same"], out_dir, args.mode, len(pair_indices))
-    line = result_line(values)
-    write_json(out_dir / "summary.json", {"result": values, "settings": {k: str(v) for k, v in vars(args).items()},
-                                          "pauc": {s: {n: c["pauc"] for n, c in r["curves"].items()}
-                                                   for s, r in systems.items()}})
+    folds = np.array([all_pairs[i].fold for i in pair_indices])
+    context = {"pair_indices": pair_indices, "rows": pair_rows(dataset, [all_pairs[i] for i in pair_indices]),
+               "same": np.array([all_pairs[i].same for i in pair_indices]), "folds": folds,
+               "pair_half": np.array([half_of(int(f)) for f in folds]), "halves": sorted({half_of(int(f)) for f in folds}),
+               "load_images": load_images, "num_all_pairs": len(all_pairs)}
+    print(f"{data_report.summary()}; mode={args.mode} folds={args.folds} pairs={len(pair_indices)} seed={args.seed} "
+          f"mixes={args.mixes}", flush=True)
+    stores = {kind: build_stores(getattr(args, f"{kind}_model"), kind, context, out_dir, args)
+              for kind in ("ri", "magface", "norm")}
+    context["models"] = {kind: {h: str(Path(getattr(args, f"{kind}_model")[h]).relative_to(ROOT))
+                                if Path(getattr(args, f"{kind}_model")[h]).resolve().is_relative_to(ROOT)
+                                else Path(getattr(args, f"{kind}_model")[h]).name for h in context["halves"]}
+                         for kind in stores if stores[kind]}
+    if stores["magface"] is None:
+        print("no --magface-model: the MagFace row is skipped (magface_share is nan)", flush=True)
+    texts, lines = [], []
+    for mix in args.mixes:
+        started = time.perf_counter()
+        text, values = run_mix(mix, args, context, stores, out_dir)
+        texts.append(text)
+        lines.append(result_line(values))
+        print(f"[done] {mix} mix in {time.perf_counter() - started:.0f} s", flush=True)
+    report = "\n".join(texts)
+    write_json(out_dir / "summary.json", {"results": [dict(kv.split("=", 1) for kv in line.split()[1:])
+                                                       for line in lines], "folds": args.folds, "seed": args.seed})
     with atomic_write(out_dir / "report.md") as handle:
-        handle.write(text + "\n\n" + line + "\n")
-    print(text, flush=True)
-    print(line, flush=True)
+        handle.write(report + "\n\n" + "\n".join(lines) + "\n")
+    print(report, flush=True)
+    for line in lines:
+        print(line, flush=True)
     return 0
 
 

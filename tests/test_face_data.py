@@ -148,3 +148,23 @@ def test_very_low_resolution_is_seeded_and_deterministic():
     np.testing.assert_array_equal(never(img, 0), img)
     with pytest.raises(ValueError, match="resolution range"):
         VeryLowResolution(min_resolution=20, max_resolution=10)
+
+
+def test_validation_pairs_are_balanced_seeded_and_within_their_identities():
+    from rankface.data.faces import validation_pairs
+
+    rows_of = {"solo_a": [0], "solo_b": [1], "pair": [2, 3], "many": [4, 5, 6, 7, 8], "solo_c": [9]}
+    owner = {r: name for name, rows in rows_of.items() for r in rows}
+    index, same, used = validation_pairs(rows_of, seed=1, max_genuine_per_identity=3)
+    # genuine: the one pair of "pair", 3 of the 10 pairs of "many" (capped); as many impostors
+    assert same.sum() == 4 and (~same).sum() == 4
+    for (a, b), genuine in zip(index.tolist(), same.tolist(), strict=True):
+        assert a != b and (owner[a] == owner[b]) == genuine
+    assert sum(owner[a] == "many" for a, _ in index[same].tolist()) == 3
+    assert len({tuple(sorted(p)) for p in index.tolist()}) == len(index)  # no pair twice
+    assert used == {owner[r] for r in index.reshape(-1).tolist()} and {"pair", "many"} <= used
+    again = validation_pairs(rows_of, seed=1, max_genuine_per_identity=3)
+    assert np.array_equal(again[0], index) and np.array_equal(again[1], same)
+    assert not np.array_equal(validation_pairs(rows_of, seed=2, max_genuine_per_identity=3)[0], index)
+    with pytest.raises(ValueError, match="need >= 2 identities and one with >= 2 images"):
+        validation_pairs({"solo_a": [0], "solo_b": [1]})

@@ -117,14 +117,14 @@ def run(config: Path, *extra: str) -> dict:
     return train_face(parse_face_training_args(["--config", str(config), *extra]))
 
 
-@pytest.mark.parametrize(("encoder", "head", "unpg", "precision"), [("mobilefacenet", "arcface", False, "no"),
+@pytest.mark.parametrize(("encoder", "head", "unpg", "precision"), [("mobilefacenet", "arcface", False, "fp32"),
                                                                     ("iresnet", "cosface", True, "bf16")])
 def test_training_moves_weights_with_finite_loss_and_saves_encoder_without_head(
     lfw_like, tiny_encoders, tmp_path, encoder, head, unpg, precision
 ):
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders[encoder], out, head=head, unpg=unpg,
-                                                        checkpoint_steps=3, mixed_precision=precision))
+                                                        checkpoint_steps=3, precision=precision))
     final = run(config)
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [e["loss"] for e in state["log"] if "loss" in e]
@@ -215,23 +215,139 @@ def test_settings_errors_name_the_problem_and_shipped_configs_parse(tmp_path):
 
 def test_ri_training_logs_its_losses_and_saves_ui_centre_with_the_encoder(lfw_like, tiny_encoders, tmp_path):
     out = tmp_path / "out"
+    # ri_warmup_ratio 0.5 of 4 steps: steps 0 and 1 (0-based) warm up, the losses switch on exactly at step 2.
     config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], out, ri=True,
-                                                        ri_warmup_steps=1, max_steps=3, eval_at_end=False))
+                                                        ri_warmup_ratio=0.5, max_steps=4, eval_at_end=False))
     run(config)
     state = json.loads((out / "trainer_state.json").read_text())
     entries = [e for e in state["log"] if "loss" in e]
     assert all(np.isfinite([e["loss"], e["ri_regression"], e["ri_diversion"], e["ri_attention"]]).all() for e in entries)
-    assert entries[0]["ri_attention"] == 0.0 and entries[-1]["ri_attention"] > 0.0  # warm-up of 1 step
+    assert [e["ri_attention"] > 0.0 for e in entries] == [False, False, True, True]
     from transformers import AutoModel
 
     import rankface.models.auto  # noqa: F401
 
     model = AutoModel.from_pretrained(out / "model")
     assert type(model).__name__ == "RecognizabilityModel"
-    assert int(model.ui_centre.num_updates) == 3 and float(model.ui_centre.centre.norm()) > 0
+    assert int(model.ui_centre.num_updates) == 4 and float(model.ui_centre.centre.norm()) > 0
     start = load_file(tiny_encoders["mobilefacenet"] / "model.safetensors")
     trained = load_file(out / "model" / "model.safetensors")
     assert not torch.equal(trained["backbone.conv1.0.weight"], start["conv1.0.weight"])
+
+
+@pytest.mark.parametrize(("ratio", "steps", "expected"), [(0.0, 600, 0), (1.0, 600, 600), (0.25, 600, 150),
+                                                         (0.5, 3, 2), (0.1, 4, 0)])
+def test_ri_warmup_ratio_is_a_share_of_the_total_steps(ratio, steps, expected):
+    from rankface.training.face import ri_warmup_steps
+    from rankface.training.face_arguments import FaceTrainingArguments
+
+    # 0: the losses act from the first step; 1: the warm-up covers every step (they never switch on in this run).
+    assert ri_warmup_steps(FaceTrainingArguments(ri=True, ri_warmup_ratio=ratio), steps) == expected
+    # an explicit step count overrides the share
+    assert ri_warmup_steps(FaceTrainingArguments(ri=True, ri_warmup_ratio=ratio, ri_warmup_steps=7), steps) == 7
+
+
+@pytest.mark.parametrize("ratio", [-0.01, 1.01])
+def test_ri_warmup_ratio_outside_zero_one_is_refused(ratio):
+    with pytest.raises(ValueError, match=r"ri_warmup_ratio must be a share of the steps in \[0, 1\]"):
+        parse_face_training_args(["--ri", "true", "--ri_warmup_ratio", str(ratio)])
+
+
+def _autocast_dtype_of_a_prepared_step(monkeypatch, precision: str, caps: dict[str, str]) -> torch.dtype:
+    """The dtype a convolution of a tiny encoder computes in, inside the face recipe's Accelerator."""
+    from rankface.models.mobilefacenet import MobileFaceNetConfig, MobileFaceNetModel
+    from rankface.training.face import FaceRecognitionModule, make_accelerator
+    from rankface.training.face_arguments import FaceTrainingArguments
+
+    for name, value in caps.items():
+        monkeypatch.setenv(name, value)
+    accelerator = make_accelerator(FaceTrainingArguments(precision=precision))
+    encoder = MobileFaceNetModel(MobileFaceNetConfig(input_size=SIZE, stem_channels=8, block_settings=[[2, 8, 1, 2]],
+                                                     last_channels=16, embedding_size=8))
+    model = accelerator.prepare(FaceRecognitionModule(encoder, num_classes=3))
+    seen = []
+    encoder.conv1.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    model(torch.randn(2, 3, SIZE, SIZE))
+    return seen[0]
+
+
+def test_bf16_autocast_only_where_native_or_forced(monkeypatch):
+    from rankface import hardware
+
+    native = hardware.native_bf16()
+    # auto: bf16 exactly where this CPU runs it natively
+    assert _autocast_dtype_of_a_prepared_step(monkeypatch, "auto", {}) == (torch.bfloat16 if native else torch.float32)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    # the same decision on a machine capped to AVX2 (rankface.hardware's caps emulate that class): fp32
+    avx2 = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert _autocast_dtype_of_a_prepared_step(monkeypatch, "auto", avx2) == torch.float32
+    AcceleratorState._reset_state(reset_partial_state=True)
+    # forced bf16 runs in bf16 even there (and warns at most once per process: emulated bf16 is slow)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert _autocast_dtype_of_a_prepared_step(monkeypatch, "bf16", avx2) == torch.bfloat16
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert _autocast_dtype_of_a_prepared_step(monkeypatch, "fp32", {}) == torch.float32
+
+
+def test_channels_last_gives_the_default_layouts_outputs_and_gradients():
+    """channels_last changes only the memory order, so the convolution kernels (oneDNN NHWC instead of NCHW) sum in
+    another order: fp32 rounding differences of a few ulp per layer, which ArcFace's scale (s = 64) and BatchNorm's
+    sums over the batch amplify. Measured on this tiny MobileFaceNet: embedding differences <= 3.4e-6 of the largest
+    embedding entry, gradient differences <= 3.7e-6 of the largest gradient entry (single entries that are 0 in exact
+    arithmetic, e.g. a bias before a BatchNorm, differ by noise of that size, so an entry-wise relative check is
+    meaningless). Tolerance: 1e-4 of the largest entry (~27x the measured noise, room for other CPUs' kernels),
+    while a transposed weight or a wrong input order changes outputs by O(1) of that scale."""
+    import copy
+
+    from rankface.losses.margins import ArcFace, MarginLoss
+    from rankface.models.mobilefacenet import MobileFaceNetConfig, MobileFaceNetModel
+    from rankface.training.face import FaceRecognitionModule
+
+    torch.manual_seed(0)
+    encoder = MobileFaceNetModel(MobileFaceNetConfig(input_size=SIZE, stem_channels=8, block_settings=[
+        [2, 8, 1, 2], [2, 16, 2, 2]], last_channels=32, embedding_size=16))
+    default = FaceRecognitionModule(encoder, num_classes=5).train()
+    nhwc = copy.deepcopy(default).to(memory_format=torch.channels_last)
+    assert nhwc.encoder.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    pixels, labels = torch.randn(8, 3, SIZE, SIZE), torch.arange(8) % 5
+    outputs = {}
+    for name, model in (("default", default), ("nhwc", nhwc)):
+        x = pixels.contiguous(memory_format=torch.channels_last) if name == "nhwc" else pixels
+        embedding, cos = model(x)
+        MarginLoss(ArcFace())(embedding, labels, cos).backward()
+        outputs[name] = (embedding.detach(), {n: p.grad for n, p in model.named_parameters()})
+    reference, grads = outputs["default"]
+    torch.testing.assert_close(outputs["nhwc"][0], reference, rtol=0, atol=1e-4 * float(reference.abs().max()))
+    largest = max(float(g.abs().max()) for g in grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(outputs["nhwc"][1][name], grad, rtol=0, atol=1e-4 * largest, msg=name)
+    # and the difference is not trivially zero: the two layouts really ran different kernels on different memory
+    assert not nhwc.encoder.conv1[0].weight.is_contiguous() and default.encoder.conv1[0].weight.is_contiguous()
+
+
+def test_validation_curve_is_logged_on_identities_left_out_of_training(lfw_like, tiny_encoders, tmp_path):
+    out = tmp_path / "out"
+    # Held-out fold 0 (identities 0-1); validation takes the identities in no pair (4-9), so training keeps fold 1's.
+    config = write_config(tmp_path / "c.yaml", settings(
+        lfw_like, tiny_encoders["mobilefacenet"], out, heldout_folds=[0], validation_identities="non_pair",
+        eval_sets=["validation"], val_resolutions=[SIZE, 8], eval_steps=2, max_steps=3, eval_at_end=False))
+    run(config)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert (state["num_classes"], state["num_train_images"]) == (2, 8)
+    curve = [e for e in state["log"] if "val" in e]
+    assert [e["step"] for e in curve] == [0, 2, 3]  # the start, every eval_steps, the end
+    for entry in curve:
+        assert set(entry["val"]) == {f"lr-lr@{SIZE}", "lr-lr@8"}
+        assert 0.0 <= entry["val"]["lr-lr@8"]["accuracy"] <= 1.0
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["num_validation_identities"] == 6 and report["num_validation_pairs"] == 2 * 6 * 6
+    with pytest.raises(ValueError, match="validation_identities is 'none'"):
+        parse_face_training_args(["--eval_sets", "validation"])
 
 
 @pytest.mark.slow
@@ -239,7 +355,7 @@ def test_two_process_training_is_one_synchronised_job(lfw_like, tiny_encoders, t
     out = tmp_path / "out"
     # UNPG (global-batch negatives) inside the RI objective (UI-centre buffers all-reduced): both cross-rank paths.
     config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], out, unpg=True,
-                                                        ri=True, ri_warmup_steps=1, max_steps=2, eval_at_end=False))
+                                                        ri=True, ri_warmup_ratio=0.5, max_steps=2, eval_at_end=False))
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -4,9 +4,7 @@ resolution oracle, the saved/reused per-system results and the RESULT line with 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,6 +26,7 @@ TINY_MFN = {"input_size": SIZE, "stem_channels": 8, "block_settings": [[2, 8, 1,
 
 @pytest.fixture(scope="module")
 def bench():
+    sys.path.insert(0, str(BENCHMARK.parent))  # the script imports its siblings `_plots` and `_common`
     spec = importlib.util.spec_from_file_location("quality_erc_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -133,54 +132,134 @@ def test_headline_and_result_line(bench):
     same = np.arange(n) % 2 == 0
     res = bench.draw_resolutions(n, seed=0)
     scores = np.where(same, 0.5, 0.0) + rng.normal(0, 0.3, n)
-    plain = bench.system_curves(scores, same, {"norm": rng.random((n, 2))}, res)
-    values = bench.headline(None, plain, "quick")
+    curves = bench.system_curves(scores, same, {"ri": rng.random((n, 2)), "norm": rng.random((n, 2))}, res)
+    values = bench.headline(curves, 0.321, "realistic", "quick")
     line = bench.result_line(values)
-    assert line.startswith("RESULT ri_pauc=nan norm_pauc=") and line.endswith("ratio_ri_to_norm=nan mode=quick")
-    assert float(values["norm_pauc"]) == pytest.approx(plain["norm"].pauc(0.3), abs=1e-5)
-    assert float(values["oracle_pauc"]) == pytest.approx(plain["resolution oracle"].pauc(0.3), abs=1e-5)
-
-    ri = bench.system_curves(scores, same, {"ri": rng.random((n, 2)), "norm": rng.random((n, 2))}, res)
-    values = bench.headline(ri, plain, "full")
-    # with an RI model every reference comes from the RI model's own scores and norm
-    assert float(values["norm_pauc"]) == pytest.approx(ri["norm"].pauc(0.3), abs=1e-5)
-    ratio = ri["ri"].pauc(0.3) / ri["norm"].pauc(0.3)
-    assert float(values["ratio_ri_to_norm"]) == pytest.approx(ratio, abs=1e-4)
-    assert [kv.split("=")[0] for kv in bench.result_line(values).split()[1:]] == list(bench.RESULT_KEYS)
+    assert [kv.split("=")[0] for kv in line.split()[1:]] == list(bench.RESULT_KEYS)
+    assert line.endswith("fnmr_d0=0.321 mix=realistic mode=quick")
+    assert float(values["norm_pauc"]) == pytest.approx(curves["norm"].pauc(0.3), abs=1e-5)
+    assert float(values["oracle_pauc"]) == pytest.approx(curves["resolution oracle"].pauc(0.3), abs=1e-5)
+    assert float(values["ratio_ri_to_norm"]) == pytest.approx(curves["ri"].pauc(0.3) / curves["norm"].pauc(0.3),
+                                                              abs=1e-4)
+    shares = bench.attainable_share(curves)
+    assert float(values["ri_share"]) == pytest.approx(shares["ri"], abs=1e-3)
+    assert float(values["resolution_share"]) == pytest.approx(shares["resolution oracle"], abs=1e-3)
+    assert values["magface_share"] == "nan"  # no MagFace model scored
     with pytest.raises(ValueError, match="missing key"):
         bench.result_line({"mode": "quick"})
-    assert all(not math.isnan(float(v)) for k, v in values.items() if k != "mode")
 
 
-def test_run_system_saves_and_reuses(bench, tmp_path):
+def test_view_store_embeds_each_view_once_and_reuses_its_cache(bench, tmp_path):
     torch.manual_seed(0)
     model = MobileFaceNetModel(MobileFaceNetConfig(**TINY_MFN)).eval()
-    ckpt = tmp_path / "ckpt"
-    model.save_pretrained(ckpt)
-    n = 40
-    rows = np.stack([np.arange(n) % 8, (np.arange(n) * 3 + 1) % 8], 1)
-    # the tiny images are 32 px, so 32 stands in for the protocol's full resolution
-    res = np.where(bench.draw_resolutions(n, 0) == 112, 32, np.minimum(bench.draw_resolutions(n, 0), 24))
-    images = _images(8)
-    calls = []
+    images = _images(6)
+    loaded = []
 
     def load(wanted):
-        calls.append(len(wanted))
+        loaded.append(len(wanted))
         return images[wanted]
 
-    context = {"pair_indices": np.arange(n), "rows": rows, "resolutions": res, "same": np.arange(n) % 2 == 0,
-               "load_images": load}
-    args = argparse.Namespace(folds=[0], seed=0, batch_size=16)
-    first = bench.run_system("plain", ckpt, args, context, tmp_path / "out")
-    assert calls and (tmp_path / "out" / "plain.json").is_file()
-    saved = json.loads((tmp_path / "out" / "plain.json").read_text())
-    assert saved["curves"]["norm"]["pauc"] == pytest.approx(first["_curves"]["norm"].pauc(0.3))
-    calls.clear()
-    again = bench.run_system("plain", ckpt, args, context, tmp_path / "out")
-    assert calls == [] and again["scores"] == first["scores"]  # reused, nothing embedded
-    args.seed = 1
-    bench.run_system("plain", ckpt, args, context, tmp_path / "out")
-    assert calls  # other settings: scored again
+    cache = tmp_path / "cache" / "m.npz"
+    store = bench.ViewStore(model, load, cache, batch_size=4)
+    first = np.array([[0, 8], [1, 16], [2, 32]])
+    got = store.get(first)
+    reference = bench.embed_views(model, lambda w: images[w], first, batch_size=4, progress=False)
+    for key in ("embedding", "norm"):
+        np.testing.assert_array_equal(got[key], reference[key])  # the same function on the same batch
+    # a second request embeds only what is new, in the order asked for
+    loaded.clear()
+    second = np.array([[2, 32], [3, 8], [0, 8]])
+    got = store.get(second)
+    assert sum(loaded) == 1 and len(store) == 4
+    np.testing.assert_array_equal(got["norm"][[0, 2]], reference["norm"][[2, 0]])
+    # a new store on the same cache file embeds nothing
+    loaded.clear()
+    again = bench.ViewStore(model, load, cache, batch_size=4)
+    np.testing.assert_array_equal(again.get(second)["embedding"], got["embedding"])
+    assert loaded == [] and again.embedded_now == 0
+
+
+def test_score_pairs_scores_each_pair_with_its_halfs_model(bench, tmp_path):
+    torch.manual_seed(0)
+    models = {h: MobileFaceNetModel(MobileFaceNetConfig(**TINY_MFN)).eval() for h in ("A", "B")}
+    images = _images(6)
+    stores = {h: bench.ViewStore(m, lambda w: images[w], tmp_path / f"{h}.npz") for h, m in models.items()}
+    rows = np.array([[0, 1], [2, 3], [4, 5], [1, 2]])
+    res = np.array([[8, 16], [32, 8], [16, 16], [8, 32]])
+    half = np.array(["A", "B", "B", "A"])
+    got = bench.score_pairs(stores, half, rows, res)
+    for p in range(len(rows)):
+        alone = bench.score_system(models[half[p]], lambda w: images[w], rows[p:p + 1], res[p:p + 1], progress=False)
+        assert got["scores"][p] == pytest.approx(alone["scores"][0], abs=1e-5)
+        np.testing.assert_allclose(got["quality"]["norm"][p], alone["quality"]["norm"][0], rtol=1e-5)
+
+
+def test_draw_mix_follows_its_weights_and_moves_slots_monotonically(bench):
+    weights = bench.mix_weights(1.0)
+    np.testing.assert_allclose(weights, np.array(bench.REALISTIC) / sum(bench.REALISTIC))
+    np.testing.assert_allclose(bench.mix_weights(0.0), np.full(7, 1 / 7))
+    res = bench.draw_mix(20000, seed=0, weights=weights)
+    share = np.array([(res == r).mean() for r in bench.REALISTIC])
+    np.testing.assert_allclose(share, weights, atol=0.01)  # 40,000 slots: binomial std <= 0.0025
+    # more weight on high resolutions never lowers a slot's resolution (one uniform number per slot)
+    higher = bench.draw_mix(20000, seed=0, weights=bench.mix_weights(2.0))
+    assert np.all(higher >= res) and np.any(higher > res)
+    assert np.array_equal(bench.draw_mix(100, 0, weights), res[:100])  # a subset is a prefix of the full draw
+    with pytest.raises(ValueError, match="summing to 1"):
+        bench.draw_mix(10, 0, [0.5, 0.5])
+
+
+def _synthetic_fnmr(bench, n: int = 4000, resolution_free: bool = False):
+    """FNMR at d = 0 of synthetic pairs as a function of the mix weights: genuine scores rise with the pair's lower
+    resolution (noise fixed per pair), impostor scores do not depend on it."""
+    rng = np.random.default_rng(7)
+    same = np.arange(n) % 2 == 0
+    noise = rng.normal(0, 0.12, n)
+
+    def fnmr_of(weights):
+        low = bench.draw_mix(n, 3, weights).min(axis=1)
+        mean = 0.05 if resolution_free else 0.75 * (1 - np.exp(-(low - 6) / 25.0))
+        scores = np.where(same, mean + noise, noise)
+        return bench.fnmr_at_zero_discard(scores, same)
+
+    return fnmr_of
+
+
+def test_search_mix_lands_in_its_fnmr_band_on_synthetic_scores(bench):
+    fnmr_of = _synthetic_fnmr(bench)
+    assert fnmr_of(bench.mix_weights(0.0)) > 0.40  # uniform: too hard; the search has to move the weights
+    found = bench.search_mix(fnmr_of)
+    assert found["in_band"] and 0.10 <= found["fnmr"] <= 0.40
+    assert abs(found["fnmr"] - bench.FNMR_TARGET) <= 0.05
+    assert fnmr_of(np.array(found["weights"])) == pytest.approx(found["fnmr"])  # reproducible from the weights
+    assert sum(found["weights"]) == pytest.approx(1.0) and found["lambda"] > 0
+    # scores that do not depend on resolution cannot be steered: the search says so instead of pretending
+    stuck = bench.search_mix(_synthetic_fnmr(bench, resolution_free=True))
+    assert not stuck["in_band"]
+
+
+def test_fnmr_at_zero_discard_counts_genuine_pairs_at_or_below_the_fmr_threshold(bench):
+    scores = np.array([0.9, 0.5, 0.3, 0.1] + list(np.linspace(0.0, 0.6, 100)))
+    same = np.array([True] * 4 + [False] * 100)
+    # FMR 1e-2 of 100 impostors admits 1: the threshold is the second highest impostor, 0.6 * 98 / 99
+    threshold = 0.6 * 98 / 99
+    assert bench.fnmr_at_zero_discard(scores, same) == pytest.approx(np.mean(scores[:4] <= threshold))
+
+
+def test_separation_reports_what_a_quality_knows_beyond_resolution(bench):
+    rng = np.random.default_rng(0)
+    n = 2000
+    res = np.where(rng.random((n, 2)) < 0.5, 8, 24)
+    same = np.arange(n) % 2 == 0
+    scores = rng.normal(0, 1, n)
+    accepted = scores > 0.0
+    # "knows": high for 24 px and, within a resolution, for accepted genuine pairs; "res": the resolution only
+    knows = res / 24.0 + np.where(accepted, 0.5, 0.0)[:, None] + rng.normal(0, 0.01, (n, 2))
+    only_res = res / 24.0 + rng.normal(0, 0.01, (n, 2))
+    sep = bench.separation({"knows": knows, "res": only_res}, res, scores, same, threshold=0.0)
+    assert sep["between"]["knows"] > 0.7 and sep["between"]["res"] > 0.99
+    assert all(v > 0.95 for v in sep["within"]["knows"].values())
+    assert all(abs(v - 0.5) < 0.1 for v in sep["within"]["res"].values())
 
 
 def test_rates_by_resolution(bench):
@@ -209,7 +288,6 @@ def test_attainable_share_and_goal_line(bench):
     assert shares["ri"] > 0.9 and abs(shares["norm"]) < 0.3
     rand, floor = curves["random"].pauc(0.3), curves["error oracle"].pauc(0.3)
     assert shares["norm"] == pytest.approx((rand - curves["norm"].pauc(0.3)) / (rand - floor))
-    line = bench.goal_line(curves)
-    target = 0.8 * curves["norm"].pauc(0.3)
-    assert f"= {target:.5f}" in line
-    assert ("below the error oracle" in line) == (target < floor)
+    assert bench.goal_line(shares).endswith("-> met.")
+    assert bench.goal_line({**shares, "ri": 0.4}).endswith("-> NOT met.")  # below 0.5
+    assert bench.goal_line({**shares, "ri": 0.6, "magface norm": 0.7}).endswith("-> NOT met.")  # a rival above it

@@ -284,6 +284,51 @@ def pair_rows(dataset, pairs: Sequence[LFWPair], filename_column: str = "filenam
     return out
 
 
+def validation_pairs(rows_of: dict[str, Sequence[int]], seed: int = 0, max_genuine_per_identity: int = 6
+                     ) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """Verification pairs among a set of identities, seeded: every genuine pair of each identity with >= 2 images
+    (at most `max_genuine_per_identity`, so one large identity does not dominate) and as many impostor pairs, each
+    joining images of two different identities drawn uniformly.
+
+    Args:
+        rows_of: `{identity: data set rows of its images}`.
+
+    Returns:
+        `(pair rows [P, 2] int64, same [P] bool, identities used)`, the pairs in a seeded random order.
+
+    Raises:
+        ValueError: no identity has two images, or fewer than two identities are given.
+    """
+    if max_genuine_per_identity < 1:
+        raise ValueError(f"validation_pairs: max_genuine_per_identity must be >= 1, got {max_genuine_per_identity}")
+    rng = np.random.default_rng(seed)
+    names = sorted(n for n, rows in rows_of.items() if len(rows) >= 1)
+    genuine: list[tuple[int, int]] = []
+    for name in names:
+        rows = sorted(int(r) for r in rows_of[name])
+        combos = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+        if combos:
+            chosen = rng.permutation(len(combos))[:max_genuine_per_identity]
+            genuine += [combos[k] for k in sorted(chosen.tolist())]
+    if not genuine or len(names) < 2:
+        raise ValueError(f"validation_pairs: {len(names)} identities, {len(genuine)} genuine pairs; need >= 2 "
+                         "identities and one with >= 2 images")
+    impostor: set[tuple[int, int]] = set()
+    for _ in range(100 * len(genuine)):  # bounded: a tiny pool may hold fewer distinct impostor pairs than wanted
+        if len(impostor) == len(genuine):
+            break
+        a, b = rng.choice(len(names), size=2, replace=False)
+        first = int(rng.choice(rows_of[names[a]]))
+        second = int(rng.choice(rows_of[names[b]]))
+        impostor.add((min(first, second), max(first, second)))
+    pairs = np.array(genuine + sorted(impostor), dtype=np.int64)
+    same = np.array([True] * len(genuine) + [False] * len(impostor))
+    order = rng.permutation(len(pairs))
+    row_to_name = {int(r): n for n in names for r in rows_of[n]}
+    used = {row_to_name[int(r)] for r in pairs.reshape(-1)}
+    return pairs[order], same[order], used
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Degradation
 

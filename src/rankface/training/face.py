@@ -1,16 +1,20 @@
 """Face-encoder training: a margin head (+- UNPG) over MobileFaceNet / IResNet with very-low-resolution augmentation.
 
-Read top to bottom: load the face data and leave out the held-out View-2 folds' identities (protocol F1); build the
-encoder (the pretrained MobileFaceNet converted on the fly, a rankface checkpoint, or a fresh one) and the normalised
-classifier (class weights, initialised at the class centroids); train with Accelerate (one CPU process to many GPUs,
-bf16 if asked); evaluate LR-LR verification on the held-out pairs; save resumable checkpoints (encoder + class
+Read top to bottom: load the face data and leave out the held-out View-2 folds' identities (protocol F1) and, when
+asked, the validation identities; build the encoder (the pretrained MobileFaceNet converted on the fly, a rankface
+checkpoint, or a fresh one) and the normalised classifier (class weights, initialised at the class centroids); train
+with Accelerate (one CPU process to many GPUs); evaluate LR-LR verification on the validation and/or held-out pairs
+during training (the learning curve) and on the held-out pairs at the end; save resumable checkpoints (encoder + class
 weights + optimizer + schedule) and, at the end, the encoder alone with `save_pretrained`.
 
-Nothing here names a device or a precision: Accelerate decides from its launch configuration.
+A step is made cheap three ways, each a setting: bf16 autocast where the hardware runs bf16 natively
+(`precision: auto`), channels-last memory order (`channels_last`), and the images decoded and degraded by DataLoader
+worker processes (`num_workers`) while the model steps. Accelerate decides the device from its launch configuration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -33,6 +37,7 @@ from rankface.data.faces import (
     pair_rows,
     read_lfw_pairs,
     read_lfw_splits,
+    validation_pairs,
 )
 from rankface.evaluation.verification import evaluate_pairs_at_resolution, pixel_values_from_uint8
 from rankface.losses.margins import MarginLoss, NormalizedClassifier, build_head
@@ -50,14 +55,7 @@ def train_face(args: FaceTrainingArguments) -> dict:
         The final held-out evaluation `{"lr-lr@<r>": {"accuracy", "accuracy_std", "auc", "tar@far=..."}}` (empty
         without held-out pairs or with `eval_at_end=False`).
     """
-    # RI: the attention branch gets no gradient while its loss is in warm-up; DDP must not wait for it.
-    ddp_kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if args.ri else []
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=ddp_kwargs,
-    )
+    accelerator = make_accelerator(args)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     prepare_output_dir(accelerator, output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
@@ -76,13 +74,16 @@ def train_face(args: FaceTrainingArguments) -> dict:
     checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
     if args.head_init == "centroids" and checkpoint is None:  # a resumed run loads its class weights instead
         init_class_weights_at_centroids(accelerator, model, data, args)
+    if args.channels_last:
+        use_channels_last(accelerator, model)
     head_kwargs = {k: v for k, v in (("s", args.margin_scale), ("m", args.margin)) if v is not None}
     head = build_head(args.head, **head_kwargs)
     loss_fn: nn.Module = UNPGLoss(head, wisk=args.unpg_wisk) if args.unpg else MarginLoss(head)
 
     train_set = data.train_set
+    # Workers are started afresh for each epoch (not persistent), so each gets the epoch set by `set_epoch`.
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        num_workers=args.num_workers)
+                        num_workers=args.num_workers, persistent_workers=False)
     optimizer = make_face_optimizer(model, args)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
@@ -94,16 +95,17 @@ def train_face(args: FaceTrainingArguments) -> dict:
     if args.ri:
         from rankface.losses.recognizability import RecognizabilityLoss
 
-        warmup = steps_per_epoch if args.ri_warmup_steps is None else args.ri_warmup_steps
         ri_loss = RecognizabilityLoss(loss_fn, alpha=args.ri_alpha, beta=args.ri_beta,
-                                      gamma=args.ri_gamma if args.ri_attention else 0.0, warmup_steps=warmup,
+                                      gamma=args.ri_gamma if args.ri_attention else 0.0,
+                                      warmup_steps=ri_warmup_steps(args, total_steps),
                                       diversion_on=args.ri_diversion_on, form=args.ri_form)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(head)  # AdaFace's norm statistics are buffers of the head
     learner = Learner("face", model, optimizer, scheduler)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_done_in_epoch": 0, "log": [],
-                             "num_classes": data.num_classes, "num_train_images": len(train_set)}
+                             "num_classes": data.num_classes, "num_train_images": len(train_set),
+                             "precision": "bf16" if accelerator.mixed_precision == "bf16" else "fp32"}
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -113,6 +115,8 @@ def train_face(args: FaceTrainingArguments) -> dict:
 
     def micro_step(batch: tuple[Tensor, Tensor]) -> dict[str, float]:
         pixel_values, labels = batch
+        if args.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if ri_loss is None:
             embedding, cos = model(pixel_values)
             loss, parts = loss_fn(embedding, labels, cos), {}
@@ -124,20 +128,43 @@ def train_face(args: FaceTrainingArguments) -> dict:
             values["negatives"] = int(loss_fn.last_num_negatives)
         return values
 
+    def evaluate(st: dict) -> None:
+        if "validation" in args.eval_sets:
+            record_validation(accelerator, model, data, args, st)
+        if "heldout" in args.eval_sets:
+            record_face_evaluation(accelerator, model, data, args, st)
+
+    if state["step"] == 0 and args.eval_steps:
+        evaluate(state)  # step 0: the starting model, the first point of the learning curve
     run_steps(accelerator, [learner], loader, state, total_steps, micro_step, args, output_dir,
-              evaluate=lambda st: record_face_evaluation(accelerator, model, data, args, st),
-              start_epoch=train_set.set_epoch)
+              evaluate=evaluate, start_epoch=train_set.set_epoch)
     state["world_size"] = accelerator.num_processes
     broadcast_buffers(accelerator, model)
     state["rank_fingerprints"] = check_ranks_agree(accelerator, [learner])
+    if "validation" in args.eval_sets and args.eval_steps:
+        record_validation(accelerator, model, data, args, state)  # the last point of the learning curve
     final = record_face_evaluation(accelerator, model, data, args, state) if args.eval_at_end else {}
     state["final_eval"] = final
     if accelerator.is_main_process:
-        save_folder_atomically(_EncoderWithProcessor(accelerator.unwrap_model(model).encoder), output_dir / "model")
+        with contiguous_weights(accelerator.unwrap_model(model)):  # safetensors stores contiguous tensors only
+            save_folder_atomically(_EncoderWithProcessor(accelerator.unwrap_model(model).encoder),
+                                   output_dir / "model")
         write_json(output_dir / "trainer_state.json", state)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
+
+
+def make_accelerator(args: FaceTrainingArguments) -> Accelerator:
+    """The Accelerator of a face run: bf16 autocast exactly when `resolve_face_precision` says so."""
+    # RI: the attention branch gets no gradient while its loss is in warm-up; DDP must not wait for it.
+    ddp_kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if args.ri else []
+    return Accelerator(
+        mixed_precision="bf16" if resolve_face_precision(args.precision) == "bf16" else "no",
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=ddp_kwargs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -198,6 +225,7 @@ class FaceData:
     class_names: list[str]
     pairs: HeldOutPairs | None
     report: dict
+    validation: HeldOutPairs | None = None
 
 
 def resolve_face_dataset(spec: str) -> str:
@@ -218,14 +246,20 @@ def prepare_face_data(args: FaceTrainingArguments, config: Any | None = None) ->
     folder = Path(spec) if Path(spec).is_dir() else Path(spec).parent
     heldout_ids: set[str] = set()
     pairs_path = Path(args.pairs_file) if args.pairs_file else folder / "pairs.txt"
-    if args.heldout_folds:
-        if args.identity_column not in dataset.column_names:
-            raise ValueError(f"{spec}: heldout_folds {args.heldout_folds} need an identity-name column "
-                             f"{args.identity_column!r}; columns are {dataset.column_names} (or set heldout_folds: [])")
-        splits = read_lfw_splits(Path(args.splits_file) if args.splits_file else folder / "splits.json")
-        for fold in args.heldout_folds:
-            heldout_ids |= lfw_fold_identities(splits, fold)[1]
+    needs_splits = bool(args.heldout_folds) or args.validation_identities != "none"
+    if needs_splits and args.identity_column not in dataset.column_names:
+        raise ValueError(f"{spec}: heldout_folds {args.heldout_folds} and validation_identities need an identity-name "
+                         f"column {args.identity_column!r}; columns are {dataset.column_names} (or set "
+                         "heldout_folds: [] and validation_identities: none)")
+    splits = read_lfw_splits(Path(args.splits_file) if args.splits_file else folder / "splits.json") \
+        if needs_splits else None
+    for fold in args.heldout_folds:
+        heldout_ids |= lfw_fold_identities(splits, fold)[1]
     names = dataset[args.identity_column] if args.identity_column in dataset.column_names else None
+    validation = None
+    if args.validation_identities != "none":
+        validation = validation_set(dataset, names, splits, args)
+        heldout_ids |= validation.identities
     labels = np.asarray(dataset[args.label_column], dtype=np.int64)
     keep = np.ones(len(labels), dtype=bool)
     if names is not None and heldout_ids:
@@ -246,7 +280,7 @@ def prepare_face_data(args: FaceTrainingArguments, config: Any | None = None) ->
                                 noise_prob=args.noise_prob, seed=args.seed)
     train_set = FaceTrainSet(images, remapped, placeholder, degrade, args.hflip_prob, args.seed, args.image_column)
     pairs = None
-    if args.heldout_folds and (args.eval_at_end or args.eval_steps):
+    if args.heldout_folds and (args.eval_at_end or (args.eval_steps and "heldout" in args.eval_sets)):
         pairs = held_out_pairs(dataset, pairs_path, args)
     report = {
         "summary": f"{load_report.summary()}; training on {len(rows)} images of {classes.size} classes "
@@ -257,7 +291,41 @@ def prepare_face_data(args: FaceTrainingArguments, config: Any | None = None) ->
         "num_classes": int(classes.size), "heldout_folds": list(args.heldout_folds),
         "num_heldout_identities": len(heldout_ids), "num_eval_pairs": 0 if pairs is None else len(pairs.same),
     }
-    return FaceData(train_set, int(classes.size), class_names, pairs, report)
+    if validation is not None:
+        report["summary"] += (f"; validation: {len(validation.pairs.same)} pairs of {len(validation.identities)} "
+                              "identities in no View-2 pair, left out of training")
+        report["num_validation_pairs"] = len(validation.pairs.same)
+        report["num_validation_identities"] = len(validation.identities)
+    return FaceData(train_set, int(classes.size), class_names, pairs, report,
+                    None if validation is None else validation.pairs)
+
+
+@dataclass
+class ValidationSet:
+    pairs: HeldOutPairs
+    identities: set[str]
+
+
+def validation_set(dataset, names: list[str], splits: dict, args: FaceTrainingArguments) -> ValidationSet:
+    """Pairs for the learning curve that are no test pair of either F1 half: identities that appear in no View-2 pair
+    (`splits.json` `non_pair_identities`); genuine pairs from those with >= 2 images, impostor partners from all of
+    them. Every identity used is left out of training, so the curve measures generalisation to unseen people and
+    a schedule may honestly be chosen on it."""
+    pool = set(splits["view2_10fold"].get("non_pair_identities", []))
+    if not pool:
+        raise ValueError("validation_identities: 'non_pair' needs splits.json view2_10fold.non_pair_identities, "
+                         "which is empty or missing")
+    rows_of: dict[str, list[int]] = {}
+    for row, name in enumerate(names):
+        if name in pool:
+            rows_of.setdefault(name, []).append(row)
+    index, same, identities = validation_pairs(rows_of, seed=args.validation_seed,
+                                               max_genuine_per_identity=args.validation_genuine_per_identity)
+    rows, local = np.unique(index, return_inverse=True)
+    images = np.stack([image_to_rgb_array(dataset[int(r)][args.image_column]) for r in rows])
+    folds = np.arange(len(same)) % 10  # pairs come shuffled: 10 interleaved folds for the k-fold threshold
+    return ValidationSet(HeldOutPairs(images=images, pair_index=local.reshape(index.shape), same=same, folds=folds),
+                         identities)
 
 
 def held_out_pairs(dataset, pairs_path: Path, args: FaceTrainingArguments) -> HeldOutPairs:
@@ -378,6 +446,8 @@ def ri_step(accelerator: Accelerator, model, ri_loss, pixel_values: Tensor, labe
     unwrapped = accelerator.unwrap_model(model)
     generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 101 + accelerator.process_index)
     ui = make_unrecognizable(pixel_values, size_range=(args.ri_ui_size_min, args.ri_ui_size_max), generator=generator)
+    if args.channels_last:
+        ui = ui.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         unwrapped.encoder.update_ui_centre(ui, labels, unwrapped.classifier.weight)
     embedding, cos, out = model(pixel_values, full_output=True)
@@ -448,6 +518,53 @@ def broadcast_buffers(accelerator: Accelerator, model: nn.Module) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
+def resolve_face_precision(setting: str) -> str:
+    """`"bf16"` or `"fp32"` for the `precision` setting: `auto` is bf16 only where the hardware runs it natively (CUDA
+    with bf16; a CPU with AVX-512 bf16 or AMX, instruction-set caps included); a forced `bf16` on a CPU without it
+    warns once (emulated bf16 is several times slower than fp32 there)."""
+    from rankface.models._text import resolve_precision
+
+    if setting not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {setting!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_precision(setting, device)
+
+
+def ri_warmup_steps(args: FaceTrainingArguments, total_steps: int) -> int:
+    """Optimizer steps before the RI's index diversion and attention losses switch on: `ri_warmup_steps` when given,
+    else `round(ri_warmup_ratio * total_steps)` (0: on from the first step; 1: never on in this run)."""
+    if args.ri_warmup_steps is not None:
+        return int(args.ri_warmup_steps)
+    return round(args.ri_warmup_ratio * total_steps)
+
+
+def use_channels_last(accelerator: Accelerator, model: nn.Module) -> None:
+    """Put the model's 4-D weights in channels-last order (in place: the Parameter objects stay the ones the optimizer
+    holds) and make the checkpoints store contiguous copies, as safetensors requires."""
+    model.to(memory_format=torch.channels_last)
+
+    def contiguous_state(models, weights, output_dir) -> None:
+        for state in weights:
+            for key, tensor in state.items():
+                if isinstance(tensor, Tensor) and not tensor.is_contiguous():
+                    state[key] = tensor.contiguous()
+
+    accelerator.register_save_state_pre_hook(contiguous_state)
+
+
+@contextlib.contextmanager
+def contiguous_weights(model: nn.Module):
+    """Inside: the model's weights in the default (contiguous) order, for `save_pretrained`; restored after."""
+    was_channels_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                            and not p.is_contiguous() for p in model.parameters())
+    model.to(memory_format=torch.contiguous_format)
+    try:
+        yield model
+    finally:
+        if was_channels_last:
+            model.to(memory_format=torch.channels_last)
+
+
 def make_face_optimizer(model: FaceRecognitionModule, args: FaceTrainingArguments) -> torch.optim.Optimizer:
     """SGD (momentum 0.9) or AdamW; no weight decay on BatchNorm and biases; class weights at the head rate, an RI
     model's own modules (outside its backbone) at `ri_head_learning_rate`."""
@@ -491,6 +608,27 @@ class _EncoderWithProcessor:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def record_validation(accelerator: Accelerator, model, data: FaceData, args: FaceTrainingArguments,
+                      state: dict) -> dict:
+    """LR-LR 10-fold accuracy of the validation pairs at each `val_resolutions`, logged in `state` as
+    `{"step", "val": {"lr-lr@<r>": {"accuracy", "auc", ...}}}`: the points of the learning curve."""
+    metrics: dict = {}
+    if accelerator.is_main_process and data.validation is not None:
+        encoder = accelerator.unwrap_model(model).encoder
+        pairs = data.validation
+        for r in args.val_resolutions:
+            result = evaluate_pairs_at_resolution(encoder, pairs.images, pairs.pair_index, pairs.same, int(r),
+                                                  setting="lr-lr", folds=pairs.folds,
+                                                  batch_size=args.eval_batch_size)
+            metrics[f"lr-lr@{r}"] = result.as_dict()
+        state["log"].append({"step": state["step"], "val": metrics})
+        accelerator.print(f"step {state['step']} validation pairs: " + " ".join(
+            f"{k}={v['accuracy']:.4f}" for k, v in metrics.items()))
+        model.train()
+    accelerator.wait_for_everyone()
+    return metrics
+
+
 def record_face_evaluation(accelerator: Accelerator, model, data: FaceData, args: FaceTrainingArguments,
                            state: dict) -> dict:
     """LR-LR verification of the held-out pairs at each `eval_resolutions` on the main process; logged in `state`."""

@@ -75,7 +75,12 @@ class FaceTrainingArguments:
     ri_alpha: float = _help("RI: weight of the RI regression (Smooth-L1).", default=1.0)
     ri_beta: float = _help("RI: weight of the index-diversion hinge (0 turns it off).", default=1.0)
     ri_gamma: float = _help("RI: weight of the attention MSE (0 turns it off).", default=1.0)
-    ri_warmup_steps: int | None = _help("RI: steps before index diversion and attention start (default: one epoch).",
+    ri_warmup_ratio: float = _help(
+        "RI: share of the total optimizer steps before index diversion and attention switch on (methods.md: 'about "
+        "one epoch', so that the UI centre and the class prototypes mean something first). A share rather than one "
+        "epoch, so the warm-up scales with the budget: 0.25 of 600 steps x 64 images is ~2 epochs of an F1 half.",
+        default=0.25)
+    ri_warmup_steps: int | None = _help("RI: an exact warm-up in steps; when given it overrides ri_warmup_ratio.",
                                         default=None)
     ri_form: str = _help("RI: 'product' or 'ratio' form of the index.", default="product")
     ri_diversion_on: str = _help("RI: hinge on 'xi' (the embedding's RI) or 'xi_hat' (the regressed one).",
@@ -100,17 +105,37 @@ class FaceTrainingArguments:
     gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
     max_grad_norm: float = _help("Gradient clipping norm (0: none).", default=5.0)
     freeze_batchnorm: bool = _help("Keep BatchNorm running statistics and affine weights fixed.", default=False)
-    mixed_precision: str | None = _help(
-        "'no', 'bf16' or 'fp16'; default: what `accelerate launch` (or its config file) says, else 'no'.", default=None
-    )
+    precision: str = _help(
+        "'auto' (bf16 autocast where the hardware runs bf16 natively: CUDA with bf16, CPUs with AVX-512 bf16 or AMX; "
+        "fp32 elsewhere, where bf16 is emulated and slower), 'fp32', or 'bf16' (forced; warns on a CPU without native "
+        "bf16). This setting decides, whatever `accelerate launch --mixed_precision` says.", default="auto")
+    channels_last: bool = _help(
+        "Keep the encoder and its input in channels-last (NHWC) memory order: oneDNN's NHWC kernels are faster for "
+        "MobileFaceNet's depthwise convolutions on CPU (benchmarks/face_step_options.py). Saved weights are "
+        "contiguous either way.", default=True)
     seed: int = _help("Seed for sampling, initialisation, shuffling and augmentation.", default=42)
-    num_workers: int = _help("DataLoader worker processes.", default=0)
+    num_workers: int = _help(
+        "DataLoader worker processes that decode and degrade the training images while the model steps (0: in the "
+        "training process, between steps).", default=0)
     # ----------------------------------------------------------------- evaluation
     eval_resolutions: list[int] = _help(  # noqa: RUF009
         "Resolutions (px) of the LR-LR pair evaluation during and after training.", default_factory=lambda: [112, 16, 8]
     )
     eval_steps: int | None = _help("Evaluate the held-out pairs every this many steps (None: only at the end).",
                                    default=None)
+    eval_sets: list[str] = _help(  # noqa: RUF009
+        "Pairs evaluated every eval_steps (and, for 'validation', also at step 0 and the last step: the learning "
+        "curve): 'heldout' (the held-out folds' pairs, at eval_resolutions) and/or 'validation' (see "
+        "validation_identities, at val_resolutions).", default_factory=lambda: ["heldout"])
+    validation_identities: str = _help(
+        "'none', or 'non_pair': the identities of splits.json that appear in no View-2 pair are left out of training "
+        "and give validation pairs (genuine pairs of those with >= 2 images, as many impostor pairs), which are no "
+        "test pair of either F1 half, so a schedule may be chosen on them.", default="none")
+    validation_genuine_per_identity: int = _help("Validation: at most this many genuine pairs per identity.",
+                                                 default=6)
+    validation_seed: int = _help("Validation: seed of the pair draw (the same pairs for every system).", default=0)
+    val_resolutions: list[int] = _help(  # noqa: RUF009
+        "Resolutions (px) of the LR-LR validation evaluation.", default_factory=lambda: [16, 8])
     eval_at_end: bool = _help("Evaluate the held-out pairs after training.", default=True)
     eval_max_pairs: int | None = _help("Evaluate on at most this many pairs (whole folds, in file order).",
                                        default=None)
@@ -134,7 +159,8 @@ class FaceTrainingArguments:
             "head_init": ("centroids", "random"),
             "optimizer": ("sgd", "adamw"),
             "lr_scheduler": ("cosine", "linear", "constant"),
-            "mixed_precision": (None, "no", "bf16", "fp16"),
+            "precision": ("auto", "fp32", "bf16"),
+            "validation_identities": ("none", "non_pair"),
             "ri_form": ("product", "ratio"),
             "ri_diversion_on": ("xi", "xi_hat"),
             "ri_match_with": ("v", "v+att"),
@@ -148,6 +174,18 @@ class FaceTrainingArguments:
         for name in ("degrade_prob", "blur_prob", "jpeg_prob", "noise_prob", "hflip_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.ri_warmup_ratio <= 1.0:
+            raise ValueError(f"ri_warmup_ratio must be a share of the steps in [0, 1], got {self.ri_warmup_ratio}")
+        if self.ri_warmup_steps is not None and self.ri_warmup_steps < 0:
+            raise ValueError(f"ri_warmup_steps must be >= 0, got {self.ri_warmup_steps}")
+        unknown = [e for e in self.eval_sets if e not in ("heldout", "validation")]
+        if unknown:
+            raise ValueError(f"eval_sets: {unknown} unknown; expected 'heldout' and/or 'validation'")
+        if "validation" in self.eval_sets and self.validation_identities == "none":
+            raise ValueError("eval_sets includes 'validation' but validation_identities is 'none': set it to "
+                             "'non_pair' (or drop 'validation' from eval_sets)")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (BatchNorm and in-batch negatives), got {self.batch_size}")
         if self.min_images_per_class < 1 or self.head_init_images_per_class < 1:

@@ -1,0 +1,166 @@
+"""Benchmark F1 (benchmarks/lfw_vlr.py): its own logic: the run plan, rounded pair scores, per-fold metrics, the
+significance tests (paired t over folds against scipy's independent implementation, TAR bootstrap), and the shared
+plotting helper's fixed colours."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rankface.data.faces import LFWPair
+from rankface.evaluation.verification import cosine_pair_scores, tar_at_far
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports its siblings `_common` and `_plots`
+    spec = importlib.util.spec_from_file_location("lfw_vlr_benchmark", BENCHMARKS / "lfw_vlr.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_full_plan_runs_the_headline_and_f2_models_first(bench):
+    plan = bench.make_plan(bench.FULL_PLAN, None, None)
+    assert plan[:5] == [("pretrained", 0), ("arcface", 0), ("arcface+unpg", 0), ("ri", 0), ("magface", 0)]
+    seeds = {s: sorted(seed for name, seed in plan if name == s) for s in dict.fromkeys(n for n, _ in plan)}
+    assert seeds == {"pretrained": [0], "arcface": [0, 1, 2], "arcface+unpg": [0, 1, 2], "ri": [0, 1, 2],
+                     "magface": [0], "cosface": [0], "cosface+unpg": [0], "ri+reg": [0], "ri+reg+id": [0]}
+    assert len(plan) == len(set(plan))
+    # a part of the plan keeps its order; --seeds gives every named system those seeds, seed by seed
+    assert bench.make_plan(bench.FULL_PLAN, ["ri", "arcface"], None) == [
+        ("arcface", 0), ("ri", 0), ("arcface", 1), ("arcface", 2), ("ri", 1), ("ri", 2)]
+    assert bench.make_plan(bench.FULL_PLAN, ["pretrained", "cosface"], [3, 4]) == [
+        ("pretrained", 3), ("cosface", 3), ("cosface", 4)]
+    assert bench.make_plan(bench.FULL_PLAN, ["ri-headlr"], None) == [("ri-headlr", 0)]  # outside the plan
+
+
+def test_ri_systems_share_the_ri_recipe_and_differ_only_in_their_switches(bench):
+    assert {bench.SYSTEMS[s] for s in bench.RI_FAMILY} == {"lfw_vlr_ri.yaml"}
+    assert bench.system_overrides("ri") == [] and "--ri_beta" in bench.system_overrides("ri+reg")
+    assert (bench.CONFIGS / bench.SYSTEMS["magface"]).is_file()
+    args = bench.parse_args(["--quick"])
+    flags = bench.training_flags(args, "ri+reg+id", 1, "B", Path("out"))
+    assert flags[flags.index("--heldout_folds") + 1:][:5] == ["5", "6", "7", "8", "9"]
+    assert flags[flags.index("--eval_sets") + 1] == "validation"
+
+
+def _pairs(folds: int = 2, per_fold: int = 20) -> list[LFWPair]:
+    return [LFWPair(f, f"a{f}_{i}", f"b{f}_{i}", i < per_fold // 2) for f in range(folds) for i in range(per_fold)]
+
+
+def test_score_half_rounds_scores_and_pairs_lr_and_hr_views(bench):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 112, 112, 3), dtype=np.uint8)
+    dataset = [{"image": img} for img in images]
+    projection = rng.normal(size=(112 * 112 * 3, 6))
+
+    def embed(batch: np.ndarray) -> np.ndarray:  # a fixed random projection of the pixels: a real function of them
+        return (batch.reshape(len(batch), -1).astype(np.float64) / 255.0) @ projection
+
+    pair_index = np.array([[0, 1], [2, 3], [4, 0]])
+    scores, _ = bench.score_half(embed, dataset, pair_index, [112, 16])
+    assert set(scores) == {"lr-lr@112", "lr-lr@16", "hr-lr@16"}
+    from rankface.data.faces import degrade_exact
+
+    low = np.stack([degrade_exact(img, 16) for img in images])
+    expected = cosine_pair_scores(embed(images[pair_index[:, 0]]), embed(low[pair_index[:, 1]]))
+    np.testing.assert_allclose(scores["hr-lr@16"], expected, atol=0.5e-5 + 1e-7)  # rounded to 5 decimals
+    assert all(round(v, 5) == v for v in scores["lr-lr@16"])
+
+
+def _record(scores: dict, folds: list[int], half: str) -> dict:
+    return {"settings": {"half": half, "eval_folds": folds}, "scores": scores}
+
+
+def test_paired_fold_test_matches_scipy_ttest_rel(bench):
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(80, 2, 10), rng.normal(79, 2, 10)
+    got = bench.paired_fold_test(a, b)
+    expected = stats.ttest_rel(a, b)
+    assert got["t"] == pytest.approx(expected.statistic, rel=1e-9)
+    assert got["p"] == pytest.approx(expected.pvalue, rel=1e-9)
+    assert got["diff"] == pytest.approx(float(np.mean(a - b)))
+    same = bench.paired_fold_test(a, a)
+    assert same["p"] == 1.0 and same["diff"] == 0.0
+
+
+def test_tar_of_resamples_follows_tar_at_far(bench):
+    rng = np.random.default_rng(1)
+    genuine, impostors = rng.normal(0.6, 0.2, 300), rng.normal(0.0, 0.2, 1500)
+    scores = np.r_[genuine, impostors]
+    labels = np.r_[np.ones(300, bool), np.zeros(1500, bool)]
+    for far in (1e-2, 1e-3):
+        got = bench.tar_from_sorted_impostors(genuine[None], impostors[None], far)
+        assert got.shape == (1,) and got[0] == pytest.approx(tar_at_far(scores, labels, far)[0])
+
+
+def test_bootstrap_finds_a_real_tar_gain_and_none_between_equal_systems(bench):
+    pairs = _pairs(folds=10, per_fold=60)
+    records = {}
+    for name, gain in (("base", 0.0), ("better", 0.25), ("copy", 0.0)):
+        runs = []
+        for half, folds in (("A", [0, 1, 2, 3, 4]), ("B", [5, 6, 7, 8, 9])):
+            idx = bench.half_pairs(pairs, folds)
+            same = np.array([pairs[i].same for i in idx])
+            noise = np.random.default_rng(len(runs)).normal(0, 0.2, idx.size)  # shared by all systems: paired
+            scores = np.where(same, 0.3 + (gain if name == "better" else 0.0), 0.0) + noise
+            runs.append(_record({"lr-lr@16": scores.tolist()}, folds, half))
+        records[name] = [runs]
+    gain = bench.paired_bootstrap_tar(records["better"], records["base"], "lr-lr@16", 1e-2, pairs, resamples=300)
+    assert gain["diff"] > 20 and gain["p"] <= 1 / 300 * 2 and gain["ci95"][0] > 0
+    none = bench.paired_bootstrap_tar(records["copy"], records["base"], "lr-lr@16", 1e-2, pairs, resamples=300)
+    assert none["diff"] == 0.0 and none["p"] == 1.0
+
+
+def test_system_metrics_and_significance_pool_seeds_by_fold(bench):
+    pairs = _pairs(folds=10, per_fold=40)
+
+    def runs(shift: float, seed: int) -> list[dict]:
+        out = []
+        for half, folds in (("A", [0, 1, 2, 3, 4]), ("B", [5, 6, 7, 8, 9])):
+            idx = bench.half_pairs(pairs, folds)
+            same = np.array([pairs[i].same for i in idx])
+            noise = np.random.default_rng([seed, len(out)]).normal(0, 0.3, idx.size)
+            scores = {k: (np.where(same, 0.4 + shift, 0.0) + noise).tolist() for k in bench.ACCURACY_KEYS}
+            out.append(_record(scores, folds, half))
+        return out
+
+    results = {("arcface", s): runs(0.0, s) for s in (0, 1)} | {("ri", s): runs(0.3, s) for s in (0, 1)}
+    metrics = {k: bench.system_metrics(v, pairs) for k, v in results.items()}
+    assert sorted(metrics[("ri", 0)]["lr-lr@16"]["fold_accuracies"]) == list(range(10))
+    pooled = bench.pooled_fold_accuracies([metrics[("ri", 0)], metrics[("ri", 1)]], "lr-lr@16")
+    expected = [(metrics[("ri", 0)]["lr-lr@16"]["fold_accuracies"][f]
+                 + metrics[("ri", 1)]["lr-lr@16"]["fold_accuracies"][f]) / 2 for f in range(10)]
+    np.testing.assert_allclose(pooled, expected)
+    rows = bench.significance(results, metrics, pairs, resamples=200)
+    accuracy = [r for r in rows if r["figure"] == "accuracy lr-lr@16"]
+    assert len(accuracy) == 1 and accuracy[0]["claim"] == "ri vs arcface" and accuracy[0]["seeds"] == "2/2"
+    assert accuracy[0]["diff"] > 0 and accuracy[0]["p"] < 0.05
+
+
+def test_plots_give_each_system_one_fixed_colour(bench, tmp_path):
+    import _plots
+
+    main = ["pretrained", "arcface", "arcface+unpg", "cosface", "cosface+unpg", "magface", "ri", "ri+reg",
+            "ri+reg+id"]
+    assert len({_plots.colour(s) for s in main}) == len(main)
+    assert _plots.colour("ri") == _plots.colour("ri")  # fixed, and the RI quality of F2 is the RI system's colour
+    assert _plots.colour("magface norm") == _plots.colour("magface")
+    assert _plots.colour("something new") == _plots.colour("something new")
+    rows = {s: {"lr-lr": {112: 99.0, 24: 90.0, 16: 85.0, 12: 75.0, 8: 70.0},
+                "hr-lr": {112: 99.0, 24: 92.0, 16: 80.0, 12: 66.0, 8: 56.0}} for s in ("arcface", "ri")}
+    png = _plots.plot_accuracy_vs_resolution(rows, tmp_path / "acc.png", title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = {"arcface": [[(0, {"lr-lr@16": 77.0, "lr-lr@8": 66.0}), (50, {"lr-lr@16": 80.0, "lr-lr@8": 70.0})]]}
+    assert _plots.plot_learning_curves(curves, tmp_path / "lc.png", ["lr-lr@16", "lr-lr@8"], "t").is_file()
