@@ -150,9 +150,8 @@ def test_cet_trains_relevance_and_selection_models(collection, tiny_bert_dir, tm
         assert not torch.equal(pair.selection.classifier.weight, pair.relevance.classifier.weight)
 
 
-@pytest.mark.slow
-def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir, tmp_path):
-    config = write_config(tmp_path / "c.yaml", settings(collection, tiny_bert_dir, tmp_path / "out", max_steps=4))
+def launch_two_processes(config: Path) -> None:
+    """The recipe under `accelerate launch` with 2 real CPU processes (gloo DDP); fails with its output."""
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -161,6 +160,12 @@ def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir, tmp_path):
+    launch_two_processes(write_config(tmp_path / "c.yaml", settings(collection, tiny_bert_dir, tmp_path / "out",
+                                                                    max_steps=4)))
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
     assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1

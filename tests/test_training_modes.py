@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import RECIPE, settings, write_collection, write_config
+from test_training import launch_two_processes, settings, write_collection, write_config
 
 from rankface.losses.ranking import ranking_loss
 from rankface.models.bi_encoder import BiEncoder
@@ -164,15 +162,7 @@ def test_query_side_resume_reproduces_the_uninterrupted_run(collection, tiny_ber
 @pytest.mark.slow
 def test_query_side_two_processes_stay_synchronised(collection, tiny_bert_dir, tmp_path):
     values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side", max_steps=4)
-    config = write_config(tmp_path / "c.yaml", values)
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(RECIPE), "--config", str(config),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launch_two_processes(write_config(tmp_path / "c.yaml", values))
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 4
     assert len(set(state["rank_fingerprints"])) == 1
