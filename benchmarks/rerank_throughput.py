@@ -186,7 +186,8 @@ def _matmul(precision: str, m: int, k: int, n: int):
     if precision == "int8":  # the int8 system's kernel: a dynamically quantized linear layer (FBGEMM)
         from rankface.models._text import quantize_linear_layers
 
-        layer = quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(k, n, bias=False), torch.nn.Identity()))
+        # (quantize_linear_layers keeps the last linear layer in fp32, as the scoring head: add one, time the first)
+        layer = quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(k, n), torch.nn.Linear(n, 1)))[0]
         return lambda: layer(a)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = a.to(dtype), torch.randn(k, n).to(dtype)
