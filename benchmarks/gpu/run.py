@@ -35,25 +35,30 @@ Results come back only through `$OUT`: after every part the script rewrites `$OU
 JSON/MD/PNG files, relative to the repo root; models and caches stay behind) and `$OUT/run.log`, so a run killed at
 its limit still returns what it finished. The log and a status JSON are also written under `benchmarks/results/gpu/`.
 
-Sizing (an estimate until it has run on an H200; the budget is 540 s of the lead's 600 s limit):
-- Measured here, 2 loaded CPU cores (load ~11), fp32, 6 layers, length 192, 16 queries x (1 + 3) docs per step:
-  plain step {CPU_PLAIN} s, CET step {CPU_CET} s (`benchmarks/gpu/run.py` sizing notes; CET runs the selection
-  model and an extra eval forward: {CET_RATIO}x plain).
-- Assumption (stated, not measured): an H200 in bf16 runs this step 150x faster than those 2 cores but not under
-  40 ms. Compute: a plain step is ~0.84 TFLOP (fwd + bwd, 64 pairs x 192 tokens, ~10.6 M non-embedding weights);
-  the 2 cores reach ~0.1 TFLOP/s; the H200 reaches 790 TFLOP/s on large bf16 matmuls but a 22 M-parameter model
-  with 12 k-token batches uses a few % of it, and ~600 kernel launches plus Python per step cost ~30 ms.
-  Batch 32 queries is used instead of 16: on the GPU a step's cost is mostly that fixed overhead, so doubling the
-  batch doubles the training signal for ~10 ms more. Estimated plain step 0.05 s, CET step 0.13 s.
-- Steps: 400 x 32 queries = 12,800 queries per system (R1's floor: 800 x 16; ~7 epochs of the 1,767 pooled train
-  queries). Training: 2 seeds x 400 x (2 x 0.05 + 2 x 0.13) s = 288 s.
-- Evaluation: each (system, seed) reranks 32,500 test + 10,000 dev pairs (~7 s, tokenizer-bound, parallel
-  tokenizers) plus the learning-curve points on dev every 200 steps (~2 s each): ~12 s x 8 = 96 s.
-- Fixed: start-up, data, the BM25 and dense baselines (one corpus embedding) and the strong source's re-measure:
-  ~40 s. R1 total ~425 s, leaving ~100 s for R2 on the GPU (if it has a GPU path) and the packing.
-- R2 on the device CPU instead (no GPU path): ~6 GFLOP per pair at length 256; 16 cores at ~0.8 TFLOP/s fp32 give
-  ~130 pairs/s, so 32,500 pairs take ~250 s per fp32 system and ~10 min for its four: it does not fit.
-If R1 runs over, the part is stopped at the budget and a rerun finishes the missing (system, seed) results.
+Sizing (an ESTIMATE until it has run on an H200; the budget is 540 s of the lead's 600 s command limit):
+- Measured here: one plain cross-encoder training step at these settings (6 layers, length 192, fp32, AdamW,
+  clipping), 16 queries x (1 + 3) NFCorpus docs, on 2 CPU cores at load ~13 (torch 2 threads): 59 s (median of 3
+  after a warm-up; /tmp script, `CrossEncoder.collate_groups` + forward + backward + step). A CET step
+  (eval-forward weights: relevance and selection models trained, plus an extra forward) costs 2.60x a plain one
+  (R3, measured on this CPU class). That step is ~0.84 TFLOP (fwd + bwd ~ 3 x 2 x 10.6 M non-embedding weights x
+  12,288 tokens), so the loaded cores ran ~14 GFLOP/s (idle ones ~4-6x more).
+- Assumption (stated, not measured): on the H200 in bf16 the step is overhead-bound: ~30 ms of per-step cost
+  (~400 eager kernel launches with autograd and Python, tokenizing the batch, the loss sync) plus its FLOPs at
+  >= 100 TFLOP/s effective (an eighth of the 790 TFLOP/s measured on large bf16 matmuls; these are 24 k x 384 x
+  1536 GEMMs). That is ~1,500x the loaded 2 cores (~300x idle ones). Because the overhead dominates, batch 32
+  queries is used instead of 16: twice the training signal for ~+8 ms. Plain step ~0.05 s, CET step ~0.13 s.
+- Steps: 400 x 32 queries = 12,800 queries per system (R1's floor: 800 x 16; ~7 epochs of the 1,720 training
+  groups). Training: 2 seeds x 400 x (2 x 0.05 + 2 x 0.13) s = 288 s.
+- Evaluation per (system, seed): test + dev, 42,500 pairs at length 192 (~5 s: ~170 TFLOP of forward work, 1-2 s
+  in bf16, and the tokenizing, in parallel) and the dev curve points at steps 0, 200, 400 plus the trainer's final one (4 x
+  10,000 pairs, ~5 s): ~10 s x 8 = 80 s. Per-run fixed cost (training data, 1-2 model loads, saving): ~6 s x 8 = 48 s.
+- Start-up, data, the BM25 and dense baselines (one corpus embedding) and the strong source's re-measure: ~40 s.
+- R1 total ~456 s, leaving ~70 s of the 540 s. R2 gets what is left (it needs a GPU path, see above). R2 on the
+  device's CPU instead: ~6 GFLOP per pair at length 256; 16 cores at ~0.8 TFLOP/s fp32 give ~130 pairs/s, so
+  32,500 pairs take ~250 s per fp32 system, ~10 min for its four: it does not fit.
+If R1 runs over, the part is stopped at the budget (the (system, seed) in progress is lost, the others are saved). To
+finish it, unpack the returned results here first (they must travel with the working tree to be skipped), then run
+the same command again. The log has every system's train and eval seconds, to resize by.
 """
 
 from __future__ import annotations
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="rankface-gpu-")).resolve()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = work / "results" if args.tiny else BENCH / "results"
-    log_path = results / "gpu" / f"run_{stamp}.log"
+    log_path = work / "prepare.log" if args.command == "prepare" else results / "gpu" / f"run_{stamp}.log"
     log = Log(log_path)
     from rankface.paths import shared_dir
 
