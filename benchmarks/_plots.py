@@ -71,8 +71,11 @@ def _resolution_axis(ax, resolutions: Sequence[int]) -> None:
 
 
 def plot_accuracy_vs_resolution(rows: Mapping[str, Mapping[str, Mapping[int, float]]], path: str | os.PathLike,
-                                title: str, ylabel: str = "10-fold accuracy (%)") -> Path:
-    """F1: accuracy against resolution, one colour per system, solid LR-LR and dashed HR-LR.
+                                title: str, ylabel: str = "10-fold accuracy (%)", reference: str | None = "arcface",
+                                not_in_difference: Sequence[str] = ("pretrained",)) -> Path:
+    """F1: accuracy against resolution, one colour per system, solid LR-LR and dashed HR-LR; when `reference` is one
+    of the systems, a second panel shows each system's difference to it (systems within a point of each other are
+    then still told apart; `not_in_difference`, e.g. the untrained anchor, would only stretch its axis).
 
     Args:
         rows: `{system: {"lr-lr": {r: accuracy}, "hr-lr": {r: accuracy}}}`; HR-LR at the full resolution is the
@@ -84,25 +87,38 @@ def plot_accuracy_vs_resolution(rows: Mapping[str, Mapping[str, Mapping[int, flo
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
-    resolutions: set[int] = set()
-    for system, settings in rows.items():
-        for setting, dashes in (("lr-lr", "-"), ("hr-lr", "--")):
-            points = settings.get(setting) or {}
-            if not points:
-                continue
-            rs = sorted(points)
-            resolutions |= set(rs)
-            ax.plot(rs, [points[r] for r in rs], dashes, marker="o" if setting == "lr-lr" else "s", markersize=4,
-                    color=colour(system), lw=1.8 if setting == "lr-lr" else 1.3)
-    _resolution_axis(ax, sorted(resolutions))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
+    with_delta = reference in rows and len(rows) > 1
+    fig, axes = plt.subplots(1, 2 if with_delta else 1, figsize=(14 if with_delta else 8.5, 5), dpi=120,
+                             squeeze=False)
+    resolutions = sorted({int(r) for settings in rows.values() for points in settings.values() for r in points})
+    for panel, ax in enumerate(axes[0]):
+        for system, settings in rows.items():
+            for setting, dashes in (("lr-lr", "-"), ("hr-lr", "--")):
+                points = settings.get(setting) or {}
+                if panel == 1 and system in not_in_difference:
+                    continue
+                if panel == 1:
+                    base = rows[reference].get(setting) or {}
+                    points = {r: v - base[r] for r, v in points.items() if r in base}
+                if not points:
+                    continue
+                rs = sorted(points)
+                ax.plot(rs, [points[r] for r in rs], dashes, marker="o" if setting == "lr-lr" else "s",
+                        markersize=4, color=colour(system), lw=1.8 if setting == "lr-lr" else 1.3)
+        _resolution_axis(ax, resolutions)
+        ax.grid(True, alpha=0.3)
+        if panel == 0:
+            ax.set_ylabel(ylabel)
+            ax.set_title("accuracy", fontsize=10)
+        else:
+            ax.axhline(0, color=colour(reference), lw=1)
+            ax.set_ylabel(f"difference to {reference} (points)")
+            ax.set_title(f"difference to {reference}", fontsize=10)
     handles = [Line2D([], [], color=colour(s), lw=2, label=s) for s in rows]
     handles += [Line2D([], [], color="black", ls="-", marker="o", markersize=4, label="LR-LR (both at r)"),
                 Line2D([], [], color="black", ls="--", marker="s", markersize=4, label="HR-LR (112 vs r)")]
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    axes[0][-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
     return save_png(fig, path)
 
 

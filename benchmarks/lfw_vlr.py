@@ -24,7 +24,8 @@ under benchmarks/results/lfw_vlr/<mode>/ when it finishes; a rerun with the same
 be completed over several runs and processes (a lock file keeps two processes off the same run). Models stay under
 the git-ignored runs/ folder there (checkpoints are deleted once the result is saved; `model/` is kept for F2).
 
-    python benchmarks/lfw_vlr.py --quick                # 2 folds per half, r in {112, 16, 8}, 6 steps x 16 images
+    python benchmarks/lfw_vlr.py --quick                # pretrained, arcface, ri, magface; 2 folds x 120 pairs per
+                                                        # half, r in {112, 16, 8}, 6 steps x 16 images
     python benchmarks/lfw_vlr.py                        # the full plan: 600 steps x 64 images per (system, half)
     python benchmarks/lfw_vlr.py --systems arcface ri --seeds 0   # a part of it
     python benchmarks/lfw_vlr.py --report-only          # the tables and figures from what is saved
@@ -83,7 +84,7 @@ FULL_PLAN = [
     ("arcface", [1, 2]), ("arcface+unpg", [1, 2]), ("ri", [1, 2]),
     ("cosface", [0]), ("cosface+unpg", [0]), ("ri+reg", [0]), ("ri+reg+id", [0]),
 ]
-QUICK_PLAN = [("pretrained", [0]), ("arcface", [0]), ("arcface+unpg", [0]), ("ri", [0]), ("magface", [0])]
+QUICK_PLAN = [("pretrained", [0]), ("arcface", [0]), ("ri", [0]), ("magface", [0])]  # F2 --quick needs ri, magface
 HALVES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
 ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR
     ("lr-lr", 112): 99.37, ("lr-lr", 24): 92.00, ("lr-lr", 16): 81.08, ("lr-lr", 12): 73.98, ("lr-lr", 8): 68.28,
@@ -115,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-images-per-class", type=int, default=None,
                         help="training identities need this many images (quick 5: fewer classes to initialise; full 2)")
     parser.add_argument("--folds-per-half", type=int, default=None, help="evaluated folds per half (quick 2, full 5)")
+    parser.add_argument("--pairs-per-fold", type=int, default=None,
+                        help="the first n/2 matched and n/2 mismatched pairs of each evaluated fold (quick 120, full 600)")
     parser.add_argument("--head-init-images", type=int, default=None, help="images per class for the centroid init "
                         "(quick 1, full 2)")
     parser.add_argument("--engine", default="onnx", choices=["onnx", "torch"], help="inference engine")
@@ -134,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.eval_every = args.eval_every or (3 if quick else 50)
     args.min_images_per_class = args.min_images_per_class or (5 if quick else 2)
     args.folds_per_half = args.folds_per_half or (2 if quick else 5)
+    args.pairs_per_fold = args.pairs_per_fold or (120 if quick else 600)
+    if args.pairs_per_fold % 2 or not 2 <= args.pairs_per_fold <= 600:
+        raise SystemExit(f"--pairs-per-fold must be even and in 2..600, got {args.pairs_per_fold}")
     args.head_init_images = args.head_init_images or (1 if quick else 2)
     args.mode = args.mode or ("quick" if quick else "full")
     if not 2 <= args.folds_per_half <= 5:
@@ -168,7 +174,8 @@ def run_settings(args: argparse.Namespace, system: str, seed: int, half: str) ->
     return {
         **extra,
         "system": system, "seed": seed, "half": half, "heldout_folds": HALVES[half],
-        "eval_folds": HALVES[half][: args.folds_per_half], "resolutions": sorted(args.resolutions, reverse=True),
+        "eval_folds": HALVES[half][: args.folds_per_half], "pairs_per_fold": args.pairs_per_fold,
+        "resolutions": sorted(args.resolutions, reverse=True),
         "steps": args.steps if trained else 0, "batch_size": args.batch_size, "head_init_images": args.head_init_images,
         "config": (CONFIGS / SYSTEMS[system]).read_text() if trained else None,
         **({"min_images_per_class": args.min_images_per_class, "eval_every": args.eval_every} if trained else {}),
@@ -294,16 +301,23 @@ class Embedder:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def half_pairs(all_pairs, eval_folds: list[int]) -> np.ndarray:
-    """Indices (into the 6,000 pairs, file order) of the pairs of `eval_folds`."""
-    return np.array([i for i, p in enumerate(all_pairs) if p.fold in set(eval_folds)], dtype=np.int64)
+def half_pairs(all_pairs, eval_folds: list[int], per_fold: int = 600) -> np.ndarray:
+    """Indices (into the 6,000 pairs, file order) of the pairs of `eval_folds`: of each fold the first `per_fold / 2`
+    matched and `per_fold / 2` mismatched pairs (all 600 in the full mode)."""
+    taken: dict[tuple[int, bool], int] = {}
+    out = []
+    for i, p in enumerate(all_pairs):
+        if p.fold in set(eval_folds) and taken.get((p.fold, p.same), 0) < per_fold // 2:
+            taken[(p.fold, p.same)] = taken.get((p.fold, p.same), 0) + 1
+            out.append(i)
+    return np.array(out, dtype=np.int64)
 
 
 def record_pairs(record: dict, all_pairs) -> np.ndarray:
     """The pair indices a saved record scored (older records list them; newer ones derive them from the folds)."""
     if "pair_indices" in record:
         return np.asarray(record["pair_indices"])
-    return half_pairs(all_pairs, record["settings"]["eval_folds"])
+    return half_pairs(all_pairs, record["settings"]["eval_folds"], record["settings"].get("pairs_per_fold", 600))
 
 
 def score_half(embed: Embedder, dataset, pair_index: np.ndarray, resolutions: list[int]) -> tuple[dict, float]:
@@ -614,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             todo.append((system, seed, half))
     print(f"{sum(len(v) for v in results.values())} results saved, {len(todo)} to do", flush=True)
     if todo and not args.report_only and not args.no_estimate:
-        pair_images = len(np.unique(all_rows[half_pairs(all_pairs, HALVES["A"][: args.folds_per_half])]))
+        pair_images = len(np.unique(all_rows[half_pairs(all_pairs, HALVES["A"][: args.folds_per_half],
+                                                        args.pairs_per_fold)]))
         print_estimate(args, todo, pair_images)
     for system, seed, half in [] if args.report_only else todo:
         record = run_one(args, system, seed, half, dataset, all_pairs, all_rows)
@@ -657,7 +672,7 @@ def run_one(args, system: str, seed: int, half: str, dataset, all_pairs, all_row
         print(f"[train] {system} seed {seed} half {half}: {args.steps} steps x {args.batch_size}", flush=True)
         folder, train_info = train_model(args, system, seed, half, run_dir)
     embed = Embedder(load_encoder(folder), args.engine, run_dir, args.threads)
-    idx = half_pairs(all_pairs, settings["eval_folds"])
+    idx = half_pairs(all_pairs, settings["eval_folds"], args.pairs_per_fold)
     scores, embed_seconds = score_half(embed, dataset, all_rows[idx], args.resolutions)
     record = {"settings": settings, "scores": scores, "train": train_info, "embed_seconds": round(embed_seconds, 1),
               "engine": args.engine, "threads": args.threads, "cpu_class": cpu_class()["class"],
@@ -686,7 +701,7 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
     order = [s for s in SYSTEMS if any(name == s for name, _ in metrics)]
     if metrics:
         lines.append(f"\n### LFW-VLR (protocol F1, mode={args.mode}, {args.steps} steps x {args.batch_size} images per "
-                     f"model, {args.folds_per_half} folds per half; mean over seeds)\n")
+                     f"model, {args.folds_per_half} folds x {args.pairs_per_fold} pairs per half; mean over seeds)\n")
         head = "| system | seeds | " + " | ".join(f"LR-LR {r}" for r in rs) + " | " + " | ".join(
             f"HR-LR {r}" for r in rs if r != 112) + " | TAR@1e-2 16 | TAR@1e-2 8 | TAR@1e-3 16 | TAR@1e-3 8 |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]

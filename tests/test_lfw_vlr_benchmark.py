@@ -164,3 +164,12 @@ def test_plots_give_each_system_one_fixed_colour(bench, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = {"arcface": [[(0, {"lr-lr@16": 77.0, "lr-lr@8": 66.0}), (50, {"lr-lr@16": 80.0, "lr-lr@8": 70.0})]]}
     assert _plots.plot_learning_curves(curves, tmp_path / "lc.png", ["lr-lr@16", "lr-lr@8"], "t").is_file()
+
+
+def test_half_pairs_takes_balanced_prefixes_of_each_fold(bench):
+    pairs = _pairs(folds=3, per_fold=20)  # per fold: 10 matched, then 10 mismatched (the View-2 file order)
+    idx = bench.half_pairs(pairs, [0, 2], per_fold=6)
+    assert [(pairs[i].fold, pairs[i].same) for i in idx] == [(0, True)] * 3 + [(0, False)] * 3 + [
+        (2, True)] * 3 + [(2, False)] * 3
+    assert idx.tolist()[:6] == [0, 1, 2, 10, 11, 12]
+    assert len(bench.half_pairs(pairs, [1])) == 20  # the default keeps every pair of a fold

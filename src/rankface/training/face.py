@@ -210,7 +210,8 @@ class FaceTrainSet(Dataset):
 
 @dataclass
 class HeldOutPairs:
-    """The held-out folds' pairs: their images decoded once, `[P, 2]` rows into them, same/different, fold ids."""
+    """Evaluation pairs (the held-out folds' or the validation pairs): their images decoded once, `[P, 2]` rows into
+    them, same/different, fold ids."""
 
     images: np.ndarray
     pair_index: np.ndarray
@@ -239,7 +240,8 @@ def resolve_face_dataset(spec: str) -> str:
 
 
 def prepare_face_data(args: FaceTrainingArguments, config: Any | None = None) -> FaceData:
-    """Load the data, drop held-out identities and small classes, remap labels to 0..C-1, collect held-out pairs."""
+    """Load the data, drop held-out (and validation) identities and small classes, remap labels to 0..C-1, collect
+    the held-out and validation pairs."""
     spec = resolve_face_dataset(args.dataset)
     dataset, load_report = load_face_dataset(spec, image_column=args.image_column, label_column=args.label_column,
                                              check_images=args.check_images)
