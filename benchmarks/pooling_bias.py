@@ -34,11 +34,12 @@ other settings stops with an error instead of mixing results).
     python benchmarks/pooling_bias.py --encoder cross          # cross-encoder R1 (GPU work)
     python benchmarks/pooling_bias.py --report-only            # table + RESULT line from what is saved
 
-Full R1-bi budget (defaults): all 6 layers, length 128, K = 3, 16 queries per step, 40 steps, lr 5e-5 (warm-up 10 %,
-linear decay), CET T = 10 with eval-forward weights. Measured on the shared 2-core machine under `nice -n 10` with a
-load of ~10: ~21 s per plain step (a CET step ~2.7x), ~2.5 min to embed the corpus for one evaluation, so ~2.5 h
-per seed for the six trained systems and ~2 h more for the T sweep of seed 0; an idle machine is ~3x faster.
-(A step at 16 queries x 8 docs x 192 tokens took 45-70 s at load ~6, not the "few seconds" once estimated.)
+Full R1-bi budget (defaults): query-side training (frozen, cached document tower; token embeddings frozen), all 6
+layers, length 128, K = 7, 16 queries per step, 800 steps (about 5 epochs of the pooled groups), lr 5e-5 (warm-up 10 %,
+linear decay), dev evaluated every 100 steps for the learning curves, seeds 0-4, CET T = 10 with eval-forward
+weights; T swept over {1, 2, 5, 10, 20} and K = 3 on dev for seed 0. Measured on the 2-core AVX-512 machine: a plain
+run takes 5.5 min when the machine is otherwise idle (14 min at load ~10), a CET run about 3x as long. The gate
+(plain/bm25-neg against zero-shot dense, paired over test queries with the seeds averaged) is printed first.
 Within a seed, the systems that decide the paper's direction train first (`ORDER`).
 """
 

@@ -36,10 +36,17 @@ def test_peak_is_the_best_over_shapes_and_includes_the_models_own(bench):
 def test_int8_peak_times_a_quantized_layer(bench):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    run = bench._matmul("int8", 8, 16, 4)
+    (run,) = bench._matmuls("int8", 8, 16, 4)
     layers = [c.cell_contents for c in run.__closure__ if isinstance(c.cell_contents, torch.nn.Module)]
     assert [type(layer) for layer in layers] == [DynamicLinear]
     assert run().shape == (8, 4)
+
+
+def test_float_peaks_time_matmul_and_linear_on_the_same_product(bench):
+    # The model's layers run F.linear, which reaches other kernels than torch.matmul (emulated bf16: 10x apart).
+    runs = bench._matmuls("bf16", 8, 16, 4)
+    outputs = [run() for run in runs]
+    assert len(runs) == 3 and all(o.shape == (8, 4) and o.dtype == torch.bfloat16 for o in outputs)
 
 
 def test_rounds_deal_strided_chunks_that_cover_every_pair_once(bench):

@@ -183,6 +183,56 @@ def test_partial_training_leaves_the_bottom_layers_bitwise_unchanged(collection,
                            start["encoder.layer.1.attention.self.query.weight"])
 
 
+# ---------------------------------------------------------------------------------------------- corpus negatives
+@pytest.mark.numerics
+def test_corpus_negatives_add_every_unexcluded_document_to_the_softmax(tiny_bert_dir, tmp_path):
+    model = BiEncoder.from_pretrained(tiny_bert_dir, max_length=32, device="cpu")
+    model.freeze_document_tower()
+    model.use_document_cache(cached_document_embeddings(model, CORPUS, tmp_path / "cache"))
+    model.eval()
+    queries = ["fish heart", "vitamin coffee"]
+    groups = [["d0", "d1"], ["d3", "d4"]]
+    features = model.collate_groups(queries, [[CORPUS[d] for d in g] for g in groups])
+    ids = model.document_cache.doc_ids
+    exclude = torch.tensor([[d in ("d0", "d1", "d2") for d in ids], [d in ("d3", "d4") for d in ids]])
+    features["corpus_exclude"] = exclude
+    scores = model(features)
+    assert scores.shape == (2, 2 + len(ids))
+
+    # Written independently: scale * cosine of the encoded texts; the softmax runs over the group and every
+    # document not excluded; the positive is each group's first document.
+    q = torch.from_numpy(model.encode_query(queries, precision="fp32"))
+    d = torch.from_numpy(model.encode_document([CORPUS[i] for i in ids], precision="fp32"))
+    expected_loss = 0.0
+    for row, group in enumerate(groups):
+        allowed = [ids.index(g) for g in group] + [j for j in range(len(ids)) if not exclude[row, j]]
+        logits = torch.stack([model.scale * q[row] @ d[j] for j in allowed])
+        expected_loss += -torch.log_softmax(logits, 0)[0] / len(groups)
+        assert torch.isinf(scores[row, 2:][exclude[row]]).all()
+    # Encoding in other batches moves unit vectors by ~1e-7 (different padding); a loss of scale 20 by < 1e-4.
+    torch.testing.assert_close(ranking_loss("listwise", scores.float()), expected_loss, rtol=0, atol=1e-4)
+
+
+def test_corpus_negatives_train_and_exclude_the_query_s_relevant_documents(collection, tiny_bert_dir, tmp_path):
+    from rankface.training.data import prepare_training_data
+    from rankface.training.loop import GroupCollator, load_text_model
+
+    args = parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", settings(
+        collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side", loss="listwise",
+        corpus_negatives=True)))])
+    data = prepare_training_data(args)
+    model = load_text_model(args, data.docs)
+    batch = GroupCollator(model, data, corpus_negatives=True)([0, 1])
+    ids = model.document_cache.doc_ids
+    for row, group in enumerate(data.groups[:2]):
+        excluded = {ids[j] for j in torch.nonzero(batch["corpus_exclude"][row]).flatten().tolist()}
+        relevant = {d for d, grade in data.train_qrels[group.qid].items() if grade > 0}
+        assert excluded == relevant | {group.positive_docid, *group.negative_docids}
+    # The whole run trains with them (finite loss, a saved model).
+    train(args)
+    assert (tmp_path / "out" / "model" / "router_config.json").is_file()
+
+
 # ---------------------------------------------------------------------------------------------- settings
 def test_mode_settings_are_checked(collection, tiny_bert_dir, tmp_path):
     base = settings(collection, tiny_bert_dir, tmp_path / "out")
@@ -193,6 +243,9 @@ def test_mode_settings_are_checked(collection, tiny_bert_dir, tmp_path):
         parse_training_args(["--config", str(write_config(tmp_path / "b.yaml", base | {"training_mode": "partial"}))])
     with pytest.raises(ValueError, match="frozen_layers is set"):
         parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", base | {"frozen_layers": 2}))])
+    with pytest.raises(ValueError, match="corpus_negatives needs training_mode 'query_side'"):
+        parse_training_args(["--config", str(write_config(tmp_path / "d.yaml", base | {
+            "encoder": "bi", "training_mode": "query_side", "loss": "pairwise", "corpus_negatives": True}))])
 
 
 def test_mixed_precision_auto_follows_the_hardware(monkeypatch):

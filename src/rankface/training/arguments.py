@@ -64,6 +64,12 @@ class RerankerTrainingArguments:
     document_cache: str | None = _help(
         "'query_side' training: folder of the document-embedding cache (default: cache_dir).", default=None
     )
+    corpus_negatives: bool = _help(
+        "'query_side' training with the listwise loss: every cached corpus document that the training qrels do not "
+        "judge relevant to the query joins its K mined negatives in the softmax (one [Q, N] product per step, "
+        "cheap because the document embeddings are fixed).",
+        default=False,
+    )
     # ----------------------------------------------------------------- objective
     method: str = _help("'plain' or 'cet' (relevance + selection model, see methods.md §1).", default="plain")
     loss: str = _help(
@@ -136,6 +142,11 @@ class RerankerTrainingArguments:
         if self.training_mode == "query_side" and self.encoder != "bi":
             raise ValueError("training_mode 'query_side' needs encoder 'bi' (a cross-encoder reads query and document "
                              "together, so there is no document tower to freeze); use 'partial' for a cross-encoder")
+        if self.corpus_negatives and (self.training_mode != "query_side" or self.loss != "listwise"
+                                      or self.method != "plain"):
+            raise ValueError("corpus_negatives needs training_mode 'query_side' (the corpus embeddings are cached "
+                             "there), loss 'listwise' and method 'plain'; got training_mode "
+                             f"{self.training_mode!r}, loss {self.loss!r}, method {self.method!r}")
         if self.training_mode == "partial" and self.frozen_layers < 1:
             raise ValueError(f"training_mode 'partial' needs frozen_layers >= 1, got {self.frozen_layers}")
         if self.training_mode != "partial" and self.frozen_layers:

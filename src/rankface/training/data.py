@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rankface.data.ir import IRCollection, build_training_groups, load_collection
 from rankface.paths import resolve_collection
@@ -75,6 +75,7 @@ class TrainingData:
     eval_queries: dict[str, str]
     eval_qrels: dict[str, dict[str, int]]
     eval_candidates: dict[str, dict[str, float]]
+    train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)  # graded judgments of the training split
 
     def group_texts(self, groups: Sequence) -> tuple[list[str], list[list[str]]]:
         """`(queries, [[positive, negative_1, ..., negative_K], ...])` for a batch of groups."""
@@ -105,7 +106,7 @@ def prepare_training_data(args) -> TrainingData:
         )
         if not groups:
             raise ValueError(f"no graded training groups could be built from split {args.train_split!r}: {graded_report}")
-        return _with_evaluation(args, collection, docs, train_queries, groups, run, graded_report)
+        return _with_evaluation(args, collection, docs, train_queries, qrels, groups, run, graded_report)
     groups, report = build_training_groups(
         train_queries,
         qrels,
@@ -119,10 +120,10 @@ def prepare_training_data(args) -> TrainingData:
     )
     if not groups:
         raise ValueError(f"no training groups could be built from split {args.train_split!r}: {report.as_dict()}")
-    return _with_evaluation(args, collection, docs, train_queries, groups, run, report.as_dict())
+    return _with_evaluation(args, collection, docs, train_queries, qrels, groups, run, report.as_dict())
 
 
-def _with_evaluation(args, collection, docs, train_queries, groups, run, group_report: dict) -> TrainingData:
+def _with_evaluation(args, collection, docs, train_queries, train_qrels, groups, run, group_report: dict) -> TrainingData:
     """The training data plus the evaluation split's queries, qrels and BM25 candidates, as `args` says."""
     eval_queries, eval_qrels, eval_candidates = {}, {}, {}
     if args.eval_split:
@@ -145,6 +146,7 @@ def _with_evaluation(args, collection, docs, train_queries, groups, run, group_r
         eval_queries=eval_queries,
         eval_qrels=eval_qrels,
         eval_candidates=eval_candidates,
+        train_qrels={q: train_qrels.get(q, {}) for q in train_queries},
     )
 
 

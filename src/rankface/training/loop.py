@@ -48,7 +48,8 @@ def train(args: RerankerTrainingArguments) -> dict:
         write_json(output_dir / "training_groups_report.json", data.group_report)
 
     models = build_models(args, data)
-    collate = GroupCollator(models[0], data, with_rank_features=args.method == "cet" and args.cet_selection == "mlp")
+    collate = GroupCollator(models[0], data, with_rank_features=args.method == "cet" and args.cet_selection == "mlp",
+                            corpus_negatives=args.corpus_negatives)
     loader = DataLoader(list(range(len(data.groups))), batch_size=args.batch_size, shuffle=True, collate_fn=collate)
     optimizers = [make_optimizer(m, args) for m in models]
     prepared = accelerator.prepare(*models, *optimizers, loader)
@@ -164,19 +165,26 @@ class GroupCollator:
     """Turns a list of group indices into the model's tokenized `[Q, 1 + K]` batch.
 
     With `with_rank_features`, the batch is `{"relevance": text features, "selection": rank features}` for CET's
-    light selection model (first-stage rank and score of every document of each group).
+    light selection model (first-stage rank and score of every document of each group). With `corpus_negatives`
+    (a query-side bi-encoder), it also holds `corpus_exclude`, `bool [Q, N]` over the cached corpus: the documents
+    that must not count as a query's negatives, i.e. those its qrels judge relevant and those already in its group.
     """
 
-    def __init__(self, model, data: TrainingData, with_rank_features: bool = False):
+    def __init__(self, model, data: TrainingData, with_rank_features: bool = False, corpus_negatives: bool = False):
         self.model = model
         self.data = data
         self.rank_table = rank_table(data.train_run) if with_rank_features else None
+        self.corpus_negatives = corpus_negatives
+        if corpus_negatives and getattr(model, "document_cache", None) is None:
+            raise ValueError("corpus_negatives needs a bi-encoder with a document cache (training_mode 'query_side')")
 
     def __call__(self, indices: list[int]) -> dict:
         groups = [self.data.groups[i] for i in indices]
         features = self.model.collate_groups(*self.data.group_texts(groups))
         if hasattr(groups[0], "grades"):  # graded candidate lists: the loss reads every document's grade
             features["grades"] = torch.tensor([g.grades for g in groups], dtype=torch.float32)
+        if self.corpus_negatives:
+            features["corpus_exclude"] = self.corpus_exclusions(groups)
         if self.rank_table is None:
             return features
         from rankface.models.cet import RankFeatureSelector
@@ -184,6 +192,17 @@ class GroupCollator:
         doc_ids = [[g.positive_docid, *g.negative_docids] for g in groups]
         rank_features = RankFeatureSelector.collate_groups([g.qid for g in groups], doc_ids, self.rank_table)
         return {"relevance": features, "selection": rank_features}
+
+    def corpus_exclusions(self, groups: list) -> torch.Tensor:
+        cache = self.model.document_cache
+        exclude = torch.zeros(len(groups), len(cache.doc_ids), dtype=torch.bool)
+        for i, group in enumerate(groups):
+            relevant = [d for d, grade in self.data.train_qrels.get(group.qid, {}).items() if grade > 0]
+            for docid in (*relevant, group.positive_docid, *group.negative_docids):
+                row = cache.row_of_id.get(docid)
+                if row is not None:
+                    exclude[i, row] = True
+        return exclude
 
 
 # ---------------------------------------------------------------------------------------------- steps

@@ -316,15 +316,25 @@ class BiEncoder(nn.Module):
         else:
             d = self.embed(features["documents"], "document")
         d = d.view(q.shape[0], features["group_size"], -1)
-        return self.scale * torch.einsum("qh,qdh->qd", q, d.to(q.dtype))
+        scores = self.scale * torch.einsum("qh,qdh->qd", q, d.to(q.dtype))
+        if "corpus_exclude" not in features:
+            return scores
+        # Corpus negatives: every cached document scores as a further column, except those the batch excludes
+        # (relevant to the query, or already in its group), which get -inf and so weigh nothing in a softmax.
+        corpus = self._cached_matrix(q.device).to(q.dtype)
+        extra = (self.scale * q @ corpus.T).masked_fill(features["corpus_exclude"].to(q.device), float("-inf"))
+        return torch.cat([scores, extra], dim=1)
 
     def _cached_rows(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self._cached_matrix(device)[rows.to(device)]
+
+    def _cached_matrix(self, device: torch.device) -> torch.Tensor:
         if self.document_cache is None:
             raise ValueError("the batch holds document cache rows, but no document cache is attached")
         # Moved once to the compute device, kept outside the module's buffers: DDP would broadcast it every step.
         if self._cache_on_device is None or self._cache_on_device.device != device:
             self._cache_on_device = self.document_cache.embeddings.to(device)
-        return self._cache_on_device[rows.to(device)]
+        return self._cache_on_device
 
 
 def _load_tower(name_or_path, num_layers: int | None, subfolder: str = "") -> tuple[PreTrainedModel, object]:
