@@ -78,3 +78,10 @@ def test_python_m_rankface_env_under_avx2_caps_reports_the_emulated_class():
     assert env["cpu"]["emulated"] == (env["cpu"]["hardware_class"] in ("avx512", "avx512-bf16"))
     assert env["native_bf16"] is False and env["auto_precision"]["cpu"] != "bf16"
     assert env["aten_cpu_capability"] in ("AVX2", "DEFAULT")  # ATen read its cap: the caps reached the libraries
+
+
+def test_python_m_rankface_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "rankface", "env", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "cpu" in json.loads(done.stdout)
