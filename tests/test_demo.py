@@ -70,3 +70,19 @@ def test_a_single_split_collection_is_cross_validated(collection, tiny_bert_dir,
         train = {line.split("\t")[0] for line in (folder / "queries.train.tsv").read_text().splitlines()}
         test = {line.split("\t")[0] for line in (folder / "queries.test.tsv").read_text().splitlines()}
         assert train and test and not train & test
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+@pytest.mark.parametrize("flags", [[], ["--training-mode", "full"], ["--method", "cet"], ["--encoder", "cross",
+                                                                                          "--training-mode", "full"]])
+def test_built_in_settings_with_any_override_are_valid(cuda, flags):
+    import argparse
+
+    from rankface.demo import add_demo_arguments, demo_settings
+    from rankface.training.arguments import RerankerTrainingArguments
+
+    parser = argparse.ArgumentParser()
+    add_demo_arguments(parser)
+    settings = demo_settings(parser.parse_args(flags), cuda=cuda)
+    RerankerTrainingArguments(**settings)  # raises on a contradiction (e.g. corpus negatives without a corpus cache)
+    assert settings["corpus_negatives"] == (not cuda and not flags)

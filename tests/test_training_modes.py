@@ -161,7 +161,9 @@ def test_query_side_resume_reproduces_the_uninterrupted_run(collection, tiny_ber
 
 @pytest.mark.slow
 def test_query_side_two_processes_stay_synchronised(collection, tiny_bert_dir, tmp_path):
-    values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side", max_steps=4)
+    # With corpus negatives (the demo's setting): each process scores its queries against the whole cached corpus.
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side", max_steps=4,
+                      loss="listwise", corpus_negatives=True)
     launch_two_processes(write_config(tmp_path / "c.yaml", values))
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 4
