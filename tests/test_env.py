@@ -81,7 +81,7 @@ def test_python_m_rankface_env_under_avx2_caps_reports_the_emulated_class():
 
 
 def test_python_m_rankface_runs_the_cli():
-    done = subprocess.run([sys.executable, "-m", "rankface", "env", "--json"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "rankface", "env", "--json"], capture_output=True, text=True, check=False,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "cpu" in json.loads(done.stdout)
