@@ -39,7 +39,7 @@ def test_demo_prints_bm25_zero_shot_and_trained_rows_with_p_values(collection, t
     assert "| BM25 |" in out and "zero-shot (the starting model)" in out and "trained (4 steps)" in out
     assert "trained vs zero-shot: nDCG@10" in out and "p = " in out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert len(results["metrics"]) == 3
+    assert len(results["metrics"]) == 3 and results["cpu"]["class"] and results["threads"] >= 1
     assert set(results["comparisons"]) == {"trained vs zero-shot", "trained vs BM25", "zero-shot vs BM25"}
     assert 0.0 <= results["comparisons"]["trained vs zero-shot"]["p"] <= 1.0
     assert read_run(tmp_path / "demo" / "reranked.dev.trec")

@@ -221,7 +221,10 @@ def run_fold(spec: str, test_split: str, training_dir: Path, settings: dict, arg
 def report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, train_args, steps, output,
            started) -> None:
     """Write the runs, print the table and p-values, save results.json and the learning curve."""
+    import torch
+
     from rankface.evaluation.ranking import evaluate, format_table, paired_ttest
+    from rankface.hardware import cpu_class
     from rankface.retrieval.trec import write_run
     from rankface.training.curves import plot_learning_curve
     from rankface.utils.io import write_json
@@ -254,7 +257,7 @@ def report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, t
     write_json(output / "results.json", {
         "collection": spec, "split": test_split, "training": dataclasses.asdict(train_args),
         "metrics": {row: ev.aggregate for row, ev in rows.items()}, "comparisons": p_values, "steps": steps,
-        "seconds": seconds,
+        "seconds": seconds, "cpu": cpu_class(), "threads": torch.get_num_threads(),
         "learning_curve": str(curve),
     })
     print(f"\nruns, model, learning_curve.png and results.json in {output}/  ({seconds:.0f} s)")
