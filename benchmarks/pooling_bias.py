@@ -494,6 +494,27 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
     )
 
 
+def diagnose_cet(ctx: Context, targs, relevance, selection_folder: Path) -> dict:
+    """What the trained CET pair makes of its own mined negatives: the coupled weights and the selection model's
+    propensity, split into known false negatives (full qrels grade >= 1, unseen in training) and the others.
+
+    A query-side CET pair is two two-tower bi-encoders, scored like the training logits (`scale * cosine`)."""
+    from rankface.evaluation.cet_diagnostics import cet_diagnostics
+    from rankface.retrieval.trec import read_qrels
+    from rankface.training.data import prepare_training_data
+
+    selection = load_model(ctx.args, str(selection_folder), corpus=ctx.docs)
+    groups = prepare_training_data(targs).groups
+    pairs = list(dict.fromkeys((g.qid, d) for g in groups for d in g.negative_docids))
+    texts = [(ctx.queries["train"][q], ctx.docs[d]) for q, d in pairs]
+    rel = relevance.predict(texts, batch_size=64, show_progress_bar=False) * relevance.scale
+    sel = selection.predict(texts, batch_size=64, show_progress_bar=False) * selection.scale
+    report = cet_diagnostics([q for q, _ in pairs], [d for _, d in pairs], rel, sel, targs.cet_temperature,
+                             full_qrels=ctx.full_qrels["train"], labelled_qrels=read_qrels(targs.train_qrels))
+    return {k: v for k, v in report.items() if k != "top_propensity_unlabelled"} | {
+        "top_propensity_unlabelled": report.get("top_propensity_unlabelled", [])[:10]}
+
+
 def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature: float | None = None,
                 key: str | None = None, source: dict | None = None, keep_model: bool = False,
                 num_negatives: int | None = None) -> dict:
@@ -541,6 +562,8 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
                                                          ).items() if k != "examples"},
         },
     }
+    if (output_dir / "selection_model").is_dir():
+        record["cet_diagnostics"] = diagnose_cet(ctx, targs, model, output_dir / "selection_model")
     if not keep_model:
         shutil.rmtree(output_dir, ignore_errors=True)
     else:

@@ -59,6 +59,11 @@ def test_report_values_against_hand_computation(negatives):
     pos, neg = rel[fn], rel[~fn]
     brute = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg])
     assert report["relevance_auc_false_negatives"] == pytest.approx(brute)
+    brute_sel = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in sel[fn] for n in sel[~fn]])
+    assert report["propensity"]["auc_false_negatives"] == pytest.approx(brute_sel)
+    by_label = report["relevance_loss_w_f_by_label"]
+    assert by_label["false_negatives"] == pytest.approx(np.mean(np.array(literal_wf)[fn]), rel=1e-6)
+    assert by_label["other_negatives"] == pytest.approx(np.mean(np.array(literal_wf)[~fn]), rel=1e-6)
     # top propensity, unlabelled only: b (4.0), [e (2.5) is labelled], d (1.0), c (0.0)
     assert report["labelled_negatives"] == 1
     top = report["top_propensity_unlabelled"]

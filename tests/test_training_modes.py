@@ -138,6 +138,11 @@ def test_query_side_works_with_cet_and_lora(collection, tiny_bert_dir, tmp_path)
                            start["encoder.layer.0.attention.self.query.weight"])
     document_tower = load_file(str(out / "model" / "document_0_Transformer" / "model.safetensors"))
     assert all(torch.equal(t, start[n]) for n, t in document_tower.items())
+    # The selection model is saved beside it (for diagnostics), a bi-encoder of its own that trained apart.
+    selection = load_file(str(out / "selection_model" / "query_0_Transformer" / "model.safetensors"))
+    assert not torch.equal(selection["encoder.layer.0.attention.self.query.weight"],
+                           query_tower["encoder.layer.0.attention.self.query.weight"])
+    assert BiEncoder.from_pretrained(out / "selection_model", device="cpu").doc_model is not None
 
 
 @pytest.mark.numerics

@@ -200,6 +200,12 @@ def cet_diagnostics(
             fn = grades >= 1
             report["propensity"]["mean_false_negatives"] = float(propensity[fn].mean()) if fn.any() else None
             report["propensity"]["mean_other_negatives"] = float(propensity[~fn].mean()) if (~fn).any() else None
+            # The question CET answers: does the relevance loss weigh the false negatives differently?
+            report["propensity"]["auc_false_negatives"] = _auc(sel, fn)
+            report["relevance_loss_w_f_by_label"] = {
+                "false_negatives": float(w_f[fn].mean()) if fn.any() else None,
+                "other_negatives": float(w_f[~fn].mean()) if (~fn).any() else None,
+            }
     if grades is not None:
         # Does the relevance model single out the false negatives among the mined negatives?
         report["relevance_auc_false_negatives"] = _auc(rel, grades >= 1)

@@ -259,9 +259,12 @@ def save_final_models(accelerator: Accelerator, learners: list[Learner], output_
     save_folder_atomically(models[0], output_dir / "model")
     if len(models) == 2 and getattr(models[0], "doc_model", None) is not None:
         # CETModel holds one transformer per member; a two-tower (query-side) relevance model does not fit it.
-        # `output_dir/model` is the complete relevance model; the selection model is only needed for training.
-        accelerator.print("query-side CET: the pair is not exported as cet_pair (one tower per member); "
-                          f"the relevance model is in {output_dir / 'model'}")
+        # `output_dir/model` is the complete relevance model; the selection model is saved beside it, as a two-tower
+        # bi-encoder of its own, for diagnostics (its propensity of known false negatives).
+        save_folder_atomically(models[1], output_dir / "selection_model")
+        accelerator.print("query-side CET: the pair is not exported as cet_pair (one tower per member); the "
+                          f"relevance model is in {output_dir / 'model'}, the selection model in "
+                          f"{output_dir / 'selection_model'}")
     elif len(models) == 2:
         from rankface.models.cet import CETModel
 
