@@ -255,6 +255,15 @@ def test_mode_settings_are_checked(collection, tiny_bert_dir, tmp_path):
             "encoder": "bi", "training_mode": "query_side", "loss": "pairwise", "corpus_negatives": True}))])
 
 
+def test_one_process_trains_twice_with_different_precisions(collection, tiny_bert_dir, tmp_path):
+    # A sweep in one process (benchmarks/training_modes.py, a notebook): accelerate allows one precision per process
+    # unless train() lets go of it when it ends.
+    for name, precision in (("a", "no"), ("b", "bf16")):
+        (tmp_path / name).mkdir()
+        assert (train_with(collection, tiny_bert_dir, tmp_path / name, mixed_precision=precision, max_steps=1)
+                / "model").is_dir()
+
+
 def test_mixed_precision_auto_follows_the_hardware(monkeypatch):
     import rankface.models._text as text
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
@@ -85,6 +86,9 @@ def train(args: RerankerTrainingArguments) -> dict:
         write_json(output_dir / "trainer_state.json", state)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    # Accelerate keeps one precision per process; forget it, so that a later `train` here (a sweep, a notebook) can
+    # ask for another. The process group (PartialState) stays.
+    AcceleratorState._reset_state()
     return final
 
 
