@@ -37,8 +37,9 @@ other settings stops with an error instead of mixing results).
 Full R1-bi budget (defaults): query-side training (frozen, cached document tower; token embeddings frozen), all 6
 layers, length 128, K = 7, 16 queries per step, 800 steps (about 5 epochs of the pooled groups), lr 5e-5 (warm-up 10 %,
 linear decay), dev evaluated every 100 steps for the learning curves, seeds 0-4, CET T = 10 with eval-forward
-weights; T swept over {1, 2, 5, 10, 20} and K = 3 on dev for seed 0. Measured on the 2-core AVX-512 machine: a plain
-run takes 5.5 min when the machine is otherwise idle (14 min at load ~10), a CET run about 3x as long. The gate
+weights; T swept over {1, 2, 5, 10, 20} and K = 3 on dev for seed 0. Measured on the 2-core AVX-512 machine with
+`--threads 1` beside another 1-thread job: a plain run takes 3.5 min, a CET run 9-14 min (plus ~1 min for its
+diagnostics: coupled weights and selection propensity of the known false negatives among the mined ones). The gate
 (plain/bm25-neg against zero-shot dense, paired over test queries with the seeds averaged) is printed first.
 Within a seed, the systems that decide the paper's direction train first (`ORDER`).
 """
