@@ -805,6 +805,31 @@ def paired(store: Store, a: str, b: str, seeds: Sequence[int], measure: str = "n
     return {"a": a, "b": b, "seeds": common, "delta": ra[measure] - rb[measure], "t": t, "p": p}
 
 
+def diagnostics_lines(args: argparse.Namespace, store: Store) -> list[str]:
+    """CET's view of its own mined negatives, per (system, seed) that recorded it: does the selection model's
+    propensity single out the known false negatives, and which way does that move their weight?"""
+    rows = []
+    for system in ("cet/strong-neg", "cet/bm25-neg"):
+        for seed in args.seed_list:
+            rec = store.load(system, seed) if store.path(system, seed).is_file() else None
+            diag = (rec or {}).get("cet_diagnostics")
+            if not diag:
+                continue
+            prop, by_label = diag["propensity"], diag["relevance_loss_w_f_by_label"]
+            rows.append(f"| {system} | {seed} | {diag['false_negative_rate']['grade>=1']['rate']:.3f} | "
+                        f"{prop['auc_false_negatives']:.3f} | {prop['mean_false_negatives']:.3f} | "
+                        f"{prop['mean_other_negatives']:.3f} | {by_label['false_negatives']:.3f} | "
+                        f"{by_label['other_negatives']:.3f} |")
+    if not rows:
+        return []
+    title = ("CET diagnostics on the mined training negatives (known false negatives = full qrels grade >= 1; "
+             "propensity = sigmoid of the selection model's training logit; w_f = the weight on a negative in the "
+             "relevance model's loss):\n")
+    head = ("| system | seed | FN rate | propensity AUC, FN vs other | propensity FN | propensity other | w_f FN | "
+            "w_f other |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    return [title, head, "\n".join(rows) + "\n"]
+
+
 def report(args: argparse.Namespace, store: Store) -> str:
     lines = []
     settings = store.settings
@@ -934,6 +959,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
         lines.append("| K | dev nDCG@10 | dev RR@10 |\n|---:|---:|---:|")
         lines.append(f"| {args.num_negatives} (main) | {main_dev['nDCG@10']:.4f} | {main_dev['RR@10']:.4f} |")
         lines.append("\n".join(k_rows) + "\n")
+    lines += diagnostics_lines(args, store)
     curves = plot_curves(args, store)
     if curves:
         lines.append(f"Learning curves (dev nDCG@10 and training loss against step): `{curves}`\n")

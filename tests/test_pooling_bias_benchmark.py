@@ -80,6 +80,10 @@ def test_report_means_ttest_and_result_keys(bench, tmp_path):
     for i, system in enumerate(bench.TRAINED):
         for seed in (0, 1):
             records[(system, seed)] = store.save(system, seed, {**_record(rng, qids, 0.05 * i), "train": {}})
+    diagnostics = {"false_negative_rate": {"grade>=1": {"rate": 0.31}},
+                   "propensity": {"auc_false_negatives": 0.7, "mean_false_negatives": 0.99, "mean_other_negatives": 0.96},
+                   "relevance_loss_w_f_by_label": {"false_negatives": 2.9, "other_negatives": 2.6}}
+    store.save("cet/strong-neg", 1, {**records[("cet/strong-neg", 1)], "cet_diagnostics": diagnostics})
     (tmp_path / "data").mkdir()
     bench.write_json(tmp_path / "data" / "negative_sources.json", {
         "fingerprint": store.hash,
@@ -115,6 +119,7 @@ def test_report_means_ttest_and_result_keys(bench, tmp_path):
     gate = stats.ttest_rel([np.mean([p[q] for p in plain_bm25]) for q in qids], [dense[q] for q in qids]).pvalue
     assert float(pairs["p_plain_vs_dense"]) == pytest.approx(gate, rel=1e-2)
     assert "learning gate" in text
+    assert "| cet/strong-neg | 1 | 0.310 | 0.700 | 0.990 | 0.960 | 2.900 | 2.600 |" in text  # seed 0 has none
 
 
 def test_report_with_nothing_saved_prints_nan(bench, tmp_path):
