@@ -4,12 +4,11 @@ plotting helper's fixed colours."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import load_benchmark
 
 from rankface.data.faces import LFWPair
 from rankface.evaluation.verification import cosine_pair_scores, tar_at_far
@@ -19,13 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its siblings `_common` and `_plots`
-    spec = importlib.util.spec_from_file_location("lfw_vlr_benchmark", BENCHMARKS / "lfw_vlr.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark(BENCHMARKS / "lfw_vlr.py", "lfw_vlr_benchmark")
 
 
 def test_full_plan_runs_the_headline_and_f2_models_first(bench):

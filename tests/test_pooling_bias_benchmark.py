@@ -7,13 +7,12 @@ checked on synthetic records and a synthetic collection, against independently c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import load_benchmark
 from scipy import stats
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "pooling_bias.py"
@@ -27,12 +26,7 @@ RESULT_KEYS = [
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("pooling_bias_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark(BENCHMARK, "pooling_bias_benchmark")
 
 
 def test_quick_and_full_settings(bench, tmp_path):

@@ -4,14 +4,13 @@ resolution oracle, the saved/reused per-system results and the RESULT line with 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 
 from rankface.data.faces import degrade_exact
 from rankface.models.face_processor import FaceImageProcessor
@@ -26,13 +25,7 @@ TINY_MFN = {"input_size": SIZE, "stem_channels": 8, "block_settings": [[2, 8, 1,
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARK.parent))  # the script imports its siblings `_plots` and `_common`
-    spec = importlib.util.spec_from_file_location("quality_erc_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_benchmark(BENCHMARK, "quality_erc_benchmark")
 
 
 def test_resolution_draw_is_seeded_and_prefix_stable(bench):

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports `_common` from its folder
-    spec = importlib.util.spec_from_file_location("rerank_throughput_benchmark", BENCHMARKS / "rerank_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from load_benchmark(BENCHMARKS / "rerank_throughput.py", "rerank_throughput_benchmark")
 
 
 def test_share_above_one_is_reported(bench):

@@ -185,6 +185,15 @@ def pack_data(collection: Path, carry: Path, cache_dir: str) -> dict:
     return {"collection": collection.name, "bytes": (carry / "data.tar.xz").stat().st_size}
 
 
+def copy_minilm_files(source: Path, target: Path) -> None:
+    """The MiniLM folder's files other than its weights (config, tokenizer, pooling), copied to `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MINILM_FILES:
+        if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, target / name)
+
+
 def pack_minilm(carry: Path) -> dict:
     """`carry/minilm-fp16/`: the MiniLM folder with its weights stored in fp16 (widened again on the device)."""
     import numpy as np
@@ -193,11 +202,7 @@ def pack_minilm(carry: Path) -> dict:
     from rankface.paths import minilm_path
 
     source, target = minilm_path(), carry / "minilm-fp16"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in MINILM_FILES:
-        if (source / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / name, target / name)
+    copy_minilm_files(source, target)
     weights = load_file(str(source / "model.safetensors"))
     narrow = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in weights.items()}
     worst = max(float(np.max(np.abs(narrow[k].astype(np.float32) - v) / np.maximum(np.abs(v), 2.0**-14)))
@@ -211,11 +216,7 @@ def widen_minilm(source: Path, target: Path) -> Path:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
-    target.mkdir(parents=True, exist_ok=True)
-    for name in MINILM_FILES:
-        if (source / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / name, target / name)
+    copy_minilm_files(source, target)
     weights = load_file(str(source / "model.safetensors"))
     save_file({k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in weights.items()},
               str(target / "model.safetensors"), metadata={"format": "pt"})

@@ -614,37 +614,30 @@ def record_validation(accelerator: Accelerator, model, data: FaceData, args: Fac
                       state: dict) -> dict:
     """LR-LR 10-fold accuracy of the validation pairs at each `val_resolutions`, logged in `state` as
     `{"step", "val": {"lr-lr@<r>": {"accuracy", "auc", ...}}}`: the points of the learning curve."""
-    metrics: dict = {}
-    if accelerator.is_main_process and data.validation is not None:
-        encoder = accelerator.unwrap_model(model).encoder
-        pairs = data.validation
-        for r in args.val_resolutions:
-            result = evaluate_pairs_at_resolution(encoder, pairs.images, pairs.pair_index, pairs.same, int(r),
-                                                  setting="lr-lr", folds=pairs.folds,
-                                                  batch_size=args.eval_batch_size)
-            metrics[f"lr-lr@{r}"] = result.as_dict()
-        state["log"].append({"step": state["step"], "val": metrics})
-        accelerator.print(f"step {state['step']} validation pairs: " + " ".join(
-            f"{k}={v['accuracy']:.4f}" for k, v in metrics.items()))
-        model.train()
-    accelerator.wait_for_everyone()
-    return metrics
+    return _record_lr_lr(accelerator, model, data.validation, args.val_resolutions, args, state, "val",
+                         "validation pairs")
 
 
 def record_face_evaluation(accelerator: Accelerator, model, data: FaceData, args: FaceTrainingArguments,
                            state: dict) -> dict:
     """LR-LR verification of the held-out pairs at each `eval_resolutions` on the main process; logged in `state`."""
+    return _record_lr_lr(accelerator, model, data.pairs, args.eval_resolutions, args, state, "eval",
+                         "held-out pairs")
+
+
+def _record_lr_lr(accelerator: Accelerator, model, pairs: HeldOutPairs | None, resolutions, args, state: dict,
+                  key: str, label: str) -> dict:
+    """LR-LR verification of `pairs` at each of `resolutions` on the main process, logged under `key`."""
     metrics: dict = {}
-    if accelerator.is_main_process and data.pairs is not None:
+    if accelerator.is_main_process and pairs is not None:
         encoder = accelerator.unwrap_model(model).encoder
-        pairs = data.pairs
-        for r in args.eval_resolutions:
+        for r in resolutions:
             result = evaluate_pairs_at_resolution(encoder, pairs.images, pairs.pair_index, pairs.same, int(r),
                                                   setting="lr-lr", folds=pairs.folds,
                                                   batch_size=args.eval_batch_size)
             metrics[f"lr-lr@{r}"] = result.as_dict()
-        state["log"].append({"step": state["step"], "eval": metrics})
-        accelerator.print(f"step {state['step']} held-out pairs: " + " ".join(
+        state["log"].append({"step": state["step"], key: metrics})
+        accelerator.print(f"step {state['step']} {label}: " + " ".join(
             f"{k}={v['accuracy']:.4f}" for k, v in metrics.items()))
         model.train()
     accelerator.wait_for_everyone()
