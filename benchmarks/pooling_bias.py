@@ -22,7 +22,7 @@ counted. The pipeline:
    `cet/X-neg` vs `plain/X-neg`. Dev split: the check that plain training beats BM25, and CET's T sweep.
 5. **Investigation** (beyond the seven, vs `plain/strong-neg`): `cet-norm/strong-neg` (CET weights rescaled to mean 1
    per batch: unnormalised weights also scale the learning rate), `cet-tl/strong-neg` (weights from the training
-   logits, protocol R3's cheap mode), `cet-mlp/strong-neg` (the light MLP selection model on rank and score),
+   logits, protocol R3's cheap mode), `cet-mlp/strong-neg` (the light MLP selection model on the pooling system's rank and score),
    `oracle-pool` (the oracle with only the grade >= 2 docs of the BM25 top-100 as positives).
 
 Each (system, seed) result is a JSON file under `benchmarks/results/pooling_bias/<mode>/` (per-query values
@@ -71,7 +71,9 @@ TRAINED = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet/bm25-neg
 DECIDING = TRAINED[:4]  # the systems that decide the paper's direction: every seed, before anything else
 # Beyond R1's seven: CET with the light selection model (an MLP on first-stage rank and score). With dual encoders
 # the `same` selection model starts as an exact copy of the relevance model (no new head to initialise apart), so
-# its "propensity" is the relevance model's own score; the MLP breaks that symmetry.
+# its "propensity" is the relevance model's own score; the MLP breaks that symmetry. It reads the rank and score of
+# the system that built the pool (BM25 top-50 here; its top-10 was judged), not of the strong miner: whether a
+# document was judged is what the selection model must estimate, and only the pooling system's rank carries it.
 # And CET with its weights rescaled to mean 1 per batch: unnormalised weights (mean ~3 at T = 10) also raise the
 # effective learning rate ~3x, which on a short budget could explain a CET gain by itself.
 # And CET with weights from the detached training logits (protocol R3's cheap mode: its quality against
@@ -93,6 +95,7 @@ SYSTEM_SPECS = {  # method and negative source of each trained system
     "cet-tl/strong-neg": ("cet", "strong"),
 }
 SELECTION = {"cet-mlp/strong-neg": "mlp"}  # selection model overrides; other CET systems use --cet-selection
+SELECTION_READS_POOL = {"cet-mlp/strong-neg"}  # MLP selection models fed the pooling system's (BM25) run
 NORMALIZED = {"cet-norm/strong-neg"}  # CET systems trained with cet_normalize_weights
 WEIGHTS_FROM = {"cet-tl/strong-neg": "train_logits"}  # overrides of --cet-weights-from
 # Training order within a seed: the paper's direction first (plain/bm25 -> plain/strong -> CET on strong), so that a
@@ -480,6 +483,7 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         cet_temperature=temperature if temperature is not None else args.cet_temperature,
         cet_weights_from=WEIGHTS_FROM.get(system, args.cet_weights_from),
         cet_selection=SELECTION.get(system, args.cet_selection),
+        cet_selection_run=str(ctx.runs["bm25"]) if system in SELECTION_READS_POOL else None,
         cet_normalize_weights=system in NORMALIZED,
         learning_rate=args.learning_rate,
         head_learning_rate=settings["head_learning_rate"],
@@ -504,16 +508,33 @@ def diagnose_cet(ctx: Context, targs, relevance, selection_folder: Path) -> dict
     from rankface.retrieval.trec import read_qrels
     from rankface.training.data import prepare_training_data
 
-    selection = load_model(ctx.args, str(selection_folder), corpus=ctx.docs)
     groups = prepare_training_data(targs).groups
     pairs = list(dict.fromkeys((g.qid, d) for g in groups for d in g.negative_docids))
     texts = [(ctx.queries["train"][q], ctx.docs[d]) for q, d in pairs]
     rel = relevance.predict(texts, batch_size=64, show_progress_bar=False) * relevance.scale
-    sel = selection.predict(texts, batch_size=64, show_progress_bar=False) * selection.scale
+    if targs.cet_selection == "mlp":
+        sel = mlp_selection_logits(selection_folder, targs, pairs)
+    else:
+        selection = load_model(ctx.args, str(selection_folder), corpus=ctx.docs)
+        sel = selection.predict(texts, batch_size=64, show_progress_bar=False) * selection.scale
     report = cet_diagnostics([q for q, _ in pairs], [d for _, d in pairs], rel, sel, targs.cet_temperature,
                              full_qrels=ctx.full_qrels["train"], labelled_qrels=read_qrels(targs.train_qrels))
     return {k: v for k, v in report.items() if k != "top_propensity_unlabelled"} | {
         "top_propensity_unlabelled": report.get("top_propensity_unlabelled", [])[:10]}
+
+
+def mlp_selection_logits(selection_folder: Path, targs, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """The MLP selection model's logits `[P]` for (query id, doc id) pairs, from the run it was trained on."""
+    import torch
+
+    from rankface.models.cet import RankFeatureSelector, rank_table
+    from rankface.retrieval.trec import read_run
+
+    selector = RankFeatureSelector.from_pretrained(selection_folder).eval()
+    table = rank_table(read_run(targs.cet_selection_run or targs.negatives_run))
+    features = RankFeatureSelector.collate_groups([q for q, _ in pairs], [[d] for _, d in pairs], table)["features"]
+    with torch.no_grad():
+        return selector(features)[:, 0].numpy()
 
 
 def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature: float | None = None,

@@ -162,3 +162,24 @@ def test_top_orders_by_score_then_docid(bench):
     # rankface's one tie rule (rankface.utils.ties): equal scores go to the larger docid first, as in trec_eval.
     assert list(bench.top({"b": 1.0, "a": 1.0, "c": 2.0}, 2)) == ["c", "b"]
     assert bench.top(None, 3) == {}
+
+
+def test_mlp_selection_diagnostics_read_the_pooling_run(bench, tmp_path):
+    """cet-mlp's diagnostics score each mined negative with the saved MLP on the (rank, score) of the pooling run;
+    a document that run lacks sits just below its last entry."""
+    import math
+
+    import torch
+
+    from rankface.models.cet import RankFeatureSelector
+
+    torch.manual_seed(0)
+    selector = RankFeatureSelector()
+    selector.fit_normalization(torch.tensor([[math.log1p(r), 10.0 - r] for r in range(1, 4)]))
+    selector.save_pretrained(tmp_path / "selection_model")
+    pool = tmp_path / "pool.trec"
+    pool.write_text("q1 Q0 a 1 9.0 bm25\nq1 Q0 b 2 8.0 bm25\nq1 Q0 c 3 7.0 bm25\n")
+    targs = argparse.Namespace(cet_selection_run=str(pool), negatives_run=str(tmp_path / "unused.trec"))
+    logits = bench.mlp_selection_logits(tmp_path / "selection_model", targs, [("q1", "b"), ("q1", "z")])
+    expected = selector.eval()(torch.tensor([[[math.log1p(2), 8.0], [math.log1p(4), 7.0]]]))[0]
+    np.testing.assert_allclose(logits, expected.detach().numpy(), rtol=1e-6)

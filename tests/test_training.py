@@ -150,6 +150,47 @@ def test_cet_trains_relevance_and_selection_models(collection, tiny_bert_dir, tm
         assert not torch.equal(pair.selection.classifier.weight, pair.relevance.classifier.weight)
 
 
+def test_cet_mlp_selection_reads_the_pooling_run_when_given(collection, tiny_bert_dir, tmp_path):
+    """With `cet_selection_run`, the MLP selection model's features (and its standardisation) come from that run,
+    not from the run the negatives were mined from."""
+    import math
+
+    pool = tmp_path / "pool.trec"  # a "pooling system": the topic's own documents first, then a few others
+    lines = []
+    for qid in dict.fromkeys(line.split()[0] for line in (collection / "qrels.train.txt").read_text().splitlines()):
+        topic = int(qid[1:])
+        docs = [f"D{topic}-{j}" for j in range(3)] + [f"D{(topic + 1) % 20}-0"]
+        lines += [f"{qid} Q0 {d} {r} {10.0 / r} pool\n" for r, d in enumerate(docs, 1)]
+    pool.write_text("".join(lines))
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", method="cet", cet_selection="mlp",
+                      cet_selection_run=str(pool), max_steps=2)
+    args = parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))])
+    from rankface.training.data import prepare_training_data
+    from rankface.training.loop import GroupCollator, build_models
+
+    data = prepare_training_data(args)
+    models = build_models(args, data)
+    batch = GroupCollator(models[0], data, with_rank_features=True)([0, 1])
+    expected = []  # rank and score in the pool run; a document it lacks sits just below it (rank 5, lowest score)
+    for group in (data.groups[0], data.groups[1]):
+        pooled = {ln.split()[2]: (int(ln.split()[3]), float(ln.split()[4])) for ln in lines
+                  if ln.split()[0] == group.qid}
+        expected.append([[math.log1p(pooled.get(d, (5, 2.5))[0]), pooled.get(d, (5, 2.5))[1]]
+                         for d in (group.positive_docid, *group.negative_docids)])
+    torch.testing.assert_close(batch["selection"]["features"], torch.tensor(expected))
+    pool_features = torch.tensor([[math.log1p(int(ln.split()[3])), float(ln.split()[4])] for ln in lines])
+    torch.testing.assert_close(models[1].feature_mean, pool_features.mean(0))
+    train(args)  # and the whole run trains with it
+    assert (tmp_path / "out" / "cet_pair").is_dir()
+
+
+def test_cet_selection_run_needs_the_mlp_selection_model(collection, tiny_bert_dir, tmp_path):
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", method="cet", cet_selection="same",
+                      cet_selection_run=str(collection / "negatives.trec"))
+    with pytest.raises(ValueError, match="cet_selection_run is read by CET's MLP selection model only"):
+        parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))])
+
+
 def launch_two_processes(config: Path) -> None:
     """The recipe under `accelerate launch` with 2 real CPU processes (gloo DDP); fails with its output."""
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

@@ -145,6 +145,19 @@ def test_query_side_works_with_cet_and_lora(collection, tiny_bert_dir, tmp_path)
     assert BiEncoder.from_pretrained(out / "selection_model", device="cpu").doc_model is not None
 
 
+def test_query_side_cet_with_the_mlp_selection_model_saves_both(collection, tiny_bert_dir, tmp_path):
+    out = train_with(collection, tiny_bert_dir, tmp_path, training_mode="query_side", method="cet",
+                     cet_selection="mlp", cet_weights_from="eval_forward", cet_temperature=2.0, max_steps=3)
+    assert BiEncoder.from_pretrained(out / "model", device="cpu").doc_model is not None
+    from rankface.models.cet import RankFeatureSelector
+
+    selector = RankFeatureSelector.from_pretrained(out / "selection_model")
+    # Its standardisation comes back: fitted on the negatives' run, every one of the 60 documents at ranks 1-60 with
+    # score 100 - rank for each train query.
+    ranks = torch.arange(1, 61, dtype=torch.float64)
+    torch.testing.assert_close(selector.feature_mean.double(), torch.stack([ranks.log1p().mean(), 100 - ranks.mean()]))
+
+
 @pytest.mark.numerics
 def test_query_side_resume_reproduces_the_uninterrupted_run(collection, tiny_bert_dir, tmp_path):
     values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side",

@@ -86,6 +86,12 @@ class RerankerTrainingArguments:
         "CET: learning rate of the light MLP selection model (a fresh small network, not a pretrained encoder).",
         default=1e-3,
     )
+    cet_selection_run: str | None = _help(
+        "CET with the MLP selection model: the TREC run whose ranks and scores it reads. Pooling bias comes from the "
+        "system that built the judgment pool, so pass that system's run (e.g. BM25's when BM25 top-k was judged); "
+        "default: the run the negatives were mined from.",
+        default=None,
+    )
     # ----------------------------------------------------------------- optimisation
     learning_rate: float = _help("Peak learning rate (AdamW).", default=2e-5)
     head_learning_rate: float | None = _help("Learning rate of the new scoring head (default: learning_rate).", default=None)
@@ -147,6 +153,9 @@ class RerankerTrainingArguments:
             raise ValueError("corpus_negatives needs training_mode 'query_side' (the corpus embeddings are cached "
                              "there), loss 'listwise' and method 'plain'; got training_mode "
                              f"{self.training_mode!r}, loss {self.loss!r}, method {self.method!r}")
+        if self.cet_selection_run and (self.method != "cet" or self.cet_selection != "mlp"):
+            raise ValueError("cet_selection_run is read by CET's MLP selection model only (method 'cet', "
+                             f"cet_selection 'mlp'); got method {self.method!r}, cet_selection {self.cet_selection!r}")
         if self.training_mode == "partial" and self.frozen_layers < 1:
             raise ValueError(f"training_mode 'partial' needs frozen_layers >= 1, got {self.frozen_layers}")
         if self.training_mode != "partial" and self.frozen_layers:

@@ -76,6 +76,12 @@ class TrainingData:
     eval_qrels: dict[str, dict[str, int]]
     eval_candidates: dict[str, dict[str, float]]
     train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)  # graded judgments of the training split
+    selection_run: dict[str, dict[str, float]] | None = None  # what CET's MLP selection model reads (None: train_run)
+
+    @property
+    def selection_features_run(self) -> dict[str, dict[str, float]]:
+        """The run whose ranks and scores CET's MLP selection model reads: `cet_selection_run`, else the negatives'."""
+        return self.train_run if self.selection_run is None else self.selection_run
 
     def group_texts(self, groups: Sequence) -> tuple[list[str], list[list[str]]]:
         """`(queries, [[positive, negative_1, ..., negative_K], ...])` for a batch of groups."""
@@ -147,6 +153,7 @@ def _with_evaluation(args, collection, docs, train_queries, train_qrels, groups,
         eval_qrels=eval_qrels,
         eval_candidates=eval_candidates,
         train_qrels={q: train_qrels.get(q, {}) for q in train_queries},
+        selection_run=read_run(args.cet_selection_run) if getattr(args, "cet_selection_run", None) else None,
     )
 
 

@@ -102,7 +102,7 @@ def build_models(args: RerankerTrainingArguments, data: TrainingData) -> list[to
             from rankface.models.cet import RankFeatureSelector
 
             selector = RankFeatureSelector()
-            table = rank_table(data.train_run)
+            table = rank_table(data.selection_features_run)
             selector.fit_normalization(torch.tensor([[math.log1p(r), s] for d in table.values() for r, s in d.values()]))
             models.append(selector)
         else:
@@ -177,7 +177,7 @@ class GroupCollator:
     def __init__(self, model, data: TrainingData, with_rank_features: bool = False, corpus_negatives: bool = False):
         self.model = model
         self.data = data
-        self.rank_table = rank_table(data.train_run) if with_rank_features else None
+        self.rank_table = rank_table(data.selection_features_run) if with_rank_features else None
         self.corpus_negatives = corpus_negatives
         if corpus_negatives and getattr(model, "document_cache", None) is None:
             raise ValueError("corpus_negatives needs a bi-encoder with a document cache (training_mode 'query_side')")
@@ -264,7 +264,7 @@ def save_final_models(accelerator: Accelerator, learners: list[Learner], output_
     if len(models) == 2 and getattr(models[0], "doc_model", None) is not None:
         # CETModel holds one transformer per member; a two-tower (query-side) relevance model does not fit it.
         # `output_dir/model` is the complete relevance model; the selection model is saved beside it, as a two-tower
-        # bi-encoder of its own, for diagnostics (its propensity of known false negatives).
+        # bi-encoder of its own or the MLP selector, for diagnostics (its propensity of known false negatives).
         save_folder_atomically(models[1], output_dir / "selection_model")
         accelerator.print("query-side CET: the pair is not exported as cet_pair (one tower per member); the "
                           f"relevance model is in {output_dir / 'model'}, the selection model in "

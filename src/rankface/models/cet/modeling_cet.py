@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
@@ -29,8 +30,12 @@ SELECTION_TOKENIZER_DIR = "selection_tokenizer"
 
 
 # ---------------------------------------------------------------------------------------------- light selector
-class RankFeatureSelector(nn.Module):
+class RankFeatureSelector(nn.Module, PyTorchModelHubMixin):
     """Light selection model: an MLP on first-stage features of each (query, document) pair.
+
+    Saved on its own with `save_pretrained` / `from_pretrained` (huggingface_hub's mixin: `config.json` holds the
+    constructor arguments, `model.safetensors` the weights and standardisation buffers), e.g. beside a query-side
+    relevance model, which a `CETModel` pair cannot hold.
 
     Features per pair are `[log(1 + rank), score]` of the document in the first-stage run (rank 1 = best), the
     signals that decide whether a pooled judgment exists. They are standardised with buffers set by
