@@ -259,6 +259,17 @@ def test_training_groups_top_positive_and_hits_input():
     assert all("p2" not in g.negative_docids for g in from_dict)
 
 
+def test_training_groups_sampled_positive_is_one_of_the_best_graded():
+    qrels = {"q": {"a": 2, "b": 2, "c": 2, "low": 1}}
+    run = {"q": {f"n{i}": float(-i) for i in range(10)}}
+    drawn = set()
+    for seed in range(40):
+        groups, report = build_training_groups({"q": "x"}, qrels, run, 2, positives="sampled", seed=seed)
+        assert len(groups) == 1 and report.groups == 1
+        drawn.add(groups[0].positive_docid)
+    assert drawn == {"a", "b", "c"}  # every best-graded document comes up, the grade-1 one never
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

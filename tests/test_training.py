@@ -111,8 +111,11 @@ def test_cli_overrides_config_and_unknown_keys_are_named(collection, tiny_bert_d
 
 
 @pytest.mark.numerics
-def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(collection, tiny_bert_dir, tmp_path):
-    values = settings(collection, tiny_bert_dir, tmp_path / "out", checkpoint_steps=3, checkpoints_to_keep=5)
+@pytest.mark.parametrize("resample", [False, True], ids=["fixed-groups", "groups-redrawn-each-epoch"])
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(collection, tiny_bert_dir, tmp_path, resample):
+    # 16 train queries in batches of 4: 6 steps cross into a second epoch, where redrawn groups must match.
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", checkpoint_steps=3, checkpoints_to_keep=5,
+                      resample_each_epoch=resample)
     train(parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))]))
     uninterrupted = weights(tmp_path / "out" / "model")
     checkpoints = sorted((tmp_path / "out" / "checkpoints").iterdir())
@@ -148,6 +151,27 @@ def test_cet_trains_relevance_and_selection_models(collection, tiny_bert_dir, tm
     torch.testing.assert_close(pair.relevance.classifier.weight.detach(), relevance["classifier.weight"])
     if selection == "same":
         assert not torch.equal(pair.selection.classifier.weight, pair.relevance.classifier.weight)
+
+
+def test_resample_each_epoch_redraws_groups_from_the_window(collection, tiny_bert_dir, tmp_path):
+    from rankface.training.data import prepare_training_data
+
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", resample_each_epoch=True, positives="sampled",
+                      negatives_to_rank=30)
+    data = prepare_training_data(parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))]))
+    first = list(data.groups)
+    data.start_epoch(0)
+    assert data.groups == first  # epoch 0 is the run's seed itself: the same groups as without resampling
+    data.start_epoch(1)
+    second = list(data.groups)
+    assert [g.qid for g in second] == [g.qid for g in first] and second != first
+    window = {q: [d for d, _ in sorted(docs.items(), key=lambda kv: -kv[1])][:30] for q, docs in data.train_run.items()}
+    for group in second:  # still the window's unlabelled documents, and a best-graded positive
+        judged = data.train_qrels[group.qid]
+        assert all(d in window[group.qid] and judged.get(d, 0) == 0 for d in group.negative_docids)
+        assert judged[group.positive_docid] == max(judged.values())
+    data.start_epoch(1)
+    assert data.groups == second  # seeded by (seed, epoch): a resumed run draws the same
 
 
 def test_cet_mlp_selection_reads_the_pooling_run_when_given(collection, tiny_bert_dir, tmp_path):

@@ -512,7 +512,7 @@ def build_training_groups(
     num_negatives: int,
     rank_window: tuple[int, int] = (1, 100),
     min_positive_grade: int = 1,
-    positives: Literal["all", "top"] = "all",
+    positives: Literal["all", "top", "sampled"] = "all",
     seed: int = 0,
     exclude: Iterable[str] = (),
     doc_ids: Collection[str] | None = None,
@@ -532,7 +532,8 @@ def build_training_groups(
         rank_window: `(first, last)` ranks the negatives come from.
         min_positive_grade: the lowest grade that makes a positive.
         positives: `"all"`: one group per positive; `"top"`: one group per query, with its highest-graded
-            positive (ties: better run rank, then docid).
+            positive (ties: better run rank, then docid); `"sampled"`: one group per query, its positive drawn
+            (seeded) among its highest-graded ones, so that a new seed per epoch varies it.
         seed: sampling seed (the same inputs and seed give the same groups).
         exclude: query ids to leave out (e.g. train queries that duplicate test queries).
         doc_ids: the corpus's document ids; enables the corpus checks.
@@ -545,8 +546,8 @@ def build_training_groups(
     lo, hi = rank_window
     if not 1 <= lo <= hi:
         raise ValueError(f"rank_window must be (first, last) with 1 <= first <= last, got {rank_window}")
-    if positives not in ("all", "top"):
-        raise ValueError(f"positives must be 'all' or 'top', got {positives!r}")
+    if positives not in ("all", "top", "sampled"):
+        raise ValueError(f"positives must be 'all', 'top' or 'sampled', got {positives!r}")
     if min_positive_grade < 1:
         raise ValueError(f"min_positive_grade must be >= 1 (0 means judged non-relevant), got {min_positive_grade}")
     excluded = {str(q) for q in exclude}
@@ -599,6 +600,9 @@ def build_training_groups(
             rank_of = {d: i for i, d in enumerate(ranked)}
             best = min(pos, key=lambda d: (-pos[d], rank_of.get(d, len(ranked)), d))
             chosen = [best]
+        elif positives == "sampled":
+            top_grade = max(pos.values())
+            chosen = [rng.choice(sorted(d for d, g in pos.items() if g == top_grade))]
         else:
             chosen = sorted(pos, key=lambda d: (-pos[d], d))
         for positive in chosen:

@@ -29,10 +29,16 @@ class RerankerTrainingArguments:
     negatives_from_rank: int = _help("First rank of the window negatives are sampled from.", default=1)
     negatives_to_rank: int = _help("Last rank of the window negatives are sampled from.", default=100)
     positives: str = _help(
-        "'top': one group per query with its best-graded positive; 'all': one group per labelled positive; "
+        "'top': one group per query with its best-graded positive (ties: the best first-stage rank); 'sampled': "
+        "one group per query, its positive drawn among its best-graded ones; 'all': one group per labelled positive; "
         "'graded': one group per query of 1 + num_negatives run candidates (its best-graded one and a sample of the "
         "window) with their grades, for loss 'graded_listwise'.",
         default="top",
+    )
+    resample_each_epoch: bool = _help(
+        "Draw every group's negatives (and a 'sampled' positive) afresh each epoch, seeded by the seed and the "
+        "epoch, instead of once: over the epochs a query meets more of its negative window.",
+        default=False,
     )
     min_positive_grade: int = _help("The lowest qrels grade that makes a training positive.", default=1)
     max_train_queries: int | None = _help("Use only this many training queries (seeded sample).", default=None)
@@ -130,7 +136,7 @@ class RerankerTrainingArguments:
             "cet_weights_from": ("eval_forward", "train_logits"),
             "cet_weight_on": ("negative", "positive", "both"),
             "cet_selection": ("same", "mlp"),
-            "positives": ("top", "all", "graded"),
+            "positives": ("top", "sampled", "all", "graded"),
             "mixed_precision": (None, "no", "bf16", "fp16", "auto"),
             "training_mode": ("full", "query_side", "partial"),
         }

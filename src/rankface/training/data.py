@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rankface.data.ir import IRCollection, build_training_groups, load_collection
@@ -77,6 +77,16 @@ class TrainingData:
     eval_candidates: dict[str, dict[str, float]]
     train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)  # graded judgments of the training split
     selection_run: dict[str, dict[str, float]] | None = None  # what CET's MLP selection model reads (None: train_run)
+    groups_of_epoch: Callable[[int], list] | None = None  # with resample_each_epoch: the groups drawn for an epoch
+
+    def start_epoch(self, epoch: int) -> None:
+        """Redraw the groups for `epoch` (a no-op unless resampling); the count stays, so the loader's order does."""
+        if self.groups_of_epoch is None:
+            return
+        groups = self.groups_of_epoch(epoch)
+        if len(groups) != len(self.groups):
+            raise RuntimeError(f"epoch {epoch} drew {len(groups)} groups, not {len(self.groups)}")
+        self.groups = groups
 
     @property
     def selection_features_run(self) -> dict[str, dict[str, float]]:
@@ -105,28 +115,31 @@ def prepare_training_data(args) -> TrainingData:
         run = read_run(args.negatives_run)
     else:
         run = bm25_run(collection, args.train_split, depth=args.negatives_to_rank, cache_dir=args.cache_dir)
-    if args.positives == "graded":
-        groups, graded_report = build_graded_groups(
-            train_queries, qrels, run, size=args.num_negatives + 1,
-            rank_window=(args.negatives_from_rank, args.negatives_to_rank), doc_ids=docs.keys(), seed=args.seed,
+    window = (args.negatives_from_rank, args.negatives_to_rank)
+
+    def groups_for(seed: int) -> tuple[list, dict]:
+        if args.positives == "graded":
+            return build_graded_groups(train_queries, qrels, run, size=args.num_negatives + 1, rank_window=window,
+                                       doc_ids=docs.keys(), seed=seed)
+        groups, report = build_training_groups(
+            train_queries, qrels, run, num_negatives=args.num_negatives, rank_window=window, positives=args.positives,
+            min_positive_grade=args.min_positive_grade, doc_ids=docs.keys(), seed=seed,
         )
-        if not groups:
-            raise ValueError(f"no graded training groups could be built from split {args.train_split!r}: {graded_report}")
-        return _with_evaluation(args, collection, docs, train_queries, qrels, groups, run, graded_report)
-    groups, report = build_training_groups(
-        train_queries,
-        qrels,
-        run,
-        num_negatives=args.num_negatives,
-        rank_window=(args.negatives_from_rank, args.negatives_to_rank),
-        positives=args.positives,
-        min_positive_grade=args.min_positive_grade,
-        doc_ids=docs.keys(),
-        seed=args.seed,
-    )
+        return groups, report.as_dict()
+
+    groups, report = groups_for(args.seed)
     if not groups:
-        raise ValueError(f"no training groups could be built from split {args.train_split!r}: {report.as_dict()}")
-    return _with_evaluation(args, collection, docs, train_queries, qrels, groups, run, report.as_dict())
+        kind = "graded training groups" if args.positives == "graded" else "training groups"
+        raise ValueError(f"no {kind} could be built from split {args.train_split!r}: {report}")
+    data = _with_evaluation(args, collection, docs, train_queries, qrels, groups, run, report)
+    if getattr(args, "resample_each_epoch", False):
+        data.groups_of_epoch = lambda epoch: groups_for(epoch_seed(args.seed, epoch))[0]
+    return data
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The group-sampling seed of `epoch` when groups are redrawn each epoch; epoch 0 keeps `seed` itself."""
+    return seed + 1_000_003 * epoch
 
 
 def _with_evaluation(args, collection, docs, train_queries, train_qrels, groups, run, group_report: dict) -> TrainingData:

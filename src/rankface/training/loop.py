@@ -76,7 +76,8 @@ def train(args: RerankerTrainingArguments) -> dict:
         record_evaluation(accelerator, learners[0].model, data, args, state)  # the learning curve's starting point
     step_fn = make_step_function(args, accelerator)
     run_steps(accelerator, learners, loader, state, total_steps, lambda features: step_fn(learners, features), args,
-              output_dir, evaluate=lambda st: record_evaluation(accelerator, learners[0].model, data, args, st))
+              output_dir, evaluate=lambda st: record_evaluation(accelerator, learners[0].model, data, args, st),
+              start_epoch=data.start_epoch)
 
     state["world_size"] = accelerator.num_processes
     state["rank_fingerprints"] = check_ranks_agree(accelerator, learners)
