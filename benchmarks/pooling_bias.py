@@ -146,6 +146,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-steps", type=int, default=None, help="dev evaluation every N steps (learning curves)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "auto"],
                         help="training precision (accelerate's autocast): 'bf16' on a GPU; 'auto' = bf16 where native")
+    parser.add_argument("--pool-labels", default="one", choices=["one", "judged"],
+                        help="'one': one labelled positive per query, every other pooled doc unlabelled (R1, as MS "
+                             "MARCO); 'judged': every pooled doc keeps its grade (CET's model y = r * s holds; the "
+                             "strong source is then R1-bi's, as --strong-from)")
     parser.add_argument("--strong-from", default=None,
                         help="cross-encoder R1: the R1-bi results folder whose strong source is used (a cross-encoder "
                              f"cannot retrieve from the corpus; default {RESULTS}/full-query-side)")
@@ -182,6 +186,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.mode = "quick-cross"
     if args.training_mode != "full" and not args.quick:
         args.mode += f"-{args.training_mode.replace('_', '-')}"  # full-query-side: a table of its own
+    if args.pool_labels != "one":
+        args.mode += f"-pool-{args.pool_labels}"
     args.out = Path(args.results_dir) if args.results_dir else RESULTS / args.mode
     return args
 
@@ -210,6 +216,7 @@ def training_settings(args: argparse.Namespace) -> dict:
         "eval_steps": args.eval_steps,
         # Only when set, so the fingerprints of results saved before this setting existed (all fp32) still match.
         **({"mixed_precision": args.mixed_precision} if args.mixed_precision != "no" else {}),
+        **({"pool_labels": args.pool_labels} if args.pool_labels != "one" else {}),
     }
 
 
@@ -259,6 +266,15 @@ def top(docs: Mapping[str, float] | None, n: int) -> dict[str, float]:
     return dict(ranked(docs or {})[:n])
 
 
+def judged_pool_labels(full_qrels: Mapping[str, Mapping[str, int]], pool_run: Mapping[str, Mapping[str, float]],
+                       qids: Sequence[str], depth: int) -> dict[str, dict[str, int]]:
+    """Labels of a fully judged pool: every document of each query's top-`depth` keeps its grade >= 1, so a relevant
+    pooled document is labelled and never a negative. CET's model (y = r * s) then holds exactly: a false negative
+    can only lie outside the pool."""
+    return {q: {d: g for d, g in full_qrels.get(q, {}).items() if g >= 1 and d in top(pool_run.get(q), depth)}
+            for q in qids}
+
+
 def prepare_context(args: argparse.Namespace) -> Context:
     from rankface.data.ir import load_collection
     from rankface.data.mining import simulate_pooled_labels
@@ -282,6 +298,8 @@ def prepare_context(args: argparse.Namespace) -> Context:
     if args.max_train_queries is not None and args.max_train_queries < len(train_qids):
         train_qids = sorted(random.Random(0).sample(train_qids, args.max_train_queries))
     pooled = {q: pooled[q] for q in train_qids}
+    if args.pool_labels == "judged":
+        pooled = judged_pool_labels(full_qrels["train"], bm25["train"], train_qids, POOL_DEPTH)
     # Oracle: the same queries, every grade >= 2 doc a positive; negatives only from docs without any judgment
     # (grade-1 docs are neither positives nor negatives), so the run is filtered before the window is taken.
     oracle = {q: {d: g for d, g in full_qrels["train"][q].items() if g >= 2 and d in docs} for q in train_qids}
@@ -688,7 +706,7 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == store.hash:
             return saved
-    if ctx.args.encoder == "cross":
+    if ctx.args.encoder == "cross" or ctx.args.pool_labels != "one":
         return strong_source_from_bi(ctx, store, path)
     retriever = run_trained(ctx, store, "plain/bm25-neg", 0, keep_model=True)
     dense_path = ctx.args.out / "data" / "dense-ft.plain__bm25-neg.seed0.train.top100.trec"
@@ -749,17 +767,18 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
 
 
 def strong_source_from_bi(ctx: Context, store: Store, path: Path) -> dict:
-    """The cross-encoder R1's `strong` source: the one R1-bi chose (its fine-tuned bi-encoder's run, kept in its
-    results folder). A cross-encoder scores pairs and cannot search the corpus, so it cannot be its own retriever;
-    taking R1-bi's also gives both variants the same strong negatives. The bm25 and chosen rows are re-measured
-    here (the sampled false-negative rate depends on this run's K)."""
+    """The `strong` source R1-bi chose (its fine-tuned bi-encoder's run, kept in its results folder), for the
+    cross-encoder R1 and for R1-bi with judged pools. A cross-encoder scores pairs and cannot search the corpus, so it
+    cannot be its own retriever; with judged pools the same retriever keeps the comparison to R1-bi's one-label
+    pools about the labels alone. The bm25 and chosen rows are re-measured here (the sampled false-negative rate
+    depends on this run's K and labels)."""
     from rankface.retrieval.trec import read_run
 
     source_dir = Path(ctx.args.strong_from) if ctx.args.strong_from else RESULTS / "full-query-side"
     saved_path = source_dir / "data" / "negative_sources.json"
     if not saved_path.is_file():
         raise SystemExit(
-            f"{saved_path} is missing: the cross-encoder R1 takes its strong source from R1-bi. Run first: python "
+            f"{saved_path} is missing: this run takes its strong source from R1-bi. Run first: python "
             f"benchmarks/pooling_bias.py --systems plain/bm25-neg --seeds 0 --sweep '' --k-sweep '' --results-dir "
             f"{source_dir} (or pass --strong-from with an R1-bi results folder)")
     saved = json.loads(saved_path.read_text())
@@ -863,7 +882,8 @@ def report(args: argparse.Namespace, store: Store) -> str:
         f"{' (token embeddings frozen)' if settings['freeze_embeddings'] else ''}, pairwise loss, CET T = "
         f"{args.cet_temperature} "
         f"({settings['cet_weights_from']}, selection {settings['cet_selection']}); pooled labels from BM25 "
-        f"top-{POOL_DEPTH}; test = BM25 top-100 of the test queries reranked.\n"
+        f"top-{POOL_DEPTH} ({'every pooled doc judged' if settings.get('pool_labels') == 'judged' else 'one positive'}"
+        f" per query); test = BM25 top-100 of the test queries reranked.\n"
     )
     data_report = args.out / "data" / "data_report.json"
     if data_report.is_file():

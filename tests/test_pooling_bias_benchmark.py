@@ -42,6 +42,17 @@ def test_quick_and_full_settings(bench, tmp_path):
     cross = bench.parse_args(["--encoder", "cross"])
     assert cross.mode == "full-cross" and cross.out.name == "full-cross" and cross.training_mode == "full"
     assert bench.parse_args(["--training-mode", "full"]).mode == "full"
+    judged = bench.parse_args(["--pool-labels", "judged"])
+    assert judged.mode == "full-query-side-pool-judged"
+    assert bench.training_settings(judged)["pool_labels"] == "judged"
+    assert "pool_labels" not in bench.training_settings(full)  # R1's saved fingerprints stay valid
+
+
+def test_judged_pool_labels_keep_every_pooled_grade(bench):
+    full = {"q1": {"a": 2, "b": 1, "c": 2, "far": 2, "zero": 0}, "q2": {"x": 1}}
+    pool_run = {"q1": {"a": 9.0, "b": 8.0, "zero": 7.0, "c": 6.0, "far": 1.0, "n": 5.0}, "q2": {"y": 3.0}}
+    labels = bench.judged_pool_labels(full, pool_run, ["q1", "q2"], depth=4)
+    assert labels == {"q1": {"a": 2, "b": 1, "c": 2}, "q2": {}}  # "far" is relevant but outside the pool
 
 
 def test_store_skips_saved_and_refuses_other_settings(bench, tmp_path):
