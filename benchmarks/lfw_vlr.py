@@ -92,8 +92,9 @@ ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR
 }
 FARS = (1e-2, 1e-3)
 GOALS = {"lr-lr@16": 92.0, "lr-lr@8": 80.0, "hr-lr@8": 75.0, "lr-lr@112": 99.2}  # issue 11: accuracy (%) goals
-# Claims and the figures each is judged on: (system, reference).
-CLAIMS = [("arcface+unpg", "arcface"), ("cosface+unpg", "cosface"), ("ri", "arcface"), ("ri+reg", "arcface"),
+# Claims and the figures each is judged on: (system, reference). The first is the learning gate: a comparison of
+# training methods counts only once the plain fine-tuned model beats its own pretrained start.
+CLAIMS = [("arcface", "pretrained"), ("arcface+unpg", "arcface"), ("cosface+unpg", "cosface"), ("ri", "arcface"), ("ri+reg", "arcface"),
           ("ri+reg+id", "arcface"), ("magface", "arcface")]
 ACCURACY_KEYS = ("lr-lr@16", "lr-lr@8", "hr-lr@8", "lr-lr@112")
 TAR_KEYS = ("lr-lr@16", "lr-lr@8")
