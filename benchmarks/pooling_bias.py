@@ -849,7 +849,7 @@ def diagnostics_lines(args: argparse.Namespace, store: Store) -> list[str]:
     """CET's view of its own mined negatives, per (system, seed) that recorded it: does the selection model's
     propensity single out the known false negatives, and which way does that move their weight?"""
     rows = []
-    for system in ("cet/strong-neg", "cet/bm25-neg"):
+    for system in (s for s in ORDER if SYSTEM_SPECS[s][0] == "cet"):
         for seed in args.seed_list:
             rec = store.load(system, seed) if store.path(system, seed).is_file() else None
             diag = (rec or {}).get("cet_diagnostics")
