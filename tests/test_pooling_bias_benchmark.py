@@ -194,3 +194,17 @@ def test_mlp_selection_diagnostics_read_the_pooling_run(bench, tmp_path):
     logits = bench.mlp_selection_logits(tmp_path / "selection_model", targs, [("q1", "b"), ("q1", "z")])
     expected = selector.eval()(torch.tensor([[[math.log1p(2), 8.0], [math.log1p(4), 7.0]]]))[0]
     np.testing.assert_allclose(logits, expected.detach().numpy(), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pool_split():
+    yield from load_benchmark(BENCHMARK.parent / "pool_false_negatives.py", "pool_false_negatives")
+
+
+def test_pool_false_negative_split_counts_by_hand(pool_split):
+    strong = {"q": {"pos": 9.0, "a": 8.0, "b": 7.0, "c": 6.0}}
+    pool_run = {"q": {"pos": 5.0, "a": 4.0, "x": 3.0}}
+    counts = pool_split.split_counts(strong, pool_run, pooled={"q": {"pos": 2}},
+                                     full={"q": {"pos": 2, "a": 1, "c": 2}}, window=4, pool_depth=3)
+    # a: relevant, pooled; b: not relevant, outside; c: relevant, outside; the labelled positive is skipped
+    assert counts == {(True, True): 1, (False, False): 1, (True, False): 1, (False, True): 0}
