@@ -180,3 +180,30 @@ def test_cli_messages_name_cli_commands(tmp_path, capsys):
     assert main(["index", "--corpus", str(corpus), "--index", str(tmp_path / "used")]) == 2
     err = capsys.readouterr().err
     assert "add --overwrite to replace it" in err and "overwrite=True" not in err
+
+
+def test_evaluate_names_an_empty_qrels_file(evaluation_files, capsys):
+    empty_qrels = evaluation_files / "empty-qrels.txt"
+    empty_qrels.write_text("\n")
+    assert main(["evaluate", "--qrels", str(empty_qrels), str(evaluation_files / "a/run.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"rankface evaluate: error: {empty_qrels}: no judgments (the file is empty); expected")
+
+
+def test_evaluate_warns_about_run_queries_absent_from_the_qrels(evaluation_files, capsys):
+    run = evaluation_files / "extra.txt"
+    run.write_text("q1 Q0 d1 1 2.0 x\nq7 Q0 d1 1 2.0 x\nq8 Q0 d1 1 2.0 x\n")
+    assert main(["evaluate", "--qrels", str(evaluation_files / "qrels.txt"), str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run}: 2 of its 3 queries are not in {evaluation_files / 'qrels.txt'} and are ignored " \
+           "(e.g. q7, q8)" in err
+
+
+def test_search_refuses_an_empty_topics_file(tmp_path, capsys):
+    (tmp_path / "topics.tsv").write_text("")
+    assert main(["search", "--index", str(tmp_path / "index"), "--topics", str(tmp_path / "topics.tsv"),
+                 "--output", str(tmp_path / "run.trec")]) == 2
+    err = capsys.readouterr().err
+    assert f"rankface search: error: {tmp_path / 'topics.tsv'}: no queries (the file is empty)" in err
+    assert not (tmp_path / "run.trec").exists()

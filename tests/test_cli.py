@@ -27,9 +27,14 @@ def reranker_dir(tiny_bert_dir, tmp_path_factory):
     return path
 
 
-def test_index_search_rerank_evaluate(collection, reranker_dir, tmp_path, capsys):
-    index = tmp_path / "index"
+@pytest.fixture(scope="module")
+def index(collection, tmp_path_factory):
+    index = tmp_path_factory.mktemp("index") / "index"
     assert main(["index", "--corpus", str(collection / "corpus.jsonl"), "--index", str(index)]) == 0
+    return index
+
+
+def test_index_search_rerank_evaluate(collection, index, reranker_dir, tmp_path, capsys):
     topics = str(collection / "queries.dev.tsv")
     assert main(["search", "--index", str(index), "--topics", topics, "--hits", "5", "--output",
                  str(tmp_path / "bm25.trec")]) == 0
@@ -61,3 +66,25 @@ def test_train_help_lists_settings(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     assert "--cet_temperature" in capsys.readouterr().out
+
+
+def test_rerank_refuses_an_empty_first_stage_run(collection, reranker_dir, tmp_path, capsys):
+    (tmp_path / "empty.trec").write_text("\n")
+    assert main(["rerank", "--index", str(tmp_path / "no-index"), "--topics", str(collection / "queries.dev.tsv"),
+                 "--model", str(reranker_dir), "--first-stage-run", str(tmp_path / "empty.trec"),
+                 "--output", str(tmp_path / "out.trec"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"rankface rerank: error: {tmp_path / 'empty.trec'}: the first-stage run is empty" in err
+    assert not (tmp_path / "out.trec").exists()
+
+
+def test_rerank_warns_about_topics_the_first_stage_run_misses(collection, index, reranker_dir, tmp_path, capsys):
+    topics = collection / "queries.dev.tsv"  # Q0, Q5, Q10, Q15
+    (tmp_path / "partial.trec").write_text("Q5 Q0 D5-0 1 3.0 x\nQ5 Q0 D1-1 2 2.0 x\n")
+    assert main(["rerank", "--index", str(index), "--topics", str(topics), "--model", str(reranker_dir),
+                 "--first-stage-run", str(tmp_path / "partial.trec"), "--output", str(tmp_path / "out.trec"),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: {tmp_path / 'partial.trec'}: ranks 1 of the 4 queries of {topics}; 3 get an empty ranking "
+            "(e.g. Q0, Q10, Q15)") in err
+    assert set(read_run(tmp_path / "out.trec")) == {"Q5"}

@@ -135,10 +135,38 @@ def _open_index(index: str, k1: float = 0.9, b: float = 0.4):
                         f"{index}`") from None
 
 
-def _bm25_hits(args):
+def _read_topics(path: str) -> dict[str, str]:
+    """The queries of `--topics`; an empty file is an error (it would write an empty run and exit 0)."""
     from rankface.data.ir import read_queries_tsv
 
-    queries = read_queries_tsv(args.topics)
+    queries = read_queries_tsv(path)
+    if not queries:
+        raise UserError(f"{path}: no queries (the file is empty); expected `qid<TAB>text` lines")
+    return queries
+
+
+def _read_first_stage_run(path: str, queries: dict[str, str], topics: str) -> dict:
+    """`--first-stage-run` as hits: an empty run is an error, a run that ranks only some topics is a warning."""
+    from rankface.retrieval.pipeline import run_to_hits
+    from rankface.retrieval.trec import RUN_FORMAT, read_run
+
+    run = read_run(path)
+    if not any(run.values()):
+        raise UserError(f"{path}: the first-stage run is empty; expected lines of {RUN_FORMAT}")
+    unknown = [qid for qid in run if qid not in queries]
+    if unknown:
+        raise UserError(f"{path}: {len(unknown)} of its {len(run)} queries are not in {topics} (e.g. "
+                        f"{', '.join(unknown[:5])}); expected the run of these topics")
+    missing = [qid for qid in queries if not run.get(qid)]
+    if missing:
+        print(f"warning: {path}: ranks {len(queries) - len(missing)} of the {len(queries)} queries of {topics}; "
+              f"{len(missing)} get an empty ranking (e.g. {', '.join(missing[:5])})", file=sys.stderr)
+    hits = run_to_hits(run)
+    return {qid: hits.get(qid, []) for qid in queries}
+
+
+def _bm25_hits(args):
+    queries = _read_topics(args.topics)
     retriever = _open_index(args.index, k1=args.k1, b=args.b)
     return queries, retriever, retriever.batch_search(queries, k=args.hits, threads=args.threads)
 
@@ -153,15 +181,14 @@ def _search(args, _rest) -> None:
 
 
 def _rerank(args, _rest) -> None:
-    from rankface.data.ir import read_queries_tsv
-    from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
-    from rankface.retrieval.trec import read_run, write_run
+    from rankface.retrieval.pipeline import hits_to_run, rerank
+    from rankface.retrieval.trec import write_run
 
     model = _load_scorer(args)  # first: a wrong --model or --encoder fails before the first stage runs
     if args.first_stage_run:
-        queries = read_queries_tsv(args.topics)
+        queries = _read_topics(args.topics)
+        hits = _read_first_stage_run(args.first_stage_run, queries, args.topics)
         retriever = _open_index(args.index)
-        hits = run_to_hits(read_run(args.first_stage_run))
     else:
         queries, retriever, hits = _bm25_hits(args)
     reranked = rerank(hits, queries, retriever.doc_text, model, top_k=args.hits, batch_size=args.batch_size,
@@ -187,9 +214,11 @@ def _train(_args, rest) -> None:
 
 def _evaluate(args, _rest) -> None:
     from rankface.evaluation.ranking import evaluate, format_table
-    from rankface.retrieval.trec import read_qrels, read_run
+    from rankface.retrieval.trec import QRELS_FORMAT, read_qrels, read_run
 
     qrels = read_qrels(args.qrels)
+    if not qrels:
+        raise UserError(f"{args.qrels}: no judgments (the file is empty); expected lines of {QRELS_FORMAT}")
     rows = {}
     for label, path in _run_labels(args.runs).items():
         run = read_run(path)
@@ -203,6 +232,10 @@ def _evaluate(args, _rest) -> None:
         if missing:
             print(f"warning: {path}: {len(missing)} of {evaluation.num_queries} queries of {args.qrels} have no "
                   f"ranking and score 0 (e.g. {', '.join(missing[:5])})", file=sys.stderr)
+        unjudged = [qid for qid in run if qid not in qrels]
+        if unjudged:  # trec_eval ignores them too; often a sign of the wrong qrels (another split)
+            print(f"warning: {path}: {len(unjudged)} of its {len(run)} queries are not in {args.qrels} and are "
+                  f"ignored (e.g. {', '.join(unjudged[:5])})", file=sys.stderr)
     print(format_table(rows, args.measures))
 
 
