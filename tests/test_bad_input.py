@@ -179,7 +179,21 @@ def test_cli_messages_name_cli_commands(tmp_path, capsys):
     corpus = _jsonl(tmp_path / "c.jsonl", {"id": "d1", "contents": "x"})
     assert main(["index", "--corpus", str(corpus), "--index", str(tmp_path / "used")]) == 2
     err = capsys.readouterr().err
-    assert "add --overwrite to replace it" in err and "overwrite=True" not in err
+    assert "is not an index built by `rankface index`; choose a new or empty index folder" in err
+    assert "overwrite=True" not in err
+
+
+def test_index_overwrite_refuses_a_folder_that_is_not_a_rankface_index(tmp_path, capsys):
+    scratch = tmp_path / "scratch"
+    (scratch / "sub").mkdir(parents=True)
+    (scratch / "important.txt").write_text("keep")
+    corpus = _jsonl(tmp_path / "c.jsonl", {"id": "d1", "contents": "x"})
+    assert main(["index", "--corpus", str(corpus), "--index", str(scratch), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rankface index: error: refusing to replace {scratch}: it is not a Lucene index built by "
+                          "rankface") and err.count("\n") == 1
+    assert (scratch / "important.txt").read_text() == "keep" and (scratch / "sub").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "scratch"]  # no staging folder left behind
 
 
 def test_evaluate_names_an_empty_qrels_file(evaluation_files, capsys):

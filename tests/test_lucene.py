@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 
 import pytest
 
-from rankface.retrieval.lucene import Bm25Retriever, Hit, build_index, iter_corpus
+from rankface.retrieval.lucene import INDEX_MARKER, Bm25Retriever, Hit, build_index, is_rankface_index, iter_corpus
 
 pytestmark = pytest.mark.slow  # one indexing subprocess + one JVM start (~15 s together)
 
@@ -119,6 +120,26 @@ def test_existing_index_is_not_overwritten(index, tmp_path):
     corpus.write_text(json.dumps({"id": "x", "contents": "lion"}) + "\n")
     with pytest.raises(FileExistsError, match="overwrite=True"):
         build_index(corpus, index)
+
+
+def test_overwrite_replaces_only_an_index_built_by_rankface(index, tmp_path):
+    assert is_rankface_index(index) and (index / INDEX_MARKER).is_file()
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "x", "contents": "lion"}) + "\n")
+    # Lucene's files without rankface's marker (pyserini's own indexes look like this): refused, left untouched.
+    foreign = tmp_path / "foreign"
+    shutil.copytree(index, foreign)
+    (foreign / INDEX_MARKER).unlink()
+    before = sorted(p.name for p in foreign.iterdir())
+    with pytest.raises(ValueError, match=f"refusing to replace {foreign}: it is not a Lucene index built by"):
+        build_index(corpus, foreign, overwrite=True)
+    assert sorted(p.name for p in foreign.iterdir()) == before
+    # rankface's own index: rebuilt beside it and swapped in, nothing else left in the parent folder.
+    ours = tmp_path / "ours"
+    shutil.copytree(index, ours)
+    build_index(corpus, ours, threads=1, overwrite=True)
+    assert Bm25Retriever(ours).num_docs == 1 and is_rankface_index(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "foreign", "ours"]
 
 
 def test_corpus_formats_and_errors(tmp_path):

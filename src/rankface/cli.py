@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--corpus", required=True, help="corpus.jsonl ({id, contents} or BEIR) or docs TSV")
     p.add_argument("--index", required=True, help="index folder to create")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing index built by `rankface index` (any other folder is refused)")
     p.set_defaults(handler=_index)
 
     p = commands.add_parser("search", help="BM25 search of a topics file; writes a TREC run.")
@@ -116,13 +117,16 @@ def _encoder_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _index(args, _rest) -> None:
-    from rankface.retrieval.lucene import build_index
+    from rankface.retrieval.lucene import build_index, is_rankface_index
 
     try:
         print(build_index(args.corpus, args.index, threads=args.threads, overwrite=args.overwrite))
     except FileExistsError:
-        raise UserError(f"index folder {args.index} already exists and is not empty; add --overwrite to replace "
-                        "it") from None
+        if is_rankface_index(args.index):
+            raise UserError(f"index folder {args.index} already exists and is not empty; add --overwrite to replace "
+                            "it") from None
+        raise UserError(f"{args.index} already exists, is not empty and is not an index built by `rankface index`; "
+                        "choose a new or empty index folder") from None
 
 
 def _open_index(index: str, k1: float = 0.9, b: float = 0.4):

@@ -13,14 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rankface import __version__
 from rankface.data.corpus import CorpusReport, iter_corpus
+from rankface.errors import UserError
 from rankface.retrieval.java import ensure_pyserini, run_pyserini_module
-from rankface.utils.io import replace_folder, staging_folder
+from rankface.utils.io import replace_folder, staging_folder, write_json
 from rankface.utils.ties import rank_order
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Bm25Retriever", "Hit", "build_index", "iter_corpus"]
+__all__ = ["INDEX_MARKER", "Bm25Retriever", "Hit", "build_index", "is_rankface_index", "iter_corpus"]
+
+# Written into every index `build_index` makes: `overwrite` replaces only a folder that holds it (and Lucene's own
+# `segments_N`), so a mistyped index path can never delete someone's data.
+INDEX_MARKER = "rankface-index.json"
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,21 @@ def build_index(corpus: str | os.PathLike, index_dir: str | os.PathLike, threads
         corpus: `corpus.jsonl` (`{"id","contents"}` or BEIR `{"_id","title","text"}`) or a docs TSV.
         index_dir: where the index goes.
         threads: indexing threads.
-        overwrite: replace an existing `index_dir`; otherwise an existing non-empty folder is an error.
+        overwrite: replace an existing `index_dir`, which must hold an index built here (`is_rankface_index`):
+            any other non-empty folder is refused (`UserError`), with or without `overwrite`.
 
     Returns:
         The index folder.
     """
     index_dir = Path(index_dir)
-    if index_dir.exists() and any(index_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"index folder {index_dir} already exists and is not empty; pass overwrite=True")
+    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"index folder {index_dir} already exists and is not empty; pass overwrite=True")
+        if not is_rankface_index(index_dir):
+            raise UserError(
+                f"refusing to replace {index_dir}: it is not a Lucene index built by rankface (no {INDEX_MARKER} "
+                "beside Lucene's segments_N files), so replacing it could delete other data; choose a new or empty "
+                "index folder, or remove this one yourself")
     work = staging_folder(index_dir)
     try:
         collection = work / "collection"
@@ -71,11 +84,20 @@ def build_index(corpus: str | os.PathLike, index_dir: str | os.PathLike, threads
         )
         if not any(built.glob("segments_*")):
             raise RuntimeError(f"pyserini finished but wrote no Lucene index into {built}")
+        write_json(built / INDEX_MARKER, {"built_by": "rankface", "rankface_version": __version__,
+                                          "corpus": Path(corpus).name, "documents": report.documents})
+        # The new index is complete beside the old one; the swap renames the old aside first (`replace_folder`).
         replace_folder(built, index_dir)
         logger.info("indexed %d documents from %s into %s", report.documents, corpus, index_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return index_dir
+
+
+def is_rankface_index(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a Lucene index written by `build_index`: its marker file and a `segments_N`."""
+    folder = Path(folder)
+    return folder.is_dir() and (folder / INDEX_MARKER).is_file() and any(folder.glob("segments_*"))
 
 
 class Bm25Retriever:
