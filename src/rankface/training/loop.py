@@ -27,7 +27,14 @@ from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
 from rankface.training.arguments import RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
 from rankface.training.modes import apply_training_mode, resolve_mixed_precision
-from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, prepare_output_dir, run_steps
+from rankface.training.steps import (
+    Learner,
+    check_ranks_agree,
+    find_checkpoint,
+    isolated_rng,
+    prepare_output_dir,
+    run_steps,
+)
 from rankface.utils.io import save_folder_atomically, write_json
 
 
@@ -241,15 +248,21 @@ def rerank_candidates(model, queries: dict, candidates: dict, docs: dict, batch_
 
 
 def record_evaluation(accelerator: Accelerator, model, data: TrainingData, args, state: dict) -> dict:
-    """Rerank the eval split's candidates on the main process and log the metrics."""
+    """Rerank the eval split's candidates on the main process and log the metrics.
+
+    Runs under `isolated_rng()` and gives the model back in the mode it came in: an evaluation (the step-0 one
+    included) must leave the training that follows it exactly as it would have been without it."""
     metrics: dict = {}
     if accelerator.is_main_process and data.eval_queries:
         unwrapped = accelerator.unwrap_model(model)
-        run = rerank_candidates(unwrapped, data.eval_queries, data.eval_candidates, data.docs, args.eval_batch_size, args.quiet)
+        was_training = unwrapped.training
+        with isolated_rng():
+            run = rerank_candidates(unwrapped, data.eval_queries, data.eval_candidates, data.docs,
+                                    args.eval_batch_size, args.quiet)
+        unwrapped.train(was_training)
         metrics = evaluate(run, data.eval_qrels).aggregate
         state["log"].append({"step": state["step"], "eval": metrics})
         accelerator.print(f"step {state['step']} {args.eval_split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        unwrapped.train()
     accelerator.wait_for_everyone()
     return metrics
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -57,8 +60,12 @@ def run_steps(
         state: `{"step", "epoch", "batches_done_in_epoch", "log", ...}`, updated in place and saved in checkpoints.
         micro_step: forward and `accelerator.backward` of one micro-batch; returns the values to log.
         args: settings with `max_grad_norm`, `eval_steps`, `checkpoint_steps`, `checkpoints_to_keep`, `quiet`.
-        evaluate: called with `state` every `eval_steps` optimizer steps (not at the last one).
+        evaluate: called with `state` every `eval_steps` optimizer steps (not at the last one), under
+            `isolated_rng()`: whatever it draws leaves the training's random numbers as they were.
         start_epoch: called with the epoch number before each epoch's batches (e.g. to reseed augmentation).
+
+    The models are put in training mode first (dropout on) whether or not an evaluation ran before: a model loaded
+    with `from_pretrained` starts in eval mode, so a run without evaluation used to train without dropout.
 
     Raises:
         FloatingPointError: a micro-batch's value (e.g. its loss) or a gradient norm is NaN or infinite; raised
@@ -67,6 +74,8 @@ def run_steps(
     progress = tqdm(total=total_steps, initial=state["step"], desc="Training",
                     disable=args.quiet or not accelerator.is_main_process)
     started = time.perf_counter()
+    for learner in learners:
+        learner.model.train()
     while state["step"] < total_steps:
         if start_epoch is not None:
             start_epoch(state["epoch"])
@@ -75,7 +84,7 @@ def run_steps(
         if state["batches_done_in_epoch"]:  # resumed mid-epoch: the same order, minus what was already seen
             batches = accelerator.skip_first_batches(loader, state["batches_done_in_epoch"])
         micro_batch = 0
-        for batch in batches:
+        for batch in _without_drawing(batches):
             with accelerator.accumulate(*[learner.model for learner in learners]):
                 values = micro_step(batch)
                 micro_batch += 1
@@ -99,7 +108,8 @@ def run_steps(
             progress.update(1)
             progress.set_postfix({k: f"{v:.4f}" for k, v in values.items() if isinstance(v, float)})
             if args.eval_steps and state["step"] % args.eval_steps == 0 and state["step"] < total_steps:
-                evaluate(state)
+                with isolated_rng():
+                    evaluate(state)
             if args.checkpoint_steps and state["step"] % args.checkpoint_steps == 0:
                 save_checkpoint(accelerator, learners, output_dir, state, args.checkpoints_to_keep)
             if state["step"] >= total_steps:
@@ -109,6 +119,44 @@ def run_steps(
             state["batches_done_in_epoch"] = 0
     progress.close()
     state["train_seconds"] = time.perf_counter() - started
+
+
+@contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a block (an evaluation, starting a data iterator) without moving any RNG the training draws from.
+
+    torch's CPU and CUDA generators, Python's `random` and NumPy's global state are restored on leaving: a resumed
+    run restores them from its checkpoint, so anything that drew from them outside a training step made the
+    resumed run diverge from the uninterrupted one, and an evaluation changed the training that followed it.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _without_drawing(batches: Iterable) -> Iterator:
+    """Iterate `batches`, starting the iterator under `isolated_rng()`.
+
+    A DataLoader draws its workers' base seed from torch's global generator when its iterator starts (accelerate's
+    shard starts it, and fetches ahead, at the first `next`). An uninterrupted run starts it at the epoch's start, a
+    resumed run mid-epoch, after restoring the RNG: the draw then fell between two steps and changed every later
+    dropout mask. The batches' order comes from the sampler's own seeded generator and does not depend on it.
+    """
+    with isolated_rng():
+        iterator = iter(batches)
+        first = next(iterator, _END)
+    if first is _END:
+        return
+    yield first
+    yield from iterator
+
+
+_END = object()
 
 
 def _check_finite_values(values: dict, step: int, micro_batch: int) -> None:
