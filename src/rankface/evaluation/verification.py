@@ -1,5 +1,6 @@
 """Face verification and identification from embeddings: k-fold pair accuracy, ROC AUC, TAR@FAR, gallery/probe
-rank-k identification, embedding of (degraded) pair images, and the accuracy-vs-resolution plot.
+rank-k identification, embedding of (degraded) pair images, the accuracy-vs-resolution plot, and the low-FAR
+evaluation over every pair of a set of images (TAR at FAR 1e-3 ... 1e-5, impostor percentiles, identity bootstrap).
 
 Conventions follow the lfw112 README: cosine similarity of L2-normalised embeddings; "same" when score > threshold;
 k-fold accuracy with the threshold that maximises accuracy on the other folds (midpoints between consecutive
@@ -174,6 +175,235 @@ def evaluate_verification(
         tar_at_far={float(far): tar_at_far(scores, labels, far)[0] for far in fars},
         fold_accuracies=kfold["fold_accuracies"],
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Low FAR: every pair among a set of images
+#
+# A half of LFW's pairs file holds 1,500 impostor pairs, so TAR at FAR 1e-3 rests on 1.5 impostors. Scoring every
+# cross-identity pair among the images those pairs use gives ~7 million impostors per half (LR-LR; twice that
+# HR-LR), enough for FAR 1e-5. The scores are made in row blocks of one matrix product each (memory-bounded) and
+# only the highest `tail_share` of the impostor scores is kept, with the identities of both images: every figure
+# below FAR `tail_share` (thresholds, percentiles, TAR) is an order statistic inside that tail, so it is exact, and
+# so is every identity-bootstrap resample whose threshold stays inside the tail (checked; an error otherwise).
+
+LOW_FARS = (1e-3, 1e-4, 1e-5)
+IMPOSTOR_PERCENTILES = (99.9, 99.99)
+
+
+@dataclass
+class AllPairScores:
+    """Genuine scores and the impostor tail of every pair among `N` images of `I` identities.
+
+    Pairs: "lr-lr" scores each unordered pair `i < j` of one embedding set; "hr-lr" scores each ordered pair
+    `i != j` with the first image taken from the first set (e.g. 112 px) and the second from the second (e.g. 8 px),
+    so that both orders of two images count, as in the pairs protocol's HR-LR.
+
+    Attributes:
+        setting: "lr-lr" or "hr-lr".
+        identities: `[I]` the sorted distinct labels; every index below points into it.
+        images_per_identity: `[I]` images of each identity.
+        num_impostors: every cross-identity pair (not only the kept tail).
+        tail_scores: `[T]` the `T = ceil(tail_share * num_impostors)` highest impostor scores, descending.
+        tail_first, tail_second: `[T]` identity indices of the tail pairs' two images.
+        genuine_scores: `[G]` every same-identity pair's score; genuine_identity: `[G]` its identity index.
+    """
+
+    setting: str
+    identities: np.ndarray
+    images_per_identity: np.ndarray
+    num_impostors: int
+    tail_scores: np.ndarray
+    tail_first: np.ndarray
+    tail_second: np.ndarray
+    genuine_scores: np.ndarray
+    genuine_identity: np.ndarray
+
+    @property
+    def tail_is_complete(self) -> bool:
+        return self.tail_scores.size == self.num_impostors
+
+
+def _pair_counts(setting: str, per_identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(impostors [R], genuine-weight helper)`: weighted impostor totals for multiplicities `per_identity [R, I]`
+    (already multiplied by the image counts)."""
+    total = per_identity.sum(axis=-1)
+    square = np.square(per_identity).sum(axis=-1)
+    cross = total * total - square  # ordered cross-identity pairs
+    return (cross / 2 if setting == "lr-lr" else cross), square
+
+
+def all_pair_scores(
+    first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor | None, labels: Sequence[int] | np.ndarray,
+    setting: str = "lr-lr", tail_share: float = 1e-2, max_block_bytes: int = 64 << 20,
+) -> AllPairScores:
+    """Score every pair among `N` images in row blocks (cosine of L2-normalised embeddings).
+
+    Args:
+        first: `[N, E]` embeddings (the high-resolution side for "hr-lr").
+        second: `[N, E]` embeddings of the same images (the low-resolution side); None for "lr-lr" on `first`.
+        labels: `[N]` identity labels.
+        setting: "lr-lr" (unordered pairs of `first` with itself; `second` must be None or equal `first`) or
+            "hr-lr" (ordered pairs, `first[i]` against `second[j]`, `i != j`).
+        tail_share: the share of the highest impostor scores kept; figures at FAR below it are exact.
+        max_block_bytes: bound on one block's `[B, N]` float64 score matrix (about 3 such arrays live at once).
+    """
+    if setting not in ("lr-lr", "hr-lr"):
+        raise ValueError(f"all_pair_scores: setting = {setting!r}, expected 'lr-lr' or 'hr-lr'")
+    if not 0 < tail_share <= 1:
+        raise ValueError(f"all_pair_scores: tail_share must be in (0, 1], got {tail_share}")
+    a = l2_normalize(first)
+    b = a if second is None else l2_normalize(second)
+    labels = np.asarray(labels).reshape(-1)
+    if a.shape != b.shape or a.shape[0] != labels.size:
+        raise ValueError(f"all_pair_scores: embeddings {a.shape} / {b.shape} and {labels.size} labels disagree")
+    identities, ident = np.unique(labels, return_inverse=True)
+    counts = np.bincount(ident, minlength=identities.size)
+    n = labels.size
+    num_impostors = round(float(_pair_counts(setting, counts.astype(np.float64))[0]))
+    keep = min(num_impostors, int(np.ceil(tail_share * num_impostors - 1e-9)))
+    block = max(1, int(max_block_bytes // (8 * max(n, 1))))
+    tail_s = np.empty(0)
+    tail_a = tail_b = np.empty(0, dtype=np.int64)
+    genuine_s, genuine_id = [], []
+    columns = np.arange(n)
+    for start in range(0, n, block):
+        rows = np.arange(start, min(n, start + block))
+        scores = a[rows] @ b.T  # [B, N]
+        if setting == "lr-lr":
+            valid = columns[None, :] > rows[:, None]  # each unordered pair once
+        else:
+            valid = columns[None, :] != rows[:, None]  # both orders, never an image with itself
+        same = ident[rows][:, None] == ident[None, :]
+        gr, gc = np.nonzero(valid & same)
+        genuine_s.append(scores[gr, gc])
+        genuine_id.append(ident[rows[gr]])
+        impostor = valid & ~same
+        if keep and tail_s.size == keep:  # only scores that can enter the tail
+            impostor &= scores >= tail_s[-1]
+        ir, ic = np.nonzero(impostor)
+        cand_s = np.concatenate([tail_s, scores[ir, ic]])
+        cand_a = np.concatenate([tail_a, ident[rows[ir]]])
+        cand_b = np.concatenate([tail_b, ident[ic]])
+        if cand_s.size > keep:
+            top = np.argpartition(-cand_s, keep - 1)[:keep] if keep else np.empty(0, dtype=np.int64)
+            cand_s, cand_a, cand_b = cand_s[top], cand_a[top], cand_b[top]
+        order = np.argsort(-cand_s, kind="stable")
+        tail_s, tail_a, tail_b = cand_s[order], cand_a[order], cand_b[order]
+    return AllPairScores(
+        setting=setting, identities=identities, images_per_identity=counts, num_impostors=num_impostors,
+        tail_scores=tail_s, tail_first=tail_a, tail_second=tail_b,
+        genuine_scores=np.concatenate(genuine_s) if genuine_s else np.empty(0),
+        genuine_identity=np.concatenate(genuine_id) if genuine_id else np.empty(0, dtype=np.int64))
+
+
+def low_far_figures(
+    pairs: AllPairScores, multiplicity: np.ndarray | None = None, fars: Sequence[float] = LOW_FARS,
+    percentiles: Sequence[float] = IMPOSTOR_PERCENTILES,
+) -> dict[str, np.ndarray]:
+    """TAR at each FAR and the impostor-score percentiles, for identity multiplicities (a bootstrap resample).
+
+    Identity `i` drawn `m_i` times counts as `m_i` distinct identities: a pair of images of identities `i != j`
+    counts `m_i m_j` times as an impostor, a genuine pair of `i` counts `m_i` times, and two copies of the same
+    identity make no pair. With `multiplicity` None (all ones) these are the plain figures over all pairs.
+
+    The threshold at FAR `f` is `tar_at_far`'s: the `(floor(f n) + 1)`-th highest of the `n` (weighted) impostor
+    scores, `score > threshold` accepts. The `q`-th percentile of the impostor scores is the same order statistic
+    with `f = 1 - q / 100` (so the 99.99th percentile is the threshold of FAR 1e-4).
+
+    Args:
+        pairs: from `all_pair_scores`.
+        multiplicity: `[I]` or `[R, I]` non-negative integer counts per identity.
+
+    Returns:
+        `{"tar@<far>": [R], "threshold@<far>": [R], "p<q>": [R]}` (`[R]` with `R = 1` for a `[I]` or None input).
+
+    Raises:
+        ValueError: when a threshold falls below the kept impostor tail (raise `tail_share`).
+    """
+    n_ident = pairs.identities.size
+    m = np.ones((1, n_ident)) if multiplicity is None else np.asarray(multiplicity, dtype=np.float64)
+    m = m.reshape(1, -1) if m.ndim == 1 else m
+    if m.shape[1] != n_ident:
+        raise ValueError(f"low_far_figures: multiplicity has {m.shape[1]} identities, the pairs {n_ident}")
+    total_impostors = np.rint(_pair_counts(pairs.setting, m * pairs.images_per_identity)[0])
+    levels = {f"threshold@{far:g}": far for far in fars}
+    levels.update({f"p{q:g}": round(1.0 - q / 100.0, 12) for q in percentiles})  # 1 - 0.9999 is not 1e-4 in floats
+    weights = m[:, pairs.tail_first] * m[:, pairs.tail_second]  # [R, T], tail sorted by descending score
+    cumulative = np.cumsum(weights, axis=1)
+    out: dict[str, np.ndarray] = {}
+    for name, far in levels.items():
+        allowed = np.floor(far * total_impostors + 1e-9)  # [R]
+        beyond = cumulative > allowed[:, None]
+        found = beyond.any(axis=1) if cumulative.shape[1] else np.zeros(m.shape[0], dtype=bool)
+        if not found.all() and not pairs.tail_is_complete:
+            raise ValueError(f"low_far_figures: the threshold at FAR {far:g} lies below the kept impostor tail "
+                             f"({pairs.tail_scores.size} of {pairs.num_impostors}); raise tail_share")
+        idx = np.argmax(beyond, axis=1) if cumulative.shape[1] else np.zeros(m.shape[0], dtype=np.int64)
+        tail = pairs.tail_scores[idx] if pairs.tail_scores.size else np.full(m.shape[0], -np.inf)
+        out[name] = np.where(found, tail, -np.inf)
+    order = np.argsort(-pairs.genuine_scores, kind="stable")
+    g_desc = pairs.genuine_scores[order]
+    g_weight = np.cumsum(m[:, pairs.genuine_identity[order]], axis=1)  # [R, G]
+    g_total = g_weight[:, -1] if g_weight.shape[1] else np.zeros(m.shape[0])
+    for far in fars:
+        thresholds = out[f"threshold@{far:g}"]
+        above = np.searchsorted(-g_desc, -thresholds, side="left")  # genuine scores strictly above
+        accepted = np.where(above > 0, g_weight[np.arange(m.shape[0]), np.maximum(above - 1, 0)], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"tar@{far:g}"] = np.where(g_total > 0, accepted / g_total, np.nan)
+    return out
+
+
+def identity_resamples(num_identities: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """`[R, I]` multiplicities of a bootstrap over identities (I draws with replacement per resample).
+
+    Deterministic in `(num_identities, resamples, seed)`, so two models scored on the same images get the same
+    resamples: their bootstrap vectors can be compared resample by resample (a paired bootstrap) later, from
+    saved figures alone."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_identities, size=(resamples, num_identities))
+    return np.stack([np.bincount(d, minlength=num_identities) for d in draws])
+
+
+def low_far_evaluation(
+    pairs: AllPairScores, resamples: int = 1000, seed: int = 0, fars: Sequence[float] = LOW_FARS,
+    percentiles: Sequence[float] = IMPOSTOR_PERCENTILES, chunk: int = 25,
+) -> dict[str, Any]:
+    """Low-FAR figures with 95 % percentile intervals from a bootstrap over identities.
+
+    Returns:
+        `{"figures": {name: value}, "ci95": {name: [lo, hi]}, "boot": {name: [R] per resample},
+        "impostors", "genuine", "identities", "resamples", "seed"}` with names `tar@<far>`, `threshold@<far>`, `p<q>`
+        (TAR as fractions).
+    """
+    observed = {k: float(v[0]) for k, v in low_far_figures(pairs, None, fars, percentiles).items()}
+    boot: dict[str, list[np.ndarray]] = {k: [] for k in observed}
+    if resamples:
+        draws = identity_resamples(pairs.identities.size, resamples, seed)
+        for start in range(0, resamples, chunk):  # bounds the [chunk, T] weight matrix
+            part = low_far_figures(pairs, draws[start:start + chunk], fars, percentiles)
+            for k, v in part.items():
+                boot[k].append(v)
+    boot_arrays = {k: np.concatenate(v) for k, v in boot.items() if v}
+    return {
+        "figures": observed,
+        "ci95": {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in boot_arrays.items()},
+        "boot": boot_arrays, "impostors": pairs.num_impostors, "genuine": int(pairs.genuine_scores.size),
+        "identities": int(pairs.identities.size), "resamples": int(resamples), "seed": int(seed),
+    }
+
+
+def bootstrap_difference(first: np.ndarray, second: np.ndarray) -> dict[str, Any]:
+    """Paired bootstrap comparison from two `[R]` vectors of the same resamples: the mean difference, its 95 %
+    percentile interval and the two-sided p-value `2 min(P(d <= 0), P(d >= 0))`, at least `1 / R`."""
+    d = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0:
+        raise ValueError(f"bootstrap_difference: expected two equal [R] vectors, got {np.shape(first)}, "
+                         f"{np.shape(second)}")
+    p = 2 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0)))
+    return {"p": min(1.0, max(p, 1.0 / d.size)), "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+            "resamples": int(d.size)}
 
 
 # --------------------------------------------------------------------------------------------------------------
