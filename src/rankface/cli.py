@@ -63,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_demo_arguments(p)
     p.set_defaults(handler=_demo)
 
+    p = commands.add_parser("interpolate", help="WiSE-FT: write (1 - alpha) * start + alpha * fine-tuned weights.")
+    from rankface.training.robust import add_interpolate_arguments
+
+    add_interpolate_arguments(p)  # sets the handler
+
     p = commands.add_parser("pool-labels", help="Simulate pooled (sparse) labels from dense qrels and a run.",
                             add_help=False)
     p.set_defaults(handler=_pool_labels)

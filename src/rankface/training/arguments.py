@@ -114,6 +114,12 @@ class RerankerTrainingArguments:
         default=None,
     )
     seed: int = _help("Seed for sampling, initialisation and shuffling.", default=42)
+    # ----------------------------------------------------------------- robust fine-tuning (training/robust.py)
+    wise_ft_alpha: float | None = _help(
+        "WiSE-FT: save the final model as (1 - alpha) * start + alpha * trained weights (encoder only; 1 or None: "
+        "the trained model). `rankface interpolate` does the same after training.", default=None)
+    l2sp_weight: float = _help("L2-SP: add weight * ||theta - theta_start||^2 over the trainable weights to the loss.",
+                               default=0.0)
     # ----------------------------------------------------------------- bookkeeping
     output_dir: str = _help("Where checkpoints, the final model and reports go.", default="runs/reranker")
     eval_steps: int | None = _help("Evaluate every this many steps (None: only at the end).", default=None)
@@ -167,6 +173,9 @@ class RerankerTrainingArguments:
         if self.training_mode != "partial" and self.frozen_layers:
             raise ValueError(f"frozen_layers is set ({self.frozen_layers}) but training_mode is {self.training_mode!r}, "
                              "not 'partial'")
+        from rankface.training.robust import check_settings
+
+        check_settings(self)
         if not 1 <= self.negatives_from_rank <= self.negatives_to_rank:
             raise ValueError(
                 f"need 1 <= negatives_from_rank <= negatives_to_rank, got {self.negatives_from_rank}..{self.negatives_to_rank}"

@@ -27,6 +27,7 @@ from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
 from rankface.training.arguments import RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
 from rankface.training.modes import apply_training_mode, resolve_mixed_precision
+from rankface.training.robust import apply_wise_ft, make_l2sp, with_l2sp
 from rankface.training.steps import (
     Learner,
     check_ranks_agree,
@@ -56,6 +57,7 @@ def train(args: RerankerTrainingArguments) -> dict:
         write_json(output_dir / "training_groups_report.json", data.group_report)
 
     models = build_models(args, data)
+    l2sp = make_l2sp(models[0], args)  # anchored at the starting weights, before a checkpoint is loaded
     collate = GroupCollator(models[0], data, with_rank_features=args.method == "cet" and args.cet_selection == "mlp",
                             corpus_negatives=args.corpus_negatives)
     loader = DataLoader(list(range(len(data.groups))), batch_size=args.batch_size, shuffle=True, collate_fn=collate)
@@ -81,13 +83,14 @@ def train(args: RerankerTrainingArguments) -> dict:
 
     if args.eval_split and args.eval_steps and state["step"] == 0:
         record_evaluation(accelerator, learners[0].model, data, args, state)  # the learning curve's starting point
-    step_fn = make_step_function(args, accelerator)
+    step_fn = with_l2sp(make_step_function(args, accelerator), l2sp, accelerator)
     run_steps(accelerator, learners, loader, state, total_steps, lambda features: step_fn(learners, features), args,
               output_dir, evaluate=lambda st: record_evaluation(accelerator, learners[0].model, data, args, st),
               start_epoch=data.start_epoch)
 
     state["world_size"] = accelerator.num_processes
     state["rank_fingerprints"] = check_ranks_agree(accelerator, learners)
+    apply_wise_ft(accelerator.unwrap_model(learners[0].model), args)  # no-op unless wise_ft_alpha is set
     final = record_evaluation(accelerator, learners[0].model, data, args, state) if args.eval_split else {}
     if accelerator.is_main_process:
         save_final_models(accelerator, learners, output_dir)
