@@ -86,3 +86,53 @@ def test_built_in_settings_with_any_override_are_valid(cuda, flags):
     settings = demo_settings(parser.parse_args(flags), cuda=cuda)
     RerankerTrainingArguments(**settings)  # raises on a contradiction (e.g. corpus negatives without a corpus cache)
     assert settings["corpus_negatives"] == (not cuda and not flags)
+
+
+def single_split_copy(collection, folder):
+    """The collection's corpus with every query in one split (as Cranfield is)."""
+    folder.mkdir()
+    shutil.copy(collection / "corpus.jsonl", folder / "corpus.jsonl")
+    (folder / "queries.tsv").write_text((collection / "queries.train.tsv").read_text()
+                                        + (collection / "queries.dev.tsv").read_text())
+    (folder / "qrels.txt").write_text((collection / "qrels.train.txt").read_text()
+                                      + (collection / "qrels.dev.txt").read_text())
+    return folder
+
+
+def test_the_demo_checks_another_collection_with_the_trained_model_and_its_start(collection, tiny_bert_dir, tmp_path,
+                                                                                  capsys):
+    from test_training import write_collection
+
+    other = single_split_copy(write_collection(tmp_path / "other-source", seed=1), tmp_path / "other")
+    config = demo_config(tmp_path, tiny_bert_dir)
+    record_path = tmp_path / "record.json"
+    code = main(["demo", "--collection", str(collection), "--config", str(config), "--test-split", "dev",
+                 "--output-dir", str(tmp_path / "demo"), "--ood-collection", str(other), "--quiet",
+                 "--transfer-record", str(record_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "out of domain: every query of other" in out and "trained vs zero-shot out of domain: nDCG@10" in out
+    record = json.loads(record_path.read_text())
+    assert record == json.loads((tmp_path / "demo" / "transfer.json").read_text())
+    # The T1 keys (benchmarks.md), named after the --config file, and the RESULT line that prints them.
+    assert {"indomain_gain", "p_indomain", "ood_change", "p_ood", "setting", "mode"} <= set(record)
+    assert record["setting"] == "demo" and record["ood"]["queries"] == 20 and record["ood_collection"] == "other"
+    assert record["ood_change"] == pytest.approx(record["ood"]["trained"] - record["ood"]["zero_shot"])
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results["transfer"]["indomain_gain"] == pytest.approx(
+        results["comparisons"]["trained vs zero-shot"]["delta_ndcg10"])
+    result = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    expected = (f"RESULT indomain_gain={record['indomain_gain']:+.4f} p_indomain={record['p_indomain']:.3g} "
+                f"ood_change={record['ood_change']:+.4f} p_ood={record['p_ood']:.3g} setting=demo mode=demo")
+    assert result == [expected]
+
+
+def test_the_out_of_domain_collection_defaults_to_cranfield_after_nfcorpus_only(monkeypatch, tmp_path):
+    from rankface.demo import out_of_domain_collection
+
+    (tmp_path / "data" / "ir" / "cranfield").mkdir(parents=True)
+    monkeypatch.setenv("RANKFACE_SHARED", str(tmp_path))
+    assert out_of_domain_collection("auto", str(tmp_path / "data" / "ir" / "nfcorpus")) == str(
+        tmp_path / "data" / "ir" / "cranfield")
+    assert out_of_domain_collection("auto", str(tmp_path / "elsewhere")) is None
+    assert out_of_domain_collection("none", str(tmp_path / "data" / "ir" / "nfcorpus")) is None

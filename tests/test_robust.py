@@ -39,9 +39,9 @@ def test_interpolation_is_exact_at_both_ends_and_linear_between():
     start = {"w": torch.randn(7, 5, generator=g), "b": torch.randn(5, generator=g), "ids": torch.arange(4)}
     tuned = {"w": torch.randn(7, 5, generator=g), "b": torch.randn(5, generator=g), "ids": torch.arange(4)}
     at0, at1, mid = (interpolate_weights(start, tuned, a) for a in (0.0, 1.0, 0.3))
-    for name in start:
-        assert torch.equal(at0[name], start[name]) and torch.equal(at1[name], tuned[name]), name
-        expected = start[name] * 0.7 + tuned[name] * 0.3 if start[name].is_floating_point() else start[name]
+    for name, begin in start.items():
+        assert torch.equal(at0[name], begin) and torch.equal(at1[name], tuned[name]), name
+        expected = begin * 0.7 + tuned[name] * 0.3 if begin.is_floating_point() else begin
         torch.testing.assert_close(mid[name], expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         interpolate_weights(start, tuned, 1.5)

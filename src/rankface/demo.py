@@ -86,6 +86,13 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=2, help="cross-validation folds for a collection with one query split")
     p.add_argument("--depth", type=int, default=100, help="BM25 candidates reranked per query")
     p.add_argument("--output-dir", default="runs/demo", help="where runs, the model and results.json go")
+    p.add_argument("--ood-collection", default="auto",
+                   help="a collection from another domain, reranked whole (BM25 top --depth of its queries) by the "
+                        "trained model and by its zero-shot start: the out-of-domain check (benchmarks.md T1). "
+                        "'auto': the shared Cranfield after NFCorpus training, none otherwise; 'none': skip")
+    p.add_argument("--setting", help="the name the transfer record gives these settings (default: 'default' for "
+                                     "the built-in ones, else the --config file's name)")
+    p.add_argument("--transfer-record", help="also write the transfer record (transfer.json) to this path")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -142,8 +149,95 @@ def run_demo(args: argparse.Namespace) -> int:
             merged.update(part)
         logs[f"fold {index}" if single_split else "training"] = fold["log"]
         steps.append(fold["steps"])
-    report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, train_args, steps, output, started)
+    ood = None
+    ood_spec = out_of_domain_collection(args.ood_collection, spec)
+    if ood_spec and (single_split or train_args.encoder != "bi"):
+        print("no out-of-domain check: it compares a bi-encoder with its zero-shot start, after one training run")
+    elif ood_spec:
+        ood = out_of_domain_check(train_args, folds[0][2] / "model", ood_spec, args.depth, args.quiet)
+    report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, train_args, steps, output, started,
+           ood)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- out of domain
+def out_of_domain_collection(choice: str, spec: str) -> str | None:
+    """The collection the out-of-domain check reranks: `choice` ('auto': Cranfield after NFCorpus, when shared)."""
+    from rankface.paths import resolve_collection
+
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return resolve_collection(choice)
+    cranfield = resolve_collection("cranfield")
+    trained_on_nfcorpus = Path(spec).name == "nfcorpus" or spec.rstrip("/").endswith("/nfcorpus")
+    return cranfield if trained_on_nfcorpus and Path(cranfield).is_dir() else None
+
+
+def load_scoring_model(train_args: RerankerTrainingArguments, model_path: str | Path | None, docs: dict):
+    """The run's starting model (`model_path` None) or a model it saved, as training built it (for a query-side
+    bi-encoder: a frozen document tower whose embeddings of `docs` come from the document cache)."""
+    from rankface.training.loop import load_text_model
+
+    if model_path is None:
+        return load_text_model(dataclasses.replace(train_args, lora_rank=None), docs)
+    return load_text_model(dataclasses.replace(train_args, model_name_or_path=str(model_path), lora_rank=None,
+                                               num_layers=None), docs, allow_untrained_head=False)
+
+
+def rerank_split(train_args: RerankerTrainingArguments, models: dict, spec: str, split: str | None, depth: int,
+                 quiet: bool) -> tuple[dict, dict]:
+    """`({name: reranked run}, qrels)`: BM25 top-`depth` of `split` of `spec` (default split: None) reranked by each
+    model of `models` (`{name: folder, or None for the starting model}`), one model in memory at a time."""
+    from rankface.data.ir import load_collection
+    from rankface.retrieval.first_stage import bm25_run
+    from rankface.training.loop import rerank_candidates
+
+    collection = load_collection(spec)
+    split = split or collection.default_split
+    docs, queries = collection.docs(), collection.queries(split)
+    bm25 = bm25_run(collection, split, depth=depth, cache_dir=train_args.cache_dir)
+    runs = {}
+    for name, path in models.items():
+        model = load_scoring_model(train_args, path, docs)
+        runs[name] = rerank_candidates(model, queries, bm25, docs, train_args.eval_batch_size, quiet)
+        del model
+    return runs | {"BM25": bm25}, collection.qrels(split)
+
+
+def out_of_domain_check(train_args, trained_model: Path, spec: str, depth: int, quiet: bool) -> dict:
+    """The trained model and its zero-shot start on every query of another collection (no training on it)."""
+    from rankface.evaluation.ranking import evaluate
+
+    print(f"\nout-of-domain check: reranking {Path(spec).name} (every query, BM25 top-{depth}) with the trained model "
+          "and its zero-shot start")
+    runs, qrels = rerank_split(train_args, {"zero-shot": None, "trained": trained_model}, spec, None, depth, quiet)
+    return {"spec": spec, **{name: evaluate(run, qrels, MEASURES) for name, run in runs.items()}}
+
+
+def transfer_record(in_trained, in_start, ood_trained, ood_start, setting: str, mode: str,
+                    measure: str = "nDCG@10") -> dict:
+    """The T1 record (benchmarks.md): in-domain gain and out-of-domain change of `measure` over the zero-shot
+    start, each with its paired t-test p over queries."""
+    from rankface.evaluation.ranking import paired_ttest
+
+    _, p_in = paired_ttest(in_trained, in_start, measure)
+    _, p_ood = paired_ttest(ood_trained, ood_start, measure)
+    return {
+        "indomain_gain": in_trained.aggregate[measure] - in_start.aggregate[measure], "p_indomain": p_in,
+        "ood_change": ood_trained.aggregate[measure] - ood_start.aggregate[measure], "p_ood": p_ood,
+        "setting": setting, "mode": mode, "measure": measure,
+        "indomain": {"trained": in_trained.aggregate[measure], "zero_shot": in_start.aggregate[measure],
+                     "queries": in_trained.num_queries},
+        "ood": {"trained": ood_trained.aggregate[measure], "zero_shot": ood_start.aggregate[measure],
+                "queries": ood_trained.num_queries},
+    }
+
+
+def result_line(record: dict) -> str:
+    return (f"RESULT indomain_gain={record['indomain_gain']:+.4f} p_indomain={record['p_indomain']:.3g} "
+            f"ood_change={record['ood_change']:+.4f} p_ood={record['p_ood']:.3g} setting={record['setting']} "
+            f"mode={record['mode']}")
 
 
 def cross_validation_folds(collection, split: str, spec: str, output: Path, folds: int, seed: int) -> list:
@@ -219,7 +313,7 @@ def run_fold(spec: str, test_split: str, training_dir: Path, settings: dict, arg
 
 
 def report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, train_args, steps, output,
-           started) -> None:
+           started, ood=None) -> None:
     """Write the runs, print the table and p-values, save results.json and the learning curve."""
     import torch
 
@@ -250,6 +344,19 @@ def report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, t
         delta = a.aggregate["nDCG@10"] - b.aggregate["nDCG@10"]
         p_values[label] = {"delta_ndcg10": delta, "p": p}
         print(f"{label}: nDCG@10 {delta:+.4f}, paired t-test over queries p = {p:.3g}")
+    record = None
+    if ood is not None:
+        print(f"\nout of domain: every query of {Path(ood['spec']).name} (BM25 top-{args.depth} reranked), no training "
+              "on it:\n")
+        print(format_table({"BM25": ood["BM25"], f"{name}, zero-shot": ood["zero-shot"],
+                            f"{name}, trained": ood["trained"]}, MEASURES))
+        setting = args.setting or ("default" if not args.config and not any(
+            (args.encoder, args.method, args.training_mode, args.max_steps)) else Path(args.config or "custom").stem)
+        record = transfer_record(trained_row, start_row, ood["trained"], ood["zero-shot"], setting, "demo")
+        record |= {"indomain_collection": Path(spec).name, "indomain_split": test_split,
+                   "ood_collection": Path(ood["spec"]).name}
+        print(f"trained vs zero-shot out of domain: nDCG@10 {record['ood_change']:+.4f}, paired t-test over queries "
+              f"p = {record['p_ood']:.3g} (in domain: {record['indomain_gain']:+.4f}, p = {record['p_indomain']:.3g})")
     curve = output / "learning_curve.png"
     plot_learning_curve(logs, curve, eval_label=train_args.eval_split or "(no dev split)",
                         title=f"rankface demo on {Path(spec).name}: {train_args.training_mode} {train_args.method}")
@@ -258,9 +365,17 @@ def report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, t
         "collection": spec, "split": test_split, "training": dataclasses.asdict(train_args),
         "metrics": {row: ev.aggregate for row, ev in rows.items()}, "comparisons": p_values, "steps": steps,
         "seconds": seconds, "cpu": cpu_class(), "threads": torch.get_num_threads(),
-        "learning_curve": str(curve),
+        "learning_curve": str(curve), "transfer": record,
     })
+    if record is not None:
+        record |= {"seconds": seconds, "cpu": cpu_class(), "threads": torch.get_num_threads(),
+                   "training": {k: v for k, v in dataclasses.asdict(train_args).items()
+                                if k not in ("collection", "output_dir", "cache_dir", "quiet", "document_cache")}}
+        for path in {output / "transfer.json", *([Path(args.transfer_record)] if args.transfer_record else [])}:
+            write_json(path, record)
     print(f"\nruns, model, learning_curve.png and results.json in {output}/  ({seconds:.0f} s)")
+    if record is not None:
+        print(result_line(record))
 
 
 __all__ = ["add_demo_arguments", "run_demo"]
