@@ -48,10 +48,33 @@ from pathlib import Path
 
 import numpy as np
 from _common import cpu_class, print_cpu_class
+from _lfw_vlr_eval import (  # noqa: F401 - re-exported: tests and F2 use them through this module
+    ANCHOR,
+    FARS,
+    LOW_FAR_RESOLUTIONS,
+    SCORE_DECIMALS,
+    Embedder,
+    anchor_check,
+    embed_images,
+    half_metrics,
+    half_pairs,
+    load_encoder,
+    low_far_half,
+    low_far_metrics,
+    pair_scores,
+    record_pairs,
+    score_half,
+    system_metrics,
+)
+from _lfw_vlr_stats import (  # noqa: F401
+    paired_bootstrap_tar,
+    paired_fold_test,
+    pooled_fold_accuracies,
+    tar_from_sorted_impostors,
+)
 from _plots import plot_accuracy_vs_resolution, plot_learning_curves
 
-from rankface.data.faces import degrade_exact, image_to_rgb_array, load_face_dataset, pair_rows, read_lfw_pairs
-from rankface.evaluation.verification import cosine_pair_scores, kfold_accuracy, roc_auc, tar_at_far
+from rankface.data.faces import load_face_dataset, pair_rows, read_lfw_pairs
 from rankface.paths import shared_dir
 from rankface.utils.io import write_json
 
@@ -86,11 +109,6 @@ FULL_PLAN = [
 ]
 QUICK_PLAN = [("pretrained", [0]), ("arcface", [0]), ("ri", [0]), ("magface", [0])]  # F2 --quick needs ri, magface
 HALVES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
-ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR
-    ("lr-lr", 112): 99.37, ("lr-lr", 24): 92.00, ("lr-lr", 16): 81.08, ("lr-lr", 12): 73.98, ("lr-lr", 8): 68.28,
-    ("hr-lr", 24): 95.00, ("hr-lr", 16): 79.65, ("hr-lr", 12): 66.50, ("hr-lr", 8): 55.95,
-}
-FARS = (1e-2, 1e-3)
 GOALS = {"lr-lr@16": 92.0, "lr-lr@8": 80.0, "hr-lr@8": 75.0, "lr-lr@112": 99.2}  # issue 11: accuracy (%) goals
 # Claims and the figures each is judged on: (system, reference). The first is the learning gate: a comparison of
 # training methods counts only once the plain fine-tuned model beats its own pretrained start.
@@ -99,7 +117,6 @@ CLAIMS = [("arcface", "pretrained"), ("arcface+unpg", "arcface"), ("cosface+unpg
 ACCURACY_KEYS = ("lr-lr@16", "lr-lr@8", "hr-lr@8", "lr-lr@112")
 TAR_KEYS = ("lr-lr@16", "lr-lr@8")
 CURVE_KEYS = ("lr-lr@16", "lr-lr@8")
-SCORE_DECIMALS = 5  # cosine scores to 1e-5: far below any threshold difference that changes a decision
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -262,212 +279,7 @@ def train_model(args: argparse.Namespace, system: str, seed: int, half: str, run
     return run_dir / "model", info
 
 
-def load_encoder(folder: Path | None):
-    if folder is None:
-        from rankface.models.mobilefacenet.convert import load_mobilefacenet_state_dict
-
-        return load_mobilefacenet_state_dict(shared_dir() / "models" / "mobilefacenet" / "mobilefacenet.pt")
-    from transformers import AutoModel
-
-    import rankface.models.auto  # noqa: F401 - registers rankface model types
-
-    return AutoModel.from_pretrained(folder).eval()
-
-
-class Embedder:
-    """`[N, 112, 112, 3]` uint8 RGB -> `[N, E]` float32 embeddings with onnxruntime (an export of the model) or torch."""
-
-    def __init__(self, model, engine: str, work_dir: Path, threads: int, batch_size: int = 128) -> None:
-        self.model, self.engine, self.batch_size = model, engine, batch_size
-        if engine == "onnx":
-            import onnxruntime as ort
-
-            from rankface.models.face_export import export_onnx
-
-            path = export_onnx(model, work_dir / "encoder.onnx")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        from rankface.evaluation.verification import embed_uint8, pixel_values_from_uint8
-
-        if self.engine == "torch":
-            return embed_uint8(self.model, images, self.batch_size)
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            x = pixel_values_from_uint8(images[start:start + self.batch_size], self.model.config).numpy()
-            out.append(self.session.run(None, {"pixel_values": x})[0])
-        return np.concatenate(out).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-def half_pairs(all_pairs, eval_folds: list[int], per_fold: int = 600) -> np.ndarray:
-    """Indices (into the 6,000 pairs, file order) of the pairs of `eval_folds`: of each fold the first `per_fold / 2`
-    matched and `per_fold / 2` mismatched pairs (all 600 in the full mode)."""
-    taken: dict[tuple[int, bool], int] = {}
-    out = []
-    for i, p in enumerate(all_pairs):
-        if p.fold in set(eval_folds) and taken.get((p.fold, p.same), 0) < per_fold // 2:
-            taken[(p.fold, p.same)] = taken.get((p.fold, p.same), 0) + 1
-            out.append(i)
-    return np.array(out, dtype=np.int64)
-
-
-def record_pairs(record: dict, all_pairs) -> np.ndarray:
-    """The pair indices a saved record scored (older records list them; newer ones derive them from the folds)."""
-    if "pair_indices" in record:
-        return np.asarray(record["pair_indices"])
-    return half_pairs(all_pairs, record["settings"]["eval_folds"], record["settings"].get("pairs_per_fold", 600))
-
-
-def score_half(embed: Embedder, dataset, pair_index: np.ndarray, resolutions: list[int]) -> tuple[dict, float]:
-    """Pair scores `{"lr-lr@r": [P], "hr-lr@r": [P]}` (rounded to `SCORE_DECIMALS`) for the pairs `pair_index
-    [P, 2]` (rows of `dataset`), and the seconds spent embedding."""
-    rows, local = np.unique(pair_index, return_inverse=True)
-    local = local.reshape(pair_index.shape)
-    images = np.stack([image_to_rgb_array(dataset[int(r)]["image"]) for r in rows])
-    embeddings: dict[int, np.ndarray] = {}
-    started = time.perf_counter()
-    for r in sorted(resolutions, reverse=True):
-        batch = images if r >= images.shape[1] else np.stack([degrade_exact(img, r) for img in images])
-        embeddings[r] = embed(batch)
-    seconds = time.perf_counter() - started
-    scores = {}
-    for r in sorted(resolutions, reverse=True):
-        pairs = {f"lr-lr@{r}": (embeddings[r], embeddings[r])}
-        if r != 112:
-            pairs[f"hr-lr@{r}"] = (embeddings[112], embeddings[r])
-        for key, (first, second) in pairs.items():
-            values = cosine_pair_scores(first[local[:, 0]], second[local[:, 1]])
-            scores[key] = np.round(values.astype(np.float64), SCORE_DECIMALS).tolist()
-    return scores, seconds
-
-
-def half_metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
-    kfold = kfold_accuracy(scores, same, folds=folds)
-    out = {"fold_accuracies": kfold["fold_accuracies"], "folds": kfold["folds"], "auc": roc_auc(scores, same)}
-    out.update({f"tar@{far:g}": tar_at_far(scores, same, far)[0] for far in FARS})
-    return out
-
-
-def system_metrics(results: list[dict], all_pairs) -> dict:
-    """Combine the halves of one (system, seed): accuracy = mean of all folds' accuracies (thresholds within each
-    half), AUC and TAR = mean of the halves'. Values in %; `fold_accuracies` keyed by fold for the paired tests."""
-    keys = results[0]["scores"].keys()
-    out = {}
-    for key in keys:
-        per_half = []
-        for res in results:
-            idx = record_pairs(res, all_pairs)
-            same = np.array([all_pairs[i].same for i in idx])
-            folds = np.array([all_pairs[i].fold for i in idx])
-            per_half.append(half_metrics(np.asarray(res["scores"][key]), same, folds))
-        accs = np.concatenate([h["fold_accuracies"] for h in per_half])
-        out[key] = {"accuracy": 100 * float(accs.mean()), "accuracy_std": 100 * float(accs.std()),
-                    "auc": float(np.mean([h["auc"] for h in per_half])),
-                    "fold_accuracies": {int(f): 100 * a for h in per_half
-                                        for f, a in zip(h["folds"], h["fold_accuracies"], strict=True)}}
-        for far in FARS:
-            out[key][f"tar@{far:g}"] = 100 * float(np.mean([h[f"tar@{far:g}"] for h in per_half]))
-    return out
-
-
-def anchor_check(results: list[dict], all_pairs) -> dict | None:
-    """The README's anchor protocol on the pretrained model's scores of all 6,000 pairs (None if not all scored)."""
-    idx = np.concatenate([record_pairs(r, all_pairs) for r in results])
-    if sorted(idx.tolist()) != list(range(len(all_pairs))):
-        return None
-    order = np.argsort(idx)
-    same = np.array([p.same for p in all_pairs])
-    out = {}
-    for key in results[0]["scores"]:
-        scores = np.concatenate([np.asarray(r["scores"][key]) for r in results])[order]
-        setting, r = key.split("@")
-        acc = 100 * kfold_accuracy(scores, same, folds=np.array([p.fold for p in all_pairs]))["accuracy"]
-        anchor = ANCHOR.get((setting, int(r)))
-        out[key] = {"accuracy": acc, "anchor": anchor, "diff": None if anchor is None else acc - anchor}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- significance
-def paired_fold_test(first: np.ndarray, second: np.ndarray) -> dict:
-    """Paired two-sided t-test over folds: `first`, `second` `[K]` per-fold accuracies (seeds already averaged).
-
-    Returns:
-        `{"diff": mean of first - second, "t", "p", "folds"}`; `p` is 1 when every difference is 0, and NaN for
-        fewer than two folds.
-    """
-    from scipy import stats
-
-    d = np.asarray(first, dtype=np.float64) - np.asarray(second, dtype=np.float64)
-    if d.size < 2:
-        return {"diff": float(d.mean()) if d.size else float("nan"), "t": float("nan"), "p": float("nan"),
-                "folds": int(d.size)}
-    sd = d.std(ddof=1)
-    if sd == 0:
-        return {"diff": float(d.mean()), "t": float("inf") * np.sign(d.mean()) if d.mean() else 0.0,
-                "p": 1.0 if d.mean() == 0 else 0.0, "folds": int(d.size)}
-    t = d.mean() / (sd / np.sqrt(d.size))
-    return {"diff": float(d.mean()), "t": float(t), "p": float(2 * stats.t.sf(abs(t), d.size - 1)),
-            "folds": int(d.size)}
-
-
-def pooled_fold_accuracies(metrics_by_seed: list[dict], key: str) -> np.ndarray:
-    """`[K]` per-fold accuracy (%) averaged over seeds, folds in ascending order (the folds every seed scored)."""
-    folds = sorted(set.intersection(*(set(m[key]["fold_accuracies"]) for m in metrics_by_seed)))
-    return np.array([np.mean([m[key]["fold_accuracies"][f] for m in metrics_by_seed]) for f in folds])
-
-
-def tar_from_sorted_impostors(genuine: np.ndarray, impostors: np.ndarray, far: float) -> np.ndarray:
-    """TAR at FAR for a batch of resamples, `tar_at_far`'s rule (at most floor(far * n) impostors accepted,
-    `score > threshold` accepts): `genuine [..., G]`, `impostors [..., I]` -> `[...]`."""
-    n = impostors.shape[-1]
-    allowed = int(np.floor(far * n + 1e-9))
-    if allowed >= n:
-        return np.ones(genuine.shape[:-1])
-    threshold = -np.partition(-impostors, allowed, axis=-1)[..., allowed]  # the (allowed+1)-th largest
-    return np.mean(genuine > threshold[..., None], axis=-1)
-
-
-def paired_bootstrap_tar(runs_a: list[list[dict]], runs_b: list[list[dict]], key: str, far: float, all_pairs,
-                         resamples: int = 2000, seed: int = 0) -> dict:
-    """Paired bootstrap over pairs of TAR(A) - TAR(B) at `far` (%, seeds and halves averaged).
-
-    Args:
-        runs_a, runs_b: per seed, the saved records of both halves of a system.
-
-    Genuine and impostor pairs are resampled separately within each half (the counts stay those of the protocol),
-    the same resample for every run of both systems. `p` is the two-sided bootstrap p-value
-    `2 * min(P(diff <= 0), P(diff >= 0))`, at least `1 / resamples`.
-    """
-    rng = np.random.default_rng(seed)
-    halves = sorted({r["settings"]["half"] for runs in (runs_a, runs_b) for seed_runs in runs for r in seed_runs})
-    boot = {"a": np.zeros(resamples), "b": np.zeros(resamples)}
-    observed = {"a": 0.0, "b": 0.0}
-    for half in halves:
-        records = {name: [next(r for r in seed_runs if r["settings"]["half"] == half) for seed_runs in runs]
-                   for name, runs in (("a", runs_a), ("b", runs_b))}
-        idx = record_pairs(records["a"][0], all_pairs)
-        same = np.array([all_pairs[i].same for i in idx])
-        genuine, impostor = np.flatnonzero(same), np.flatnonzero(~same)
-        g_draw = rng.integers(0, genuine.size, size=(resamples, genuine.size))
-        i_draw = rng.integers(0, impostor.size, size=(resamples, impostor.size))
-        for name, recs in records.items():
-            for record in recs:
-                if not np.array_equal(record_pairs(record, all_pairs), idx):
-                    raise ValueError(f"paired_bootstrap_tar: half {half} runs scored different pairs")
-                scores = np.asarray(record["scores"][key], dtype=np.float64)
-                g, i = scores[genuine], scores[impostor]
-                weight = 1.0 / (len(recs) * len(halves))
-                boot[name] += weight * tar_from_sorted_impostors(g[g_draw], i[i_draw], far)
-                observed[name] += weight * float(tar_from_sorted_impostors(g[None], i[None], far)[0])
-    diff = 100 * (boot["a"] - boot["b"])
-    p = 2 * min(np.mean(diff <= 0), np.mean(diff >= 0))
-    return {"diff": 100 * (observed["a"] - observed["b"]), "p": float(min(1.0, max(p, 1.0 / resamples))),
-            "ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))], "resamples": resamples}
-
-
 def significance(results: dict, metrics: dict, all_pairs, resamples: int) -> list[dict]:
     """Every claim of `CLAIMS` whose two systems are complete: accuracy (paired t over folds) and TAR (bootstrap)."""
     rows = []
@@ -632,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         pair_images = len(np.unique(all_rows[half_pairs(all_pairs, HALVES["A"][: args.folds_per_half],
                                                         args.pairs_per_fold)]))
         print_estimate(args, todo, pair_images)
+    for (system, seed), records in [] if args.report_only else list(results.items()):
+        for record in records:
+            if "low_far" not in record and low_far_resolutions(args):
+                add_low_far(args, system, seed, record["settings"]["half"], record, dataset, all_pairs, all_rows)
     for system, seed, half in [] if args.report_only else todo:
         record = run_one(args, system, seed, half, dataset, all_pairs, all_rows)
         if record is not None:
@@ -674,10 +490,13 @@ def run_one(args, system: str, seed: int, half: str, dataset, all_pairs, all_row
         folder, train_info = train_model(args, system, seed, half, run_dir)
     embed = Embedder(load_encoder(folder), args.engine, run_dir, args.threads)
     idx = half_pairs(all_pairs, settings["eval_folds"], args.pairs_per_fold)
-    scores, embed_seconds = score_half(embed, dataset, all_rows[idx], args.resolutions)
-    record = {"settings": settings, "scores": scores, "train": train_info, "embed_seconds": round(embed_seconds, 1),
-              "engine": args.engine, "threads": args.threads, "cpu_class": cpu_class()["class"],
-              "wall_seconds": round(time.perf_counter() - started, 1)}
+    rows, local = np.unique(all_rows[idx], return_inverse=True)
+    embeddings, embed_seconds = embed_images(embed, dataset, rows, args.resolutions)
+    scores = pair_scores(embeddings, local.reshape(-1, 2))
+    low_far = low_far_half(embeddings, np.asarray(dataset["label"])[rows], low_far_resolutions(args))
+    record = {"settings": settings, "scores": scores, "low_far": low_far, "train": train_info,
+              "embed_seconds": round(embed_seconds, 1), "engine": args.engine, "threads": args.threads,
+              "cpu_class": cpu_class()["class"], "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json(path, record)
     path.with_suffix(".lock").unlink(missing_ok=True)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only for resuming; model/ stays for F2
@@ -686,6 +505,42 @@ def run_one(args, system: str, seed: int, half: str, dataset, all_pairs, all_row
     print(f"[done] {system} seed {seed} half {half} in {record['wall_seconds']:.0f} s: " + " ".join(
         f"{k}={v['accuracy']:.2f}" for k, v in view.items() if k.startswith("lr-lr")), flush=True)
     return record
+
+
+def low_far_resolutions(args: argparse.Namespace) -> list[int]:
+    return [r for r in LOW_FAR_RESOLUTIONS if r in args.resolutions]
+
+
+def add_low_far(args, system: str, seed: int, half: str, record: dict, dataset, all_pairs, all_rows) -> bool:
+    """Add the low-FAR entry to a saved record that predates it (its settings, hence its fingerprint, unchanged),
+    when its model is at hand: always for `pretrained`, for a trained system while its `model/` folder is kept."""
+    folder = None if SYSTEMS[system] is None else model_dir(args.mode, system, seed, half)
+    if folder is not None and not (folder / "config.json").is_file():
+        print(f"[low-FAR] {system} seed {seed} half {half}: no model at {folder.relative_to(ROOT)}; retrain "
+              "(delete its record) to add the low-FAR figures", flush=True)
+        return False
+    path = result_path(args, system, seed, half)
+    if not claim(path):
+        return False
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            embed = Embedder(load_encoder(folder), args.engine, Path(tmp), args.threads)
+            idx = record_pairs(record, all_pairs)
+            rows = np.unique(all_rows[idx])
+            res = sorted({112, *low_far_resolutions(args)}, reverse=True)
+            embeddings, _ = embed_images(embed, dataset, rows, res)
+            # the same arithmetic as the saved scores: refuse to add figures of a model that is not the saved one
+            check = pair_scores({112: embeddings[112]}, np.searchsorted(rows, all_rows[idx]))["lr-lr@112"]
+            if np.max(np.abs(np.asarray(check) - np.asarray(record["scores"]["lr-lr@112"]))) > 1e-3:
+                print(f"[low-FAR] {system} seed {seed} half {half}: the model at hand does not reproduce the saved "
+                      "112 px scores; not added", flush=True)
+                return False
+            record["low_far"] = low_far_half(embeddings, np.asarray(dataset["label"])[rows], low_far_resolutions(args))
+        write_json(path, record)
+    finally:
+        path.with_suffix(".lock").unlink(missing_ok=True)
+    print(f"[low-FAR] {system} seed {seed} half {half}: added to {path.relative_to(ROOT)}", flush=True)
+    return True
 
 
 def mean_over_seeds(metrics: dict, system: str) -> tuple[dict, int] | None:
@@ -723,7 +578,11 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
                   f"{args.steps} steps x {args.batch_size}")
         lines.append(f"\nplot: {plot.relative_to(ROOT)}")
         lines += goals_table(metrics, order)
-        lines += significance_table(significance(complete, metrics, all_pairs, args.bootstrap))
+        low_far = {s: low_far_metrics([complete[k] for k in sorted(complete) if k[0] == s]) for s in order}
+        low_far = {s: v for s, v in low_far.items() if v}
+        lines += low_far_table(low_far, complete)
+        lines += significance_table(significance(complete, metrics, all_pairs, args.bootstrap)
+                                    + low_far_significance(low_far, complete))
         lines += ablation_table(metrics)
     curves = {}
     for (system, _seed), records in results.items():
@@ -753,7 +612,7 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
                 anchor = "—" if v["anchor"] is None else f"{v['anchor']:.2f}"
                 diff = "—" if v["diff"] is None else f"{v['diff']:+.2f}"
                 lines.append(f"| {key} | {v['accuracy']:.2f} | {anchor} | {diff} |")
-    values = result_values(args, metrics)
+    values = result_values(args, metrics, low_far if metrics else {})
     lines.append("RESULT " + " ".join(f"{k}={v}" for k, v in values.items()))
     return "\n".join(lines), values
 
@@ -818,7 +677,67 @@ def per_half_table(results: dict, all_pairs, rs: list[int]) -> list[str]:
     return lines
 
 
-def result_values(args: argparse.Namespace, metrics: dict) -> dict[str, str]:
+LOW_FAR_TABLE_FIGURES = ("tar@0.001", "tar@0.0001", "tar@1e-05")
+LOW_FAR_CLAIM_FIGURES = (("lr-lr@16", "tar@0.0001"), ("lr-lr@8", "tar@0.0001"), ("hr-lr@8", "tar@0.0001"),
+                         ("lr-lr@16", "tar@1e-05"), ("lr-lr@8", "tar@1e-05"))
+
+
+def low_far_table(low_far: dict, complete: dict) -> list[str]:
+    """TAR at FAR 1e-3 / 1e-4 / 1e-5 with identity-bootstrap intervals, and the impostor percentiles, per key."""
+    if not low_far:
+        return []
+    halves = {}  # half -> a record's low-FAR entry (the images, identities and pair counts are the same per half)
+    for records in complete.values():
+        for record in records:
+            if "low_far" in record:
+                halves.setdefault(record["settings"]["half"], record["low_far"])
+    sizes = "; ".join(f"half {h}: {e['images']:,} images of {e['identities']:,} identities" for h, e in
+                      sorted(halves.items()))
+    resamples = next(iter(halves.values()))["resamples"]
+    lines = [(f"\nLow FAR: every pair among each half's pair images ({sizes}). TAR in %, mean over halves and seeds, "
+             f"[95 % interval, bootstrap over identities, {resamples} resamples]; p99.9 / p99.99: impostor-score "
+             "percentiles (cosine; the thresholds of FAR 1e-3 / 1e-4):")]
+    for key in next(iter(low_far.values())):
+        counts = ", ".join(f"half {h}: {e['keys'][key]['impostors']:,} impostor / {e['keys'][key]['genuine']:,} "
+                           "genuine pairs" for h, e in sorted(halves.items()) if key in e["keys"])
+        lines += ["", f"{key} ({counts})", "",
+                  "| system | seeds | TAR@1e-3 | TAR@1e-4 | TAR@1e-5 | p99.9 | p99.99 |", "|---|---|---:|---:|---:|---:|---:|"]
+        for system, m in low_far.items():
+            if key not in m:
+                continue
+            seeds = sum(1 for k in complete if k[0] == system)
+            cells = [f"{m[key]['figures'][f]:.2f} [{m[key]['ci95'][f][0]:.2f}, {m[key]['ci95'][f][1]:.2f}]"
+                     for f in LOW_FAR_TABLE_FIGURES]
+            cells += [f"{m[key]['figures'][f]:.3f}" for f in ("p99.9", "p99.99")]
+            lines.append(f"| {system} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def low_far_significance(low_far: dict, complete: dict) -> list[dict]:
+    """Claims at low FAR: a paired bootstrap over identities (each system's resample i of a half uses the same
+    identity draws, so the mean bootstrap vectors are compared resample by resample)."""
+    from rankface.evaluation.verification import bootstrap_difference
+
+    rows = []
+    for system, reference in CLAIMS:
+        if system not in low_far or reference not in low_far:
+            continue
+        seeds = [len({k[1] for k in complete if k[0] == s}) for s in (system, reference)]
+        for key, figure in LOW_FAR_CLAIM_FIGURES:
+            a, b = low_far[system].get(key), low_far[reference].get(key)
+            if a is None or b is None:
+                continue
+            if a["pairing"] != b["pairing"]:
+                continue  # other identities, seed or resample count: the resamples do not pair
+            test = bootstrap_difference(a["boot"][figure], b["boot"][figure])
+            rows.append({"claim": f"{system} vs {reference}", "seeds": f"{seeds[0]}/{seeds[1]}",
+                         "figure": f"all-pairs {figure.replace('tar', 'TAR')} {key}",
+                         "diff": a["figures"][figure] - b["figures"][figure], "p": test["p"], "ci95": test["ci95"],
+                         "test": f"bootstrap over identities ({test['resamples']})"})
+    return rows
+
+
+def result_values(args: argparse.Namespace, metrics: dict, low_far: dict | None = None) -> dict[str, str]:
     result = {}
     seeds = 0
     for system in SYSTEMS:
@@ -835,6 +754,16 @@ def result_values(args: argparse.Namespace, metrics: dict) -> dict[str, str]:
             result[f"{key}_tar16"] = f"{m['lr-lr@16']['tar@0.01']:.2f}"
         if "hr-lr@8" in m:
             result[f"{key}_hrlr8"] = f"{m['hr-lr@8']['accuracy']:.2f}"
+    for system, m in (low_far or {}).items():
+        for r in (16, 8):
+            if f"lr-lr@{r}" in m:
+                result[f"{system.replace('+', '_')}_tar1e4_{r}"] = f"{m[f'lr-lr@{r}']['figures']['tar@0.0001']:.2f}"
+    if low_far and "arcface+unpg" in low_far and "arcface" in low_far:
+        from rankface.evaluation.verification import bootstrap_difference
+
+        test = bootstrap_difference(low_far["arcface+unpg"]["lr-lr@16"]["boot"]["tar@0.0001"],
+                                    low_far["arcface"]["lr-lr@16"]["boot"]["tar@0.0001"])
+        result["p_unpg_tar1e4_16"] = f"{test['p']:.3g}"
     result["seeds"] = str(seeds)
     result["mode"] = args.mode
     return result

@@ -166,3 +166,52 @@ def test_half_pairs_takes_balanced_prefixes_of_each_fold(bench):
         (2, True)] * 3 + [(2, False)] * 3
     assert idx.tolist()[:6] == [0, 1, 2, 10, 11, 12]
     assert len(bench.half_pairs(pairs, [1])) == 20  # the default keeps every pair of a fold
+
+
+def _low_far_embeddings(seed: int, gain: float = 0.0):
+    """60 images of 20 identities at 112 / 16 / 8 px; `gain` tightens the low-resolution clusters."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(20), 3)
+    centres = np.random.default_rng(99).normal(size=(20, 6))  # the same identities for every system
+    noise = {112: 0.4, 16: 1.0 - gain, 8: 1.4 - gain}
+    return {r: centres[labels] + rng.normal(scale=s, size=(60, 6)) for r, s in noise.items()}, labels
+
+
+def test_low_far_half_scores_every_pair_like_tar_at_far_on_an_explicit_pair_list(bench):
+    embeddings, labels = _low_far_embeddings(0)
+    entry = bench.low_far_half(embeddings, labels, resolutions=(16, 8), resamples=50)
+    assert set(entry["keys"]) == {"lr-lr@16", "hr-lr@16", "lr-lr@8", "hr-lr@8"}
+    i, j = np.triu_indices(60, k=1)  # LR-LR: each unordered pair once
+    scores = cosine_pair_scores(embeddings[8][i], embeddings[8][j])
+    same = labels[i] == labels[j]
+    got = entry["keys"]["lr-lr@8"]
+    assert got["impostors"] == int((~same).sum()) and got["genuine"] == int(same.sum())
+    assert got["figures"]["tar@0.001"] == pytest.approx(tar_at_far(scores, same, 1e-3)[0], abs=1e-5)
+    i, j = np.nonzero(~np.eye(60, dtype=bool))  # HR-LR: ordered pairs, 112 px first
+    scores = cosine_pair_scores(embeddings[112][i], embeddings[16][j])
+    same = labels[i] == labels[j]
+    assert entry["keys"]["hr-lr@16"]["figures"]["tar@0.001"] == pytest.approx(tar_at_far(scores, same, 1e-3)[0],
+                                                                              abs=1e-5)
+    assert len(entry["keys"]["lr-lr@8"]["boot"]["tar@0.0001"]) == 50
+
+
+def test_low_far_metrics_average_halves_and_give_the_unpg_result_keys(bench):
+    def records(gain: float, seed: int) -> list[dict]:
+        out = []
+        for half in ("A", "B"):
+            embeddings, labels = _low_far_embeddings(seed + (half == "B"), gain)
+            out.append({"settings": {"half": half},
+                        "low_far": bench.low_far_half(embeddings, labels, resolutions=(16, 8), resamples=200)})
+        return out
+
+    complete = {("arcface", 0): records(0.0, 0), ("arcface+unpg", 0): records(0.5, 0)}
+    low = {s: bench.low_far_metrics([complete[(s, 0)]]) for s in ("arcface", "arcface+unpg")}
+    halves = [r["low_far"]["keys"]["lr-lr@16"]["figures"]["tar@0.0001"] for r in complete[("arcface", 0)]]
+    assert low["arcface"]["lr-lr@16"]["figures"]["tar@0.0001"] == pytest.approx(100 * np.mean(halves))
+    rows = bench.low_far_significance(low, complete)
+    row = next(r for r in rows if r["figure"] == "all-pairs TAR@0.0001 lr-lr@16")
+    assert row["claim"] == "arcface+unpg vs arcface" and row["diff"] > 0 and row["p"] < 0.05
+    values = bench.result_values(bench.parse_args(["--quick"]), {}, low)
+    assert {"arcface_tar1e4_16", "arcface_unpg_tar1e4_8", "p_unpg_tar1e4_16"} <= set(values)
+    assert float(values["p_unpg_tar1e4_16"]) == pytest.approx(row["p"], rel=1e-3)
+    assert any("TAR@1e-4" in line for line in bench.low_far_table(low, complete))

@@ -235,7 +235,7 @@ def _pair_counts(setting: str, per_identity: np.ndarray) -> tuple[np.ndarray, np
 
 def all_pair_scores(
     first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor | None, labels: Sequence[int] | np.ndarray,
-    setting: str = "lr-lr", tail_share: float = 1e-2, max_block_bytes: int = 64 << 20,
+    setting: str = "lr-lr", tail_share: float = 1e-2, min_tail: int = 0, max_block_bytes: int = 64 << 20,
 ) -> AllPairScores:
     """Score every pair among `N` images in row blocks (cosine of L2-normalised embeddings).
 
@@ -246,6 +246,7 @@ def all_pair_scores(
         setting: "lr-lr" (unordered pairs of `first` with itself; `second` must be None or equal `first`) or
             "hr-lr" (ordered pairs, `first[i]` against `second[j]`, `i != j`).
         tail_share: the share of the highest impostor scores kept; figures at FAR below it are exact.
+        min_tail: keep at least this many (small sets: a bootstrap resample's threshold moves far in share).
         max_block_bytes: bound on one block's `[B, N]` float64 score matrix (about 3 such arrays live at once).
     """
     if setting not in ("lr-lr", "hr-lr"):
@@ -261,7 +262,7 @@ def all_pair_scores(
     counts = np.bincount(ident, minlength=identities.size)
     n = labels.size
     num_impostors = round(float(_pair_counts(setting, counts.astype(np.float64))[0]))
-    keep = min(num_impostors, int(np.ceil(tail_share * num_impostors - 1e-9)))
+    keep = min(num_impostors, max(int(min_tail), int(np.ceil(tail_share * num_impostors - 1e-9))))
     block = max(1, int(max_block_bytes // (8 * max(n, 1))))
     tail_s = np.empty(0)
     tail_a = tail_b = np.empty(0, dtype=np.int64)
