@@ -21,9 +21,16 @@ counted. The pipeline:
    +- std over seeds; paired t-tests over queries (per-query values averaged over the common seeds) of
    `cet/X-neg` vs `plain/X-neg`. Dev split: the check that plain training beats BM25, and CET's T sweep.
 5. **Investigation** (beyond the seven, vs `plain/strong-neg`): `cet-norm/strong-neg` (CET weights rescaled to mean 1
-   per batch: unnormalised weights also scale the learning rate), `cet-tl/strong-neg` (weights from the training
-   logits, protocol R3's cheap mode), `cet-mlp/strong-neg` (the light MLP selection model on the pooling system's rank and score),
+   per batch: AdamW is invariant to a constant loss scale, so this should equal `cet` unless gradient clipping or
+   the weights' batch-to-batch spread matters), `cet-tl/strong-neg` (weights from the training logits, protocol R3's
+   cheap mode), `cet-mlp/strong-neg` (the light MLP selection model on the pooling system's rank and score),
    `oracle-pool` (the oracle with only the grade >= 2 docs of the BM25 top-100 as positives).
+6. **Ceiling** (`_r1_ceiling.py`): `clean/strong-neg`, `clean/bm25-neg` (plain training on the same negatives with
+   every one the full qrels grade >= 1 replaced by the next candidate of the same ranking that they do not), the
+   attainable gain A = clean - plain, and each CET system's share of it with bootstrap intervals over queries and
+   seeds. `cet-indep/strong-neg`, `cet-indep/bm25-neg`: CET whose selection tower has its own separately seeded
+   random query head (`rankface.models.cet.selection_head`), so that g != f at step 0 as in the authors' code;
+   corr(g, f) and corr(w_f, f) are logged during training and saved in each record.
 
 Each (system, seed) result is a JSON file under `benchmarks/results/pooling_bias/<mode>/` (per-query values
 included), written as soon as it is done; a rerun skips what is saved (settings are fingerprinted: a rerun with
@@ -74,14 +81,20 @@ DECIDING = TRAINED[:4]  # the systems that decide the paper's direction: every s
 # its "propensity" is the relevance model's own score; the MLP breaks that symmetry. It reads the rank and score of
 # the system that built the pool (BM25 top-50 here; its top-10 was judged), not of the strong miner: whether a
 # document was judged is what the selection model must estimate, and only the pooling system's rank carries it.
-# And CET with its weights rescaled to mean 1 per batch: unnormalised weights (mean ~3 at T = 10) also raise the
-# effective learning rate ~3x, which on a short budget could explain a CET gain by itself.
+# And CET with its weights rescaled to mean 1 per batch. Unnormalised weights (mean ~3 at T = 10) scale the loss,
+# but AdamW is invariant to a constant loss scale (scaling the loss by 2.6 or by 5,600 moves the parameters by at most
+# 2.5e-5 after 50 steps without clipping): what can differ is how unequal the weights are across batches, and the
+# gradient clipping (max_grad_norm 1.0), which a larger loss reaches sooner. This row checks that cet-norm = cet.
 # And CET with weights from the detached training logits (protocol R3's cheap mode: its quality against
 # eval_forward's).
 # And `oracle-pool`: the oracle with only the grade >= 2 docs inside the BM25 top-100 as positives. NFCorpus
 # queries have ~56 grade >= 2 train docs on average, most far from the query's wording; whether the oracle's result
 # comes from its labels or from those out-of-pool positives is what this separates.
-EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg", "oracle-pool")
+# The ceiling (`_r1_ceiling.py`): plain training on the same negatives with the false negatives replaced, and CET with
+# a selection model that starts apart from the relevance model (its own random query head).
+CEILING = ("clean/strong-neg", "clean/bm25-neg")
+INDEPENDENT = ("cet-indep/strong-neg", "cet-indep/bm25-neg")
+EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg", "oracle-pool", *CEILING, *INDEPENDENT)
 BASELINES = ("bm25", "dense")
 SYSTEM_SPECS = {  # method and negative source of each trained system
     "plain/bm25-neg": ("plain", "bm25"),
@@ -93,15 +106,24 @@ SYSTEM_SPECS = {  # method and negative source of each trained system
     "cet-mlp/strong-neg": ("cet", "strong"),
     "cet-norm/strong-neg": ("cet", "strong"),
     "cet-tl/strong-neg": ("cet", "strong"),
+    "clean/strong-neg": ("plain", "clean-strong"),
+    "clean/bm25-neg": ("plain", "clean-bm25"),
+    "cet-indep/strong-neg": ("cet", "strong"),
+    "cet-indep/bm25-neg": ("cet", "bm25"),
 }
-SELECTION = {"cet-mlp/strong-neg": "mlp"}  # selection model overrides; other CET systems use --cet-selection
+# selection model overrides; other CET systems use --cet-selection
+SELECTION = {"cet-mlp/strong-neg": "mlp", "cet-indep/strong-neg": "indep", "cet-indep/bm25-neg": "indep"}
 SELECTION_READS_POOL = {"cet-mlp/strong-neg"}  # MLP selection models fed the pooling system's (BM25) run
 NORMALIZED = {"cet-norm/strong-neg"}  # CET systems trained with cet_normalize_weights
 WEIGHTS_FROM = {"cet-tl/strong-neg": "train_logits"}  # overrides of --cet-weights-from
 # Training order within a seed: the paper's direction first (plain/bm25 -> plain/strong -> CET on strong), so that a
 # partial run on a busy machine answers the main question before the rest.
 ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg",
-         "cet/bm25-neg", "oracle", "cet-mlp/strong-neg", "oracle-pool")
+         "cet/bm25-neg", "oracle", "cet-mlp/strong-neg", "oracle-pool", "clean/strong-neg", "cet-indep/strong-neg",
+         "clean/bm25-neg", "cet-indep/bm25-neg")
+# Systems trained for every seed of --seeds (the others: the first seed only): the deciding four, the ceiling and
+# the independent-selection CET (the protocol's 5 seeds for the ceiling, plain and the two main CET variants).
+SEEDED = (*DECIDING, *CEILING, *INDEPENDENT)
 # Strong-source candidates in order of preference: the same 1-50 window as BM25 first (only the retriever changes),
 # the fine-tuned dense run before its fusion with BM25 (the ANCE analogue), narrower windows last.
 STRONG_CANDIDATES = (("dense-ft", 50), ("rrf", 50), ("dense-ft", 20), ("rrf", 20), ("dense-ft", 10), ("rrf", 10))
@@ -457,6 +479,16 @@ class Store:
             )
         return record
 
+    def saved_seeds(self, system: str | None = None) -> list[int]:
+        """The seeds saved for `system` (or for any system), whatever `--seeds` says: the report covers them all."""
+        pattern = f"{system.replace('/', '__')}__seed*.json" if system else "*__seed*.json"
+        seeds = set()
+        for path in self.out.glob(pattern):
+            tail = path.stem.rsplit("__seed", 1)[-1]
+            if tail.isdigit():
+                seeds.add(int(tail))
+        return sorted(seeds)
+
     def save(self, system: str, seed: int, record: dict) -> dict:
         record = {"system": system, "seed": seed, "fingerprint": self.hash, "settings": self.settings, **record,
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -472,6 +504,10 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
     method, negatives = SYSTEM_SPECS[system]
     if negatives == "strong":
         run_path, window = args.out / source["run_file"], source["window"]  # relative to the results folder
+    elif negatives == "clean-strong":
+        run_path, window = args.out / clean_strong_run(ctx, source), source["window"]
+    elif negatives == "clean-bm25":
+        run_path, window = clean_bm25_run(ctx), BM25_WINDOW
     else:
         run_path, window = ctx.runs[negatives], BM25_WINDOW
     settings = training_settings(args)
@@ -533,7 +569,11 @@ def diagnose_cet(ctx: Context, targs, relevance, selection_folder: Path) -> dict
     if targs.cet_selection == "mlp":
         sel = mlp_selection_logits(selection_folder, targs, pairs)
     else:
+        from rankface.models.cet.selection_head import ProjectedQueryBiEncoder
+
         selection = load_model(ctx.args, str(selection_folder), corpus=ctx.docs)
+        if ProjectedQueryBiEncoder.has_projection(selection_folder):  # cet-indep: the towers plus its own head
+            selection = ProjectedQueryBiEncoder.load_projection(selection_folder, selection).eval()
         sel = selection.predict(texts, batch_size=64, show_progress_bar=False) * selection.scale
     report = cet_diagnostics([q for q, _ in pairs], [d for _, d in pairs], rel, sel, targs.cet_temperature,
                              full_qrels=ctx.full_qrels["train"], labelled_qrels=read_qrels(targs.train_qrels))
@@ -581,6 +621,7 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
         write_run(args.out / "data" / f"dense-ft.{key.replace('/', '__')}.seed{seed}.train.top100.trec",
                   runs["train_dense"], tag="dense-ft")
     state = json.loads((output_dir / "trainer_state.json").read_text())
+    correlations = correlation_curves(state["log"])
     losses = [e["loss"] for e in state["log"] if "loss" in e]
     weights = [e["weight_mean"] for e in state["log"] if "weight_mean" in e]
     tail = max(1, len(losses) // 5)
@@ -596,6 +637,7 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
             "temperature": targs.cet_temperature if targs.method == "cet" else None,
             "num_negatives": targs.num_negatives,
             "curve": learning_curve(state["log"]),
+            **({"cet_correlations": correlations} if correlations else {}),
             "negatives_run": targs.negatives_run,
             "window": [targs.negatives_from_rank, targs.negatives_to_rank],
             "group_report": {k: v for k, v in json.loads((output_dir / "training_groups_report.json").read_text()
@@ -625,6 +667,22 @@ def learning_curve(log_entries: list[dict], every: int = 25) -> dict:
         buckets.setdefault((step - 1) // every, []).append(loss)
     return {"dev_ndcg10": evaluations,
             "loss": [[(b + 1) * every, round(statistics.fmean(v), 5)] for b, v in sorted(buckets.items())]}
+
+
+def correlation_curves(log_entries: list[dict], every: int = 50) -> dict:
+    """corr(g, f) and corr(w_f, f) over training (CET logs them per step over each batch's negatives): means per
+    `every` steps, and the first and last step's values (step 1 is the models before any update)."""
+    out = {}
+    for key in ("corr_g_f", "corr_wf_f"):
+        points = [(e["step"], e[key]) for e in log_entries if key in e]
+        if not points:
+            continue
+        buckets: dict[int, list[float]] = {}
+        for step, value in points:
+            buckets.setdefault((step - 1) // every, []).append(value)
+        out[key] = {"first": points[0][1], "last": points[-1][1], "mean": statistics.fmean(v for _, v in points),
+                    "curve": [[(b + 1) * every, round(statistics.fmean(v), 5)] for b, v in sorted(buckets.items())]}
+    return out
 
 
 def run_baseline(ctx: Context, store: Store, system: str) -> dict:
@@ -694,6 +752,99 @@ def save_strong_run(ctx: Context, run: Mapping, window: int) -> str:
     write_run(ctx.args.out / STRONG_RUN, {q: top(run.get(q), window) for q in ctx.all_train_qids if run.get(q)},
               tag="strong")
     return STRONG_RUN
+
+
+CLEAN_STRONG_RUN = "data/clean_strong.train.run"  # committed: it depends on the regenerated dense-ft ranking below
+DENSE_FT_DEEP = "data/dense-ft.plain__bm25-neg.seed0.train.top100.trec"
+CLEAN_REPORT = "data/clean_negatives.json"
+
+
+def clean_strong_run(ctx: Context, source: dict) -> str:
+    """The strong source with its false negatives replaced (`_r1_ceiling.clean_run`); its path in the results.
+
+    Replacements come from below the strong window, so they need the dense-ft ranking deeper than the saved top-10:
+    that ranking (`DENSE_FT_DEEP`, git-ignored) is regenerated by retraining the strong retriever (plain/bm25-neg,
+    seed 0, same settings) when it is missing; the share of the saved top-10 it reproduces is saved beside it."""
+    from _r1_ceiling import clean_run
+
+    from rankface.retrieval.trec import read_qrels, read_run, write_run
+
+    path = ctx.args.out / CLEAN_STRONG_RUN
+    if path.is_file():
+        return CLEAN_STRONG_RUN
+    if source["name"] != "dense-ft":
+        raise SystemExit(f"clean/strong-neg replaces false negatives from the dense-ft ranking; the strong source "
+                         f"here is {source['name']}")
+    saved = read_run(ctx.args.out / source["run_file"])
+    deep = read_run(dense_ft_deep_run(ctx, saved, source["window"]))
+    run, counts = clean_run(saved, source["window"], read_qrels(ctx.pooled_qrels_path), ctx.full_qrels["train"],
+                            ctx.docs.keys(), deeper=window_then_deeper(saved, source["window"], deep))
+    write_run(path, run, tag="clean-strong")
+    save_clean_report(ctx, "strong", counts)
+    return CLEAN_STRONG_RUN
+
+
+def window_then_deeper(window_run: Mapping[str, Mapping[str, float]], window: int,
+                       deep: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Each query's top-`window` of `window_run` (exactly what plain training read), then `deep`'s other documents
+    in `deep`'s order: the ranking the replacements are taken from."""
+    out = {}
+    for q, scores in window_run.items():
+        head = list(top(scores, window))
+        tail = [d for d, _ in ranked(deep.get(q, {})) if d not in set(head)]
+        out[q] = {d: float(len(head) + len(tail) - i) for i, d in enumerate(head + tail)}
+    return out
+
+
+def clean_bm25_run(ctx: Context) -> Path:
+    """BM25's top-50 negatives with the false negatives replaced from its top-100 (`_r1_ceiling.clean_run`)."""
+    from _r1_ceiling import clean_run
+
+    from rankface.retrieval.trec import read_qrels, read_run, write_run
+
+    path = ctx.args.out / "data" / "clean_bm25.train.trec"  # derived from BM25 alone: git-ignored, rebuilt at will
+    if not path.is_file():
+        window_run = read_run(ctx.runs["bm25"])  # exactly what plain/bm25-neg reads
+        run, counts = clean_run(window_run, BM25_WINDOW, read_qrels(ctx.pooled_qrels_path), ctx.full_qrels["train"],
+                                ctx.docs.keys(), deeper=window_then_deeper(window_run, BM25_WINDOW, ctx.bm25_train))
+        write_run(path, run, tag="clean-bm25")
+        save_clean_report(ctx, "bm25", counts)
+    return path
+
+
+def save_clean_report(ctx: Context, name: str, counts: dict) -> None:
+    path = ctx.args.out / CLEAN_REPORT
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report[name] = counts
+    write_json(path, report)
+    log(f"clean {name} negatives: {counts}")
+
+
+def dense_ft_deep_run(ctx: Context, saved: Mapping[str, Mapping[str, float]], window: int) -> Path:
+    """The strong retriever's top-100 of every train query, regenerated when missing (see `clean_strong_run`)."""
+    from rankface.training import train
+
+    path = ctx.args.out / DENSE_FT_DEEP
+    if path.is_file():
+        return path
+    from rankface.retrieval.trec import write_run
+
+    output_dir = ctx.args.out / "models" / "dense-ft-regenerated"
+    log("regenerating the strong retriever's top-100 (plain/bm25-neg seed 0, retrained; no record is saved)")
+    train(training_arguments(ctx.args, ctx, "plain/bm25-neg", 0, output_dir))
+    model = load_model(ctx.args, str(output_dir / "model"), corpus=ctx.docs)
+    dense = score_splits(model, ctx, (), train_run_depth=100)["train_dense"]
+    write_run(path, dense, tag="dense-ft")
+    overlap = [len(set(top(dense.get(q), window)) & set(top(saved[q], window))) / max(1, len(top(saved[q], window)))
+               for q in saved]
+    write_json(ctx.args.out / "data" / "dense_ft_regenerated.json", {
+        "why": "clean/strong-neg needs the strong retriever's ranking below its saved window; the retriever's model "
+               "was not kept, so it was retrained with the same settings and seed",
+        "saved_window_overlap_mean": statistics.fmean(overlap) if overlap else None,
+        "queries": len(overlap)})
+    log(f"regenerated dense-ft: mean overlap with the saved top-{window}: {statistics.fmean(overlap):.3f}")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return path
 
 
 def build_strong_source(ctx: Context, store: Store) -> dict:
@@ -845,34 +996,72 @@ def paired(store: Store, a: str, b: str, seeds: Sequence[int], measure: str = "n
     return {"a": a, "b": b, "seeds": common, "delta": ra[measure] - rb[measure], "t": t, "p": p}
 
 
-def diagnostics_lines(args: argparse.Namespace, store: Store) -> list[str]:
+def diagnostics_lines(seeds: Sequence[int], store: Store) -> list[str]:
     """CET's view of its own mined negatives, per (system, seed) that recorded it: does the selection model's
-    propensity single out the known false negatives, and which way does that move their weight?"""
+    propensity single out the known false negatives, which way does that move their weight, and how close is the
+    selection model to the relevance model?"""
     rows = []
     for system in (s for s in ORDER if SYSTEM_SPECS[s][0] == "cet"):
-        for seed in args.seed_list:
+        for seed in seeds:
             rec = store.load(system, seed) if store.path(system, seed).is_file() else None
             diag = (rec or {}).get("cet_diagnostics")
             if not diag:
                 continue
             prop, by_label = diag["propensity"], diag["relevance_loss_w_f_by_label"]
-            rows.append(f"| {system} | {seed} | {diag['false_negative_rate']['grade>=1']['rate']:.3f} | "
-                        f"{prop['auc_false_negatives']:.3f} | {prop['mean_false_negatives']:.3f} | "
-                        f"{prop['mean_other_negatives']:.3f} | {by_label['false_negatives']:.3f} | "
-                        f"{by_label['other_negatives']:.3f} |")
+            prop_t = diag.get("propensity_T") or {}
+            quantiles_t = _propensity_t_quantiles(diag)
+            corr = diag.get("correlations") or {}
+            during = (rec["train"].get("cet_correlations") or {}).get("corr_g_f")
+            rows.append(
+                f"| {system} | {seed} | {diag['false_negative_rate']['grade>=1']['rate']:.3f} | "
+                f"{prop['auc_false_negatives']:.3f} | {prop['mean_false_negatives']:.3f} | "
+                f"{prop['mean_other_negatives']:.3f} | {_cell(prop_t.get('mean_false_negatives'))} | "
+                f"{_cell(prop_t.get('mean_other_negatives'))} | "
+                + (" / ".join(f"{q:.3f}" for q in quantiles_t) if quantiles_t else "") + " | "
+                f"{by_label['false_negatives']:.3f} | {by_label['other_negatives']:.3f} | {_cell(corr.get('g_f'))} | "
+                f"{_cell(corr.get('w_f_f'))} | "
+                + (f"{during['first']:.3f} -> {during['last']:.3f}" if during else "") + " |")
     if not rows:
         return []
-    title = ("CET diagnostics on the mined training negatives (known false negatives = full qrels grade >= 1; "
-             "propensity = sigmoid of the selection model's training logit; w_f = the weight on a negative in the "
-             "relevance model's loss):\n")
-    head = ("| system | seed | FN rate | propensity AUC, FN vs other | propensity FN | propensity other | w_f FN | "
-            "w_f other |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    title = ("CET diagnostics on the mined training negatives (known false negatives = full qrels grade >= 1). "
+             "CET's propensity is sigmoid(g/T) (w_f = 1 / (1 - sigmoid(g/T)), the weight on a negative in the "
+             "relevance model's loss); sigmoid(g) is shown for continuity with older notes, but with 20 x cosine "
+             "logits it saturates near 1. sigmoid(g/T) p05 / p50 / p95 of older records are derived exactly from "
+             "their saved sigmoid(g) quantiles (a monotone map); their FN / other means were not saved. corr over "
+             "the mined negatives after training; 'during training': the per-batch corr(g, f) at step 1 (before any "
+             "update) and at the last step:\n")
+    head = ("| system | seed | FN rate | propensity AUC, FN vs other | sigmoid(g) FN | sigmoid(g) other | sigmoid(g/T) FN | "
+            "sigmoid(g/T) other | sigmoid(g/T) p05 / p50 / p95 | w_f FN | w_f other | corr(g, f) | corr(w_f, f) | "
+            "corr(g, f) during training |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
     return [title, head, "\n".join(rows) + "\n"]
 
 
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _propensity_t_quantiles(diag: dict) -> list[float]:
+    """p05, p50, p95 of sigmoid(g/T): saved (`propensity_T`), or mapped from sigmoid(g)'s quantiles (g = logit)."""
+    if diag.get("propensity_T", {}).get("quantiles"):
+        q = diag["propensity_T"]["quantiles"]
+        return [q["p05"], q["p50"], q["p95"]]
+    q = diag.get("propensity", {}).get("quantiles")
+    if not q:
+        return []
+    temperature = diag["temperature"]
+
+    def mapped(p: float) -> float:
+        p = min(max(p, 1e-15), 1 - 1e-15)
+        return 1 / (1 + math.exp(-math.log(p / (1 - p)) / temperature))
+
+    return [mapped(q[k]) for k in ("p05", "p50", "p95")]
+
+
 def report(args: argparse.Namespace, store: Store) -> str:
+    """The R1 tables and RESULT line from every saved record (every saved seed, whatever `--seeds` says)."""
     lines = []
     settings = store.settings
+    seed_list = store.saved_seeds() or args.seed_list
     lines.append(
         f"## R1 pooling bias ({args.encoder}-encoder, mode {args.mode})\n\n"
         f"Settings: MiniLM-L6 weights, layers {settings['num_layers'] or 6}, max length {settings['max_length']}, "
@@ -899,7 +1088,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
     rows = [header, "|---|---:|---:|---:|---:|---:|"]
     means: dict[str, float] = {}
     for system in (*BASELINES, *TRAINED, *EXTRA):
-        seeds = [0] if system in BASELINES else args.seed_list
+        seeds = [0] if system in BASELINES else seed_list
         recs = [store.load(system, s) for s in seeds if store.path(system, s).is_file()]
         if not recs:
             rows.append(f"| {system} | 0 | (not run yet) | | | |")
@@ -918,17 +1107,17 @@ def report(args: argparse.Namespace, store: Store) -> str:
     for x in ("strong", "bm25", "mlp", "norm", "tl"):
         cet, plain = ((f"cet-{x}/strong-neg", "plain/strong-neg") if x in ("mlp", "norm", "tl")
                       else (f"cet/{x}-neg", f"plain/{x}-neg"))
-        res = paired(store, cet, plain, args.seed_list)
+        res = paired(store, cet, plain, seed_list)
         tests[x] = res
         if res:
             lines.append(f"- paired t-test over test queries, {cet} vs {plain} (seeds {res['seeds']}): "
                          f"Δ nDCG@10 = {res['delta']:+.4f}, t = {res['t']:.2f}, p = {res['p']:.3g}")
     for a, b in (("plain/strong-neg", "plain/bm25-neg"), ("plain/bm25-neg", "dense"), ("oracle", "plain/bm25-neg"),
                  ("cet-tl/strong-neg", "cet/strong-neg"), ("cet/strong-neg", "plain/bm25-neg")):
-        res = paired(store, a, b, args.seed_list, b_seeds=[0] if b == "dense" else None)
+        res = paired(store, a, b, seed_list, b_seeds=[0] if b == "dense" else None)
         if res:
             lines.append(f"- {a} vs {b} (seeds {res['seeds']}): Δ nDCG@10 = {res['delta']:+.4f}, p = {res['p']:.3g}")
-    gate = paired(store, "plain/bm25-neg", "dense", args.seed_list, b_seeds=[0])
+    gate = paired(store, "plain/bm25-neg", "dense", seed_list, b_seeds=[0])
     if gate:
         passed = gate["delta"] > 0 and gate["p"] < 0.05
         lines.append(f"- **learning gate** (plain/bm25-neg beats the zero-shot encoder on test, p < 0.05): "
@@ -974,7 +1163,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
                             if r["source"] == chosen["name"] and r["window"][1] == chosen["window"])
 
     sweep_rows = []
-    for t in args.sweep_list:
+    for t in sorted({*args.sweep_list, *saved_sweep_values(store, "T")}):
         key = sweep_key(args, t)
         if store.path(key, 0).is_file():
             rec = store.load(key, 0)
@@ -990,7 +1179,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
         lines.append("\n".join(sweep_rows) + "\n")
 
     k_rows = []
-    for k in args.k_sweep_list:
+    for k in sorted({*args.k_sweep_list, *map(int, saved_sweep_values(store, "K"))}):
         if store.path(k_sweep_key(k), 0).is_file():
             rec = store.load(k_sweep_key(k), 0)
             k_rows.append(f"| {k} | {rec['dev']['aggregate']['nDCG@10']:.4f} | {rec['dev']['aggregate']['RR@10']:.4f} |")
@@ -1000,12 +1189,14 @@ def report(args: argparse.Namespace, store: Store) -> str:
         lines.append("| K | dev nDCG@10 | dev RR@10 |\n|---:|---:|---:|")
         lines.append(f"| {args.num_negatives} (main) | {main_dev['nDCG@10']:.4f} | {main_dev['RR@10']:.4f} |")
         lines.append("\n".join(k_rows) + "\n")
-    lines += diagnostics_lines(args, store)
+    lines += diagnostics_lines(seed_list, store)
+    ceiling = ceiling_lines(store, seed_list)
+    lines += ceiling["lines"]
     curves = plot_curves(args, store)
     if curves:
         lines.append(f"Learning curves (dev nDCG@10 and training loss against step): `{curves}`\n")
 
-    complete = [s for s in args.seed_list if all(store.path(x, s).is_file() for x in DECIDING)]
+    complete = [s for s in seed_list if all(store.path(x, s).is_file() for x in DECIDING)]
     strong_test = tests.get("strong")
 
     def fmt(v: float | None) -> str:
@@ -1023,6 +1214,8 @@ def report(args: argparse.Namespace, store: Store) -> str:
         "p_plain_vs_dense": "nan" if not gate else f"{gate['p']:.3g}",
         "fn_rate_bm25": fmt(fn.get("bm25")),
         "fn_rate_strong": fmt(fn.get("strong")),
+        "clean_strong_ndcg10": fmt(means.get("clean/strong-neg")),
+        **ceiling["result"],
         "steps": settings["steps"],
         "training": settings["training_mode"],
         "encoder": args.encoder,
@@ -1031,6 +1224,77 @@ def report(args: argparse.Namespace, store: Store) -> str:
     }
     lines.append("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
     return "\n".join(lines)
+
+
+def saved_sweep_values(store: Store, kind: str) -> list[float]:
+    """The T (kind "T") or K ("K") values of the saved seed-0 sweep records of cet/strong-neg."""
+    values = []
+    for path in store.out.glob(f"sweep__cet-strong-neg-{kind}*__seed0.json"):
+        text = path.name[len(f"sweep__cet-strong-neg-{kind}"):-len("__seed0.json")]
+        try:
+            values.append(float(text))
+        except ValueError:
+            continue
+    return values
+
+
+SHARE_SYSTEMS = {  # the ceiling of each negative source, and the systems reported as a share of it
+    "strong": ("plain/strong-neg", "clean/strong-neg",
+               ("cet/strong-neg", "cet-indep/strong-neg", "cet-mlp/strong-neg", "cet-norm/strong-neg",
+                "cet-tl/strong-neg")),
+    "bm25": ("plain/bm25-neg", "clean/bm25-neg", ("cet/bm25-neg", "cet-indep/bm25-neg")),
+}
+
+
+def ceiling_lines(store: Store, seeds: Sequence[int]) -> dict:
+    """The ceiling A = clean - plain per negative source, and each CET system's share of it (plain 0, clean 1), on
+    the seeds every system of the comparison has saved; bootstrap over queries and seeds (`_r1_ceiling`)."""
+    from _r1_ceiling import per_query_matrix, share_of_ceiling
+
+    rows, result = [], {"ceiling_strong": "nan", "share_cet_strong": "nan", "share_cet_indep_strong": "nan",
+                        "p_share_cet": "nan", "p_share_cet_indep": "nan"}
+    for source, (plain, clean, systems) in SHARE_SYSTEMS.items():
+        base = [s for s in seeds if store.path(plain, s).is_file() and store.path(clean, s).is_file()]
+        if not base:
+            continue
+        qids, plain_m = per_query_matrix([store.load(plain, s) for s in base])
+        _, clean_m = per_query_matrix([store.load(clean, s) for s in base])
+        a = share_of_ceiling(plain_m, clean_m)
+        rows.append(f"| {clean} - {plain} (the ceiling A) | {base} | {a['ceiling']:+.4f} "
+                    f"[{a['ceiling_ci'][0]:+.4f}, {a['ceiling_ci'][1]:+.4f}] | {a['p_ceiling']:.3g} | 1 | |")
+        if source == "strong":
+            result["ceiling_strong"] = f"{a['ceiling']:.4f}"
+        for system in systems:
+            common = [s for s in base if store.path(system, s).is_file()]
+            if not common:
+                continue
+            pick = [base.index(s) for s in common]
+            sys_qids, sys_m = per_query_matrix([store.load(system, s) for s in common])
+            if sys_qids != qids:
+                raise SystemExit(f"{system}: its test queries differ from {plain}'s")
+            out = share_of_ceiling(plain_m[pick], clean_m[pick], sys_m)
+            rows.append(f"| {system} - {plain} | {common} | {out['gain']:+.4f} | {out['p_share']:.3g} | "
+                        f"{out['share']:.2f} [{out['share_ci'][0]:.2f}, {out['share_ci'][1]:.2f}] | "
+                        f"A on these seeds {out['ceiling']:+.4f} |")
+            if source == "strong" and system in ("cet/strong-neg", "cet-indep/strong-neg"):
+                name = "cet" if system == "cet/strong-neg" else "cet_indep"
+                result[f"share_{name}_strong"] = f"{out['share']:.3f}"
+                result[f"p_share_{name}"] = f"{out['p_share']:.3g}"
+    if not rows:
+        return {"lines": [], "result": result}
+    clean_report = store.out / CLEAN_REPORT
+    counts = json.loads(clean_report.read_text()) if clean_report.is_file() else {}
+    note = "; ".join(f"{k}: {v['false_negatives_replaced']} false negatives replaced in {v['queries']} queries "
+                     f"({v['false_negatives_without_replacement']} without a replacement, dropped)"
+                     for k, v in counts.items())
+    lines = ["Ceiling: `clean/X-neg` trains on X's negatives with every one the full train qrels grade >= 1 replaced "
+             "in place by the next candidate below the window that they do not grade relevant (same seed: the same "
+             "groups otherwise)" + (f" ({note})" if note else "") + ". A = clean - plain; each system's share of A "
+             "(plain = 0, clean = 1), with 95 % bootstrap intervals (queries and seeds resampled together) and the "
+             "two-sided bootstrap p against 0 (of A, or of the system's gain over plain):\n",
+             "| comparison | seeds | Δ test nDCG@10 | p | share of A | |\n|---|---|---:|---:|---|---|",
+             "\n".join(rows) + "\n"]
+    return {"lines": lines, "result": result}
 
 
 def sweep_key(args: argparse.Namespace, t: float) -> str:
@@ -1090,8 +1354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k in args.k_sweep_list:
             run_trained(ctx, store, "cet/strong-neg", 0, key=k_sweep_key(k), source=source, num_negatives=k)
         for system in args.systems:
-            if system not in DECIDING:
-                run_trained(ctx, store, system, args.seed_list[0], source=source)
+            if system in DECIDING:
+                continue
+            # The ceiling and cet-indep: every seed, one system after the other (in --systems order); the rest of
+            # the investigation rows: the first seed.
+            for seed in args.seed_list if system in SEEDED else args.seed_list[:1]:
+                run_trained(ctx, store, system, seed, source=source)
         log(f"all done in {time.perf_counter() - started:.0f} s")
     text = report(args, store)
     with atomic_write(args.out / "report.md") as handle:

@@ -61,6 +61,14 @@ def test_report_values_against_hand_computation(negatives):
     assert report["relevance_auc_false_negatives"] == pytest.approx(brute)
     brute_sel = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in sel[fn] for n in sel[~fn]])
     assert report["propensity"]["auc_false_negatives"] == pytest.approx(brute_sel)
+    # CET's propensity is sigmoid(g / T): 1 - 1 / w_f, by its definition.
+    prop_t = 1 - 1 / np.array(literal_wf)
+    assert report["propensity_T"]["mean"] == pytest.approx(prop_t.mean(), rel=1e-6)
+    assert report["propensity_T"]["mean_false_negatives"] == pytest.approx(prop_t[fn].mean(), rel=1e-6)
+    assert report["propensity_T"]["auc_false_negatives"] == pytest.approx(brute_sel)
+    assert report["correlations"]["g_f"] == pytest.approx(np.corrcoef(sel, rel)[0, 1])
+    assert report["correlations"]["w_f_f"] == pytest.approx(np.corrcoef(literal_wf, rel)[0, 1], rel=1e-6)
+    assert "sigmoid(g/T)" in diagnostics_markdown(report)
     by_label = report["relevance_loss_w_f_by_label"]
     assert by_label["false_negatives"] == pytest.approx(np.mean(np.array(literal_wf)[fn]), rel=1e-6)
     assert by_label["other_negatives"] == pytest.approx(np.mean(np.array(literal_wf)[~fn]), rel=1e-6)

@@ -19,8 +19,9 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "pooling_bias.p
 # benchmarks.md R1, in its order
 RESULT_KEYS = [
     "bm25_ndcg10", "dense_ndcg10", "plain_bm25_ndcg10", "plain_strong_ndcg10", "cet_strong_ndcg10", "cet_bm25_ndcg10",
-    "oracle_ndcg10", "p_cet_vs_plain_strong", "p_plain_vs_dense", "fn_rate_bm25", "fn_rate_strong", "steps",
-    "training", "encoder", "seeds", "mode",
+    "oracle_ndcg10", "p_cet_vs_plain_strong", "p_plain_vs_dense", "fn_rate_bm25", "fn_rate_strong",
+    "clean_strong_ndcg10", "ceiling_strong", "share_cet_strong", "share_cet_indep_strong", "p_share_cet",
+    "p_share_cet_indep", "steps", "training", "encoder", "seeds", "mode",
 ]
 
 
@@ -75,14 +76,15 @@ def _record(rng: random.Random, qids: list[str], shift: float) -> dict:
 
 
 def test_report_means_ttest_and_result_keys(bench, tmp_path):
-    args = bench.parse_args(["--results-dir", str(tmp_path), "--seeds", "0,1", "--sweep", "", "--k-sweep", ""])
+    # --seeds 0: the report still covers every saved seed (0 and 1).
+    args = bench.parse_args(["--results-dir", str(tmp_path), "--seeds", "0", "--sweep", "", "--k-sweep", ""])
     store = bench.Store(tmp_path, bench.training_settings(args))
     rng = random.Random(3)
     qids = [f"q{i}" for i in range(40)]
     records = {}
     for system in bench.BASELINES:
         records[(system, 0)] = store.save(system, 0, _record(rng, qids, 0.1))
-    for i, system in enumerate(bench.TRAINED):
+    for i, system in enumerate((*bench.TRAINED, "clean/strong-neg", "cet-indep/strong-neg")):
         for seed in (0, 1):
             records[(system, seed)] = store.save(system, seed, {**_record(rng, qids, 0.05 * i), "train": {}})
     diagnostics = {"false_negative_rate": {"grade>=1": {"rate": 0.31}},
@@ -124,7 +126,19 @@ def test_report_means_ttest_and_result_keys(bench, tmp_path):
     gate = stats.ttest_rel([np.mean([p[q] for p in plain_bm25]) for q in qids], [dense[q] for q in qids]).pvalue
     assert float(pairs["p_plain_vs_dense"]) == pytest.approx(gate, rel=1e-2)
     assert "learning gate" in text
-    assert "| cet/strong-neg | 1 | 0.310 | 0.700 | 0.990 | 0.960 | 2.900 | 2.600 |" in text  # seed 0 has none
+    assert "| cet/strong-neg | 1 | 0.310 | 0.700 | 0.990 | 0.960 |  |  |  | 2.900 | 2.600 |" in text  # seed 0 has none
+    # The ceiling and the shares, against an independent computation over both seeds.
+    def mean_of(system):
+        return np.mean([np.mean(list(records[(system, s)]["test"]["per_query"]["nDCG@10"].values())) for s in (0, 1)])
+
+    ceiling = mean_of("clean/strong-neg") - mean_of("plain/strong-neg")
+    assert float(pairs["clean_strong_ndcg10"]) == pytest.approx(mean_of("clean/strong-neg"), abs=1e-4)
+    assert float(pairs["ceiling_strong"]) == pytest.approx(ceiling, abs=1e-4)
+    for name, system in (("cet", "cet/strong-neg"), ("cet_indep", "cet-indep/strong-neg")):
+        share = (mean_of(system) - mean_of("plain/strong-neg")) / ceiling
+        assert float(pairs[f"share_{name}_strong"]) == pytest.approx(share, abs=1e-3)
+        assert 0 < float(pairs[f"p_share_{name}"]) <= 1
+    assert "| clean/strong-neg - plain/strong-neg (the ceiling A) | [0, 1] |" in text
 
 
 def test_report_with_nothing_saved_prints_nan(bench, tmp_path):
@@ -208,3 +222,61 @@ def test_pool_false_negative_split_counts_by_hand(pool_split):
                                      full={"q": {"pos": 2, "a": 1, "c": 2}}, window=4, pool_depth=3)
     # a: relevant, pooled; b: not relevant, outside; c: relevant, outside; the labelled positive is skipped
     assert counts == {(True, True): 1, (False, False): 1, (True, False): 1, (False, True): 0}
+
+
+@pytest.fixture(scope="module")
+def ceiling():
+    yield from load_benchmark(BENCHMARK.parent / "_r1_ceiling.py", "r1_ceiling_benchmark")
+
+
+def test_clean_run_replaces_each_false_negative_in_place_and_keeps_plain_s_groups(ceiling):
+    """A hand-made query: ranks a..h, window 5. Labelled positive a; the full qrels grade b and d relevant (false
+    negatives), and f (below the window) too. Plain samples from [b, c, d, e]; clean from [g, c, h, e]: b -> g
+    (the first non-relevant doc below the window; f is relevant), d -> h."""
+    from rankface.data.ir import build_training_groups
+
+    run = {"q1": {d: 10.0 - i for i, d in enumerate("abcdefgh")}, "q2": {"x": 2.0, "y": 1.0}}
+    labelled = {"q1": {"a": 2}, "q2": {"x": 2}}
+    full = {"q1": {"a": 2, "b": 1, "d": 2, "f": 1}, "q2": {"x": 2, "y": 1}}
+    cleaned, counts = ceiling.clean_run(run, 5, labelled, full)
+    assert list(cleaned["q1"]) == ["g", "c", "h", "e"]
+    assert cleaned["q1"]["g"] > cleaned["q1"]["c"] > cleaned["q1"]["h"] > cleaned["q1"]["e"]  # the order is kept
+    # q2's only candidate y is relevant and nothing lies below it: dropped, and counted.
+    assert "q2" not in cleaned
+    assert counts == {"queries": 1, "false_negatives_replaced": 2, "false_negatives_without_replacement": 1,
+                      "candidates": 4}
+    # With the same seed, training draws plain's group with the false negatives swapped (same positions).
+    queries = {"q1": "text"}
+    for seed in range(5):
+        plain, _ = build_training_groups(queries, labelled, run, num_negatives=3, rank_window=(1, 5), positives="top",
+                                         seed=seed)
+        clean, _ = build_training_groups(queries, labelled, cleaned, num_negatives=3, rank_window=(1, 5),
+                                         positives="top", seed=seed)
+        swap = {"b": "g", "d": "h"}
+        assert clean[0].negative_docids == tuple(swap.get(d, d) for d in plain[0].negative_docids)
+        assert clean[0].positive_docid == plain[0].positive_docid == "a"
+
+
+def test_clean_run_takes_replacements_from_a_deeper_ranking(ceiling):
+    window_run = {"q": {"p": 3.0, "fn": 2.0, "n": 1.0}}
+    deeper = {"q": {"p": 9.0, "fn": 8.0, "n": 7.0, "rel": 6.0, "new": 5.0}}
+    cleaned, _ = ceiling.clean_run(window_run, 3, {"q": {"p": 2}}, {"q": {"p": 2, "fn": 1, "rel": 2}}, deeper=deeper)
+    assert list(cleaned["q"]) == ["new", "n"]
+
+
+def test_share_of_ceiling_by_hand(ceiling):
+    # 2 seeds x 3 queries; clean is plain + 0.1 everywhere, the system plain + 0.04: A = 0.1, share 0.4 exactly in
+    # every bootstrap draw (the differences are constant), so the interval is a point and p is its floor.
+    plain = np.array([[0.2, 0.4, 0.6], [0.3, 0.5, 0.1]])
+    out = ceiling.share_of_ceiling(plain, plain + 0.1, plain + 0.04, resamples=200)
+    assert out["ceiling"] == pytest.approx(0.1) and out["share"] == pytest.approx(0.4)
+    assert out["share_ci"] == pytest.approx([0.4, 0.4]) and out["ceiling_ci"] == pytest.approx([0.1, 0.1])
+    assert out["p_share"] == pytest.approx(1 / 200) and out["p_ceiling"] == pytest.approx(1 / 200)
+    # A system no better than plain on average, with noise: share near 0, p well above 0.05.
+    rng = np.random.default_rng(0)
+    noisy = plain + rng.normal(0, 0.05, plain.shape)
+    noisy -= noisy.mean() - plain.mean()
+    out = ceiling.share_of_ceiling(plain, plain + 0.1, noisy, resamples=500)
+    assert out["share"] == pytest.approx(0.0, abs=1e-9) and out["p_share"] > 0.2
+    with pytest.raises(ValueError, match="one shape"):
+        ceiling.share_of_ceiling(plain, plain[:1], None)

@@ -5,8 +5,12 @@ For every mined negative `(q, d)` of the training groups:
 - is it a false negative? (graded >= 1 / >= 2 by the dense qrels, when they exist);
 - the coupled weights CET gives it: `w_f = 1 / (1 - sigmoid(g(q, d) / T))` on the relevance model's loss and
   `w_g = 1 / (1 - sigmoid(f(q, d) / T))` on the selection model's loss (`rankface.losses.cet.coupled_weights`);
-- the selection model's propensity `sigmoid(g(q, d))`, the belief that the document was pooled and judged, with
-  the highest-propensity unlabelled documents listed.
+- the selection model's propensity. CET uses `sigmoid(g(q, d) / T)` (`propensity_T`: what `w_f` is made of);
+  `sigmoid(g(q, d))` (`propensity`) is reported beside it for continuity with older records, but with a
+  bi-encoder's `20 * cosine` logits it saturates at 0.96-0.99 and says little. The highest-propensity unlabelled
+  documents are listed;
+- how far the selection model is from the relevance model: Pearson `corr(g, f)` and `corr(w_f, f)` over the
+  negatives (with `g ~ f`, CET only weights each negative by the model's own relevance).
 
 `score_negatives` runs a `CETModel` over the negatives; `cet_diagnostics` turns logits into the report;
 `write_diagnostics` writes it as JSON and a short Markdown table, atomically.
@@ -133,6 +137,13 @@ def _auc(scores: np.ndarray, positives: np.ndarray) -> float | None:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation; None when either side is constant or there are fewer than 2 values."""
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def cet_diagnostics(
     qids: Sequence[str],
     docids: Sequence[str],
@@ -195,13 +206,18 @@ def cet_diagnostics(
             **report["weights"],
         }
         propensity = 1.0 / (1.0 + np.exp(-sel))
+        propensity_t = 1.0 / (1.0 + np.exp(-sel / temperature))  # what CET's w_f = 1 / (1 - p) is made of
         report["propensity"] = _stats(propensity, bins)
+        report["propensity_T"] = _stats(propensity_t, bins)
+        report["correlations"] = {"g_f": _pearson(sel, rel), "w_f_f": _pearson(w_f, rel)}
         if grades is not None:
             fn = grades >= 1
-            report["propensity"]["mean_false_negatives"] = float(propensity[fn].mean()) if fn.any() else None
-            report["propensity"]["mean_other_negatives"] = float(propensity[~fn].mean()) if (~fn).any() else None
-            # The question CET answers: does the relevance loss weigh the false negatives differently?
-            report["propensity"]["auc_false_negatives"] = _auc(sel, fn)
+            for key, values in (("propensity", propensity), ("propensity_T", propensity_t)):
+                report[key]["mean_false_negatives"] = float(values[fn].mean()) if fn.any() else None
+                report[key]["mean_other_negatives"] = float(values[~fn].mean()) if (~fn).any() else None
+                # The question CET answers: does the relevance loss weigh the false negatives differently? (The
+                # same AUC for both: sigmoid(g / T) is monotone in g.)
+                report[key]["auc_false_negatives"] = _auc(sel, fn)
             report["relevance_loss_w_f_by_label"] = {
                 "false_negatives": float(w_f[fn].mean()) if fn.any() else None,
                 "other_negatives": float(w_f[~fn].mean()) if (~fn).any() else None,
@@ -244,7 +260,9 @@ def diagnostics_markdown(report: Mapping[str, Any], top_n: int = 10) -> str:
         lines.append("")
     rows = list(report.get("weights", {}).items())
     if "propensity" in report:
-        rows.append(("propensity sigmoid(g)", report["propensity"]))
+        if "propensity_T" in report:
+            rows.append(("propensity sigmoid(g/T) (CET's)", report["propensity_T"]))
+        rows.append(("sigmoid(g) (saturates)", report["propensity"]))
     if rows:
         lines += ["| quantity | mean | p05 | p50 | p95 | max |", "|---|---:|---:|---:|---:|---:|"]
         for name, st in rows:

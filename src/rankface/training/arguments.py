@@ -87,7 +87,10 @@ class RerankerTrainingArguments:
     cet_weights_from: str = _help("CET: 'eval_forward' (authors) or 'train_logits' (cheaper).", default="eval_forward")
     cet_weight_on: str = _help("CET: 'negative', 'positive' or 'both'.", default="negative")
     cet_normalize_weights: bool = _help("CET: rescale weights to mean 1 per batch.", default=False)
-    cet_selection: str = _help("CET: selection model kind, 'same' (as the relevance model) or 'mlp'.", default="same")
+    cet_selection: str = _help(
+        "CET: selection model kind, 'same' (as the relevance model), 'indep' (a bi-encoder like the relevance model "
+        "with its own separately seeded, random query projection head, so g != f at step 0) or 'mlp'.",
+        default="same")
     cet_mlp_learning_rate: float = _help(
         "CET: learning rate of the light MLP selection model (a fresh small network, not a pretrained encoder).",
         default=1e-3,
@@ -141,7 +144,7 @@ class RerankerTrainingArguments:
             "loss": ("pairwise", "listwise", "bce", "graded_listwise"),
             "cet_weights_from": ("eval_forward", "train_logits"),
             "cet_weight_on": ("negative", "positive", "both"),
-            "cet_selection": ("same", "mlp"),
+            "cet_selection": ("same", "indep", "mlp"),
             "positives": ("top", "sampled", "all", "graded"),
             "mixed_precision": (None, "no", "bf16", "fp16", "auto"),
             "training_mode": ("full", "query_side", "partial"),

@@ -44,12 +44,30 @@ def make_cet_step(args, accelerator: Accelerator):
         sel_loss = cet_loss(sel_scores, sel_weights, **options)
         # The two models share no parameters, so one backward of the sum gives each its own gradient.
         accelerator.backward(rel_loss + sel_loss)
-        return {
+        values = {
             "loss": rel_loss.item(),
             "selection_loss": sel_loss.item(),
             "weight_mean": rel_weights.mean().item(),
         }
+        # How far the selection model's view is from the relevance model's, over this batch's weighted documents:
+        # with g ~ f CET only weights each negative by the model's own relevance (corr(w_f, f) near 1).
+        rel_cols = rel_view[:, columns]
+        for name, a, b in (("corr_g_f", sel_view[:, columns], rel_cols), ("corr_wf_f", rel_weights, rel_cols)):
+            value = pearson(a, b)
+            if value is not None:  # undefined (a constant side) is left out rather than logged as NaN
+                values[name] = value
+        return values
 
     if args.loss not in ("pairwise", "listwise"):
         raise ValueError(f"CET supports loss 'pairwise' or 'listwise', got {args.loss!r}")
     return cet_step
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Pearson correlation of two same-shape tensors over all their entries; None when either is constant."""
+    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    denominator = (a.norm() * b.norm()).item()
+    if not denominator > 0:
+        return None
+    return float((a @ b).item() / denominator)

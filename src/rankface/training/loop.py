@@ -116,6 +116,10 @@ def build_models(args: RerankerTrainingArguments, data: TrainingData) -> list[to
             table = rank_table(data.selection_features_run)
             selector.fit_normalization(torch.tensor([[math.log1p(r), s] for d in table.values() for r, s in d.values()]))
             models.append(selector)
+        elif args.cet_selection == "indep":  # its own random query head: g != f from step 0, as the authors' pair
+            from rankface.models.cet.selection_head import independent_selection_model
+
+            models.append(independent_selection_model(load_text_model(args, data.docs), args.seed))
         else:
             models.append(load_text_model(args, data.docs))
     return models
