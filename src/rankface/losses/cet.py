@@ -76,8 +76,11 @@ def cet_loss(
       is *not* the authors' pairwise term (use `pairwise` to reproduce them).
 
     Weights never carry gradient (they are detached here). With `normalize_weights=True` each weight tensor
-    actually used (the negative columns; the positive column) is divided by its batch mean, so that the
-    correction changes the balance between examples but not the effective learning rate.
+    actually used (the negative columns; the positive column) is divided by its batch mean, so that the loss keeps
+    the scale of plain training. This is not a learning-rate correction: AdamW is invariant to a constant loss
+    scale, so unnormalised weights do not raise the effective learning rate. What normalising can change is the
+    batch-to-batch variation of the weights' mean and whether gradient clipping triggers (a larger loss reaches the
+    clipping norm sooner); how unequal the weights are within a batch, the correction itself, is the same.
 
     Args:
         scores: `[Q, 1 + K]` logits of the model being trained; column 0 is the labelled positive.
