@@ -160,6 +160,37 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[tuple[int, Mapping
     return save_png(fig, path)
 
 
+def plot_step_series(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: str | os.PathLike,
+                     panels: Mapping[str, tuple[str, Sequence[str]]], title: str) -> Path:
+    """Training-log quantities against optimizer step (e.g. UNPG's mechanism), one panel per entry of `panels`,
+    one colour per system; several series in a panel are told apart by their dashes.
+
+    Args:
+        runs: `{system: [run, ...]}`, a run being columns `{"step": [S], name: [S], ...}` (one per seed and half).
+        panels: `{panel title: (y label, [series names])}`.
+    """
+    if not runs:
+        raise ValueError("plot_step_series: no runs")
+    plt = _pyplot()
+    dashes = ("-", "--", ":", "-.")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 4.0), dpi=120, squeeze=False)
+    for ax, (panel, (ylabel, names)) in zip(axes[0], panels.items(), strict=True):
+        for system, system_runs in runs.items():
+            for k, run in enumerate(system_runs):
+                for style, name in zip(dashes, names, strict=False):
+                    if name not in run:
+                        continue
+                    label = f"{system}: {name}" if k == 0 else None
+                    ax.plot(run["step"], run[name], style, color=colour(system), lw=1.0, alpha=0.8, label=label)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)
+
+
 def plot_erc_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,
                     title: str, upto: float = 0.3, paucs: Mapping[str, float] | None = None,
                     ylabel: str = "FNMR at the fixed threshold") -> Path:
@@ -188,4 +219,5 @@ def plot_erc_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
     return save_png(fig, path)
 
 
-__all__ = ["COLOURS", "colour", "plot_accuracy_vs_resolution", "plot_erc_curves", "plot_learning_curves"]
+__all__ = ["COLOURS", "colour", "plot_accuracy_vs_resolution", "plot_erc_curves", "plot_learning_curves",
+           "plot_step_series"]

@@ -72,7 +72,7 @@ from _lfw_vlr_stats import (  # noqa: F401
     pooled_fold_accuracies,
     tar_from_sorted_impostors,
 )
-from _plots import plot_accuracy_vs_resolution, plot_learning_curves
+from _plots import plot_accuracy_vs_resolution, plot_learning_curves, plot_step_series
 
 from rankface.data.faces import load_face_dataset, pair_rows, read_lfw_pairs
 from rankface.paths import shared_dir
@@ -259,6 +259,23 @@ def loss_summary(log: list[dict], points: int = 20) -> list[list[float]]:
     return [[entries[c[-1]][0], round(float(np.mean([entries[i][1] for i in c])), 4)] for c in chunks if len(c)]
 
 
+UNPG_LOG_KEYS = ("unpg_pairs", "negatives", "unpg_lower", "unpg_upper", "unpg_kept_max", "unpg_share",
+                 "unpg_hardest_class_mean", "unpg_hardest_class_median", "unpg_hardest_class_max")
+
+
+def step_columns(log: list[dict], keys: tuple[str, ...], decimals: int = 4) -> dict[str, list] | None:
+    """The per-step training-log values of `keys` as columns `{"step": [S], key: [S]}` (a key some entry lacks is
+    NaN there, e.g. the filter bounds of a batch with < 4 pairs); None when no entry has any of them."""
+    entries = [e for e in log if "loss" in e and any(k in e for k in keys)]
+    if not entries:
+        return None
+    out: dict[str, list] = {"step": [e["step"] for e in entries]}
+    for key in keys:
+        if any(key in e for e in entries):
+            out[key] = [round(float(e[key]), decimals) if key in e else float("nan") for e in entries]
+    return out
+
+
 def train_model(args: argparse.Namespace, system: str, seed: int, half: str, run_dir: Path) -> tuple[Path, dict]:
     """Fine-tune with the system's recipe config and the benchmark's budget; returns (model folder, train info)."""
     from rankface.training.face import train_face
@@ -276,6 +293,9 @@ def train_model(args: argparse.Namespace, system: str, seed: int, half: str, run
             "num_validation_pairs": report.get("num_validation_pairs"),
             "num_validation_identities": report.get("num_validation_identities"),
             "loss": loss_summary(state["log"]), "curve": learning_curve(state["log"])}
+    unpg = step_columns(state["log"], UNPG_LOG_KEYS)
+    if unpg:
+        info["unpg"] = unpg  # UNPG's mechanism per step (issue 21 item 2)
     return run_dir / "model", info
 
 
@@ -597,6 +617,22 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
             title=f"Learning curves ({args.mode}): LR-LR accuracy on {pairs} validation pairs of identities in no "
                   "View-2 pair, left out of training (no test pair; the schedule was chosen on these)")
         lines.append(f"\nlearning curves: {png.relative_to(ROOT)}")
+    mechanism = {}
+    for (system, _seed), records in results.items():
+        for record in records:
+            if (record.get("train") or {}).get("unpg"):
+                mechanism.setdefault(system, []).append(record["train"]["unpg"])
+    if mechanism:
+        png = plot_step_series(
+            {s: mechanism[s] for s in SYSTEMS if s in mechanism}, RESULTS / args.mode / "unpg_mechanism.png",
+            panels={"in-batch negative pairs": ("pairs", ["unpg_pairs", "negatives"]),
+                    "filter bounds vs class negatives": ("cosine", ["unpg_upper", "unpg_kept_max",
+                                                                    "unpg_hardest_class_mean", "unpg_lower"]),
+                    "appended pairs' share of non-target mass": ("share (mean over rows)", ["unpg_share"])},
+            title=f"UNPG's mechanism per step ({args.mode}): pairs kept of all, bounds, hardest kept pair vs each "
+                  "row's hardest class-negative cosine (mean), share of the softmax mass")
+        lines.append(f"\nUNPG mechanism: {png.relative_to(ROOT)}")
+        lines += mechanism_table(mechanism)
     partial = sorted({(s, seed) for (s, seed) in results if (s, seed) not in metrics})
     if partial:
         lines.append(f"incomplete (one half only, not in the tables above): {partial}")
@@ -680,6 +716,30 @@ def per_half_table(results: dict, all_pairs, rs: list[int]) -> list[str]:
 LOW_FAR_TABLE_FIGURES = ("tar@0.001", "tar@0.0001", "tar@1e-05")
 LOW_FAR_CLAIM_FIGURES = (("lr-lr@16", "tar@0.0001"), ("lr-lr@8", "tar@0.0001"), ("hr-lr@8", "tar@0.0001"),
                          ("lr-lr@16", "tar@1e-05"), ("lr-lr@8", "tar@1e-05"))
+
+
+def mechanism_table(mechanism: dict, window: int = 50) -> list[str]:
+    """UNPG's mechanism over the first and the last `window` logged steps, mean over steps and runs."""
+    lines = [f"\nUNPG mechanism, mean over the first / last {window} steps (and runs):", "",
+             ("| system | runs | pairs kept / all | upper bound | hardest kept pair | hardest class neg. (row mean) | "
+             "share of non-target mass |"), "|---|---|---|---|---|---|---|"]
+
+    def span(runs: list[dict], key: str) -> str:
+        if not all(key in r for r in runs):
+            return "—"
+        first = np.nanmean([v for r in runs for v in r[key][:window]])
+        last = np.nanmean([v for r in runs for v in r[key][-window:]])
+        return f"{first:.3g} / {last:.3g}"
+
+    for system, runs in mechanism.items():
+        kept = " / ".join(f"{np.mean([v for r in runs for v in r['negatives'][part]]):.0f}" for part in
+                          (slice(0, window), slice(-window, None)))
+        pairs = " / ".join(f"{np.mean([v for r in runs for v in r['unpg_pairs'][part]]):.0f}" for part in
+                           (slice(0, window), slice(-window, None))) if all("unpg_pairs" in r for r in runs) else "—"
+        lines.append(f"| {system} | {len(runs)} | {kept} of {pairs} | {span(runs, 'unpg_upper')} | "
+                     f"{span(runs, 'unpg_kept_max')} | {span(runs, 'unpg_hardest_class_mean')} | "
+                     f"{span(runs, 'unpg_share')} |")
+    return lines
 
 
 def low_far_table(low_far: dict, complete: dict) -> list[str]:

@@ -131,6 +131,11 @@ def test_training_moves_weights_with_finite_loss_and_saves_encoder_without_head(
     assert len(losses) == 3 and all(np.isfinite(losses))
     if unpg:
         assert all(e["negatives"] > 0 for e in state["log"] if "loss" in e)
+        # UNPG's mechanism is logged every step (issue 21): pairs, bounds, share of the mass, hardest class cosine
+        for e in (e for e in state["log"] if "loss" in e):
+            assert e["unpg_pairs"] >= e["negatives"] and 0.0 < e["unpg_share"] < 1.0
+            assert e["unpg_lower"] <= e["unpg_kept_max"] <= e["unpg_upper"]
+            assert -1.0 <= e["unpg_hardest_class_mean"] <= e["unpg_hardest_class_max"] <= 1.0
     # Held-out folds 0 and 1 leave the 6 identities of no pair: 24 images, 6 classes.
     assert (state["num_classes"], state["num_train_images"]) == (6, 24)
     assert set(final) == {f"lr-lr@{SIZE}", "lr-lr@8"} and 0.0 <= final["lr-lr@8"]["accuracy"] <= 1.0

@@ -215,3 +215,25 @@ def test_low_far_metrics_average_halves_and_give_the_unpg_result_keys(bench):
     assert {"arcface_tar1e4_16", "arcface_unpg_tar1e4_8", "p_unpg_tar1e4_16"} <= set(values)
     assert float(values["p_unpg_tar1e4_16"]) == pytest.approx(row["p"], rel=1e-3)
     assert any("TAR@1e-4" in line for line in bench.low_far_table(low, complete))
+
+
+def test_unpg_mechanism_is_saved_per_step_tabulated_and_plotted(bench, tmp_path):
+    log = [{"step": 0, "val": {}}]
+    for step in range(1, 7):
+        entry = {"step": step, "loss": 1.0, "unpg_pairs": 100, "negatives": 90 + step, "unpg_share": 0.01 * step,
+                 "unpg_kept_max": 0.2, "unpg_hardest_class_mean": 0.3}
+        if step != 3:  # a batch with < 4 pairs has no bounds
+            entry.update(unpg_lower=-0.3, unpg_upper=0.25)
+        log.append(entry)
+    cols = bench.step_columns(log, bench.UNPG_LOG_KEYS)
+    assert cols["step"] == [1, 2, 3, 4, 5, 6] and cols["negatives"] == [91, 92, 93, 94, 95, 96]
+    assert np.isnan(cols["unpg_upper"][2]) and cols["unpg_upper"][0] == 0.25
+    assert "unpg_hardest_class_max" not in cols
+    assert bench.step_columns([{"step": 1, "loss": 2.0}], bench.UNPG_LOG_KEYS) is None
+    table = bench.mechanism_table({"arcface+unpg": [cols]}, window=2)
+    assert "| arcface+unpg | 1 | 92 / 96 of 100 / 100 | 0.25 / 0.25 | 0.2 / 0.2 | 0.3 / 0.3 | 0.015 / 0.055 |" in table
+    import _plots
+
+    png = _plots.plot_step_series({"arcface+unpg": [cols]}, tmp_path / "m.png",
+                                  {"pairs": ("pairs", ["unpg_pairs", "negatives"])}, "t")
+    assert png.is_file() and png.stat().st_size > 0

@@ -227,3 +227,50 @@ def test_two_processes_equal_single_process_global_batch(tmp_path):
                 torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-3)
     # local negatives only give a different loss: the gather is what makes them equal
     assert abs(results[("arcface-local", 6)]["loss"].item() - reference["arcface"]["loss"].item()) > 1e-2
+
+
+@pytest.mark.parametrize("wisk", [1.0, None])
+def test_logged_mechanism_stats_match_a_hand_computation(wisk):
+    """Pairs kept, bounds, the appended pairs' share of the non-target softmax mass and the hardest class-negative
+    cosine, recomputed here with loops over the batch (ArcFace: non-target logits are s cos)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(10, 5))
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    cos = torch.tensor(rng.uniform(-0.6, 0.9, size=(10, 6)), dtype=torch.float32)
+    head = ArcFace(s=16.0, m=0.5)
+    loss = UNPGLoss(head, wisk=wisk)
+    loss(torch.tensor(x, dtype=torch.float32), torch.tensor(y), cos)
+    stats = loss.last_stats
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    pairs = [float(xn[a] @ xn[b]) for a in range(10) for b in range(a + 1, 10) if y[a] != y[b]]
+    kept = pairs if wisk is None else _ref_negatives(x, y, wisk)
+    assert stats["unpg_pairs"] == len(pairs) == 40 and stats["negatives"] == len(kept)
+    if wisk is None:
+        assert "unpg_lower" not in stats
+    else:
+        s = sorted(pairs)
+        q1, q3 = s[10], s[30]
+        assert stats["unpg_lower"] == pytest.approx(q1 - wisk * (q3 - q1), abs=1e-5)
+        assert stats["unpg_upper"] == pytest.approx(q3 + wisk * (q3 - q1), abs=1e-5)
+    c = cos.double().numpy()
+    shares, hardest = [], []
+    for i in range(10):
+        others = [j for j in range(6) if j != y[i]]
+        appended = sum(math.exp(16.0 * n) for n in kept)
+        shares.append(appended / (appended + sum(math.exp(16.0 * c[i, j]) for j in others)))
+        hardest.append(max(c[i, j] for j in others))
+    assert stats["unpg_share"] == pytest.approx(np.mean(shares), rel=1e-4)
+    assert stats["unpg_kept_max"] == pytest.approx(max(kept), abs=1e-5)
+    assert stats["unpg_hardest_class_mean"] == pytest.approx(np.mean(hardest), abs=1e-5)
+    assert stats["unpg_hardest_class_max"] == pytest.approx(max(hardest), abs=1e-5)
+    assert stats["unpg_hardest_class_median"] == pytest.approx(sorted(hardest)[4], abs=1e-5)  # torch: lower median
+
+
+def test_no_filter_keeps_every_negative_pair():
+    rng = np.random.default_rng(4)
+    x = torch.tensor(rng.normal(size=(8, 4)), dtype=torch.float32)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    cos = torch.tensor(rng.uniform(-0.5, 0.5, size=(8, 4)), dtype=torch.float32)
+    loss = UNPGLoss(ArcFace(), wisk=None)
+    loss(x, y, cos)
+    assert loss.last_num_negatives == negative_pair_similarities(F.normalize(x, dim=1), y).numel() == 24

@@ -73,6 +73,19 @@ def gather_rows(x: Tensor, group=None) -> tuple[Tensor, list[int]]:
         return _GatherRows.apply(x, sizes, rank, group), sizes
 
 
+def box_whisker_bounds(values: Tensor, wisk: float = 1.5) -> tuple[float, float] | None:
+    """`(Q1 - wisk IQR, Q3 + wisk IQR)` with order-statistic quartiles `Q1 = sorted[floor(0.25 L)]`,
+    `Q3 = sorted[floor(0.75 L)]` (no interpolation); None with fewer than 4 values (nothing is filtered)."""
+    n = values.numel()
+    if n < 4:
+        return None
+    with torch.no_grad():
+        ordered = torch.sort(values.detach()).values
+        q1, q3 = ordered[(n * 25) // 100], ordered[(n * 75) // 100]  # floor(0.25 L), floor(0.75 L) exactly
+        iqr = q3 - q1
+        return float(q1 - wisk * iqr), float(q3 + wisk * iqr)
+
+
 def box_whisker_filter(values: Tensor, wisk: float = 1.5) -> Tensor:
     """Keep values inside `[Q1 - wisk IQR, Q3 + wisk IQR]` (inclusive), order-statistic quartiles.
 
@@ -97,6 +110,45 @@ def box_whisker_filter(values: Tensor, wisk: float = 1.5) -> Tensor:
     return values[keep]
 
 
+@torch.no_grad()
+def unpg_mechanism_stats(logits: Tensor, cos: Tensor, labels: Tensor, candidates: Tensor, kept: Tensor,
+                         scale: float, bounds: tuple[float, float] | None) -> dict[str, float]:
+    """What UNPG adds on one batch, for the training log (issue 21: is its premise there?).
+
+    Args:
+        logits: `[B, C]` the margin head's logits (non-target entries are `s cos`).
+        cos: `[B, C]` the classifier cosines.
+        labels: `[B]`.
+        candidates: `[L]` every in-batch negative pair similarity; kept: `[M]` those the filter kept.
+        scale: the head's scale `s` (multiplies the appended similarities too).
+        bounds: the filter's `(lower, upper)`, None when nothing was filtered.
+
+    Returns:
+        `unpg_pairs` (L), `negatives` (M), `unpg_lower` / `unpg_upper` (only with a filter), `unpg_kept_max`,
+        `unpg_share` (mean over rows of the appended pairs' share of the non-target softmax mass
+        `sum_n e^{s n} / (sum_{j != y} e^{logit_j} + sum_n e^{s n})`), and the hardest class-negative cosine per row
+        `max_{j != y} cos_j` as `unpg_hardest_class_mean` / `_median` / `_max`.
+    """
+    logits, cos = logits.detach().float(), cos.detach().float()
+    target = F.one_hot(labels.long(), cos.shape[1]).bool()
+    class_lse = torch.logsumexp(logits.masked_fill(target, float("-inf")), dim=1)  # [B]
+    hardest = cos.masked_fill(target, float("-inf")).max(dim=1).values
+    out = {"unpg_pairs": int(candidates.numel()), "negatives": int(kept.numel())}
+    if bounds is not None:
+        out["unpg_lower"], out["unpg_upper"] = float(bounds[0]), float(bounds[1])
+    if kept.numel():
+        appended = torch.logsumexp(kept.detach().float() * scale, dim=0)
+        share = torch.sigmoid(appended - class_lse)  # e^a / (e^c + e^a)
+        out["unpg_share"] = float(share.mean())
+        out["unpg_kept_max"] = float(kept.max())
+    else:
+        out["unpg_share"] = 0.0
+    if cos.shape[1] > 1:
+        out.update(unpg_hardest_class_mean=float(hardest.mean()), unpg_hardest_class_median=float(hardest.median()),
+                   unpg_hardest_class_max=float(hardest.max()))
+    return out
+
+
 def negative_pair_similarities(features: Tensor, labels: Tensor) -> Tensor:
     """`G_ab = <x_a, x_b>` for a < b with y_a != y_b, row-major upper-triangle order: `[N, E], [N] -> [L]`."""
     gram = features @ features.T
@@ -111,22 +163,26 @@ class UNPGLoss(nn.Module):
     Args:
         head: a `MarginHead` (ArcFace, CosFace, AdaFace, MagFace); its scale multiplies the appended
             negatives too, its regulariser (MagFace) is added.
-        wisk: whisker length of the box-and-whisker filter (1.5; the authors' K-FACE run used 1.0).
+        wisk: whisker length of the box-and-whisker filter (1.5; the authors' K-FACE run used 1.0); None keeps
+            every negative pair (no filter).
         gather: all-gather features and labels across processes when `torch.distributed` runs more than
             one process (negatives from the global batch). Turn off to use local negatives only.
         group: process group for the gather (default: the world).
     """
 
-    def __init__(self, head: MarginHead, wisk: float = 1.5, gather: bool = True, group=None) -> None:
+    def __init__(self, head: MarginHead, wisk: float | None = 1.5, gather: bool = True, group=None) -> None:
         super().__init__()
-        if wisk < 0:
-            raise ValueError(f"UNPGLoss: `wisk` must be >= 0, got {wisk}")
-        self.head, self.wisk, self.gather, self.group = head, float(wisk), bool(gather), group
+        if wisk is not None and wisk < 0:
+            raise ValueError(f"UNPGLoss: `wisk` must be >= 0 (or None: no filter), got {wisk}")
+        self.head, self.gather, self.group = head, bool(gather), group
+        self.wisk = None if wisk is None else float(wisk)
         self.last_num_negatives = 0  # M of the last call, for logging
+        self.last_stats: dict[str, float] = {}  # `unpg_mechanism_stats` of the last call, for logging
 
     def negatives(self, features: Tensor, labels: Tensor) -> Tensor:
         """Filtered negative similarities `[M]` from normalised features `[N, E]` and labels `[N]`."""
-        return box_whisker_filter(negative_pair_similarities(features, labels), self.wisk)
+        candidates = negative_pair_similarities(features, labels)
+        return candidates if self.wisk is None else box_whisker_filter(candidates, self.wisk)
 
     def forward(self, embeddings: Tensor, labels: Tensor, cos: Tensor, norms: Tensor | None = None) -> Tensor:
         """UNPG loss of this process's rows.
@@ -158,8 +214,12 @@ class UNPGLoss(nn.Module):
                 all_labels, _ = gather_rows(labels, self.group)
             else:
                 sizes, all_labels = [labels.shape[0]], labels
-            kept = self.negatives(features, all_labels)
+            candidates = negative_pair_similarities(features, all_labels)
+            kept = candidates if self.wisk is None else box_whisker_filter(candidates, self.wisk)
             self.last_num_negatives = kept.numel()
+            self.last_stats = unpg_mechanism_stats(
+                logits, cos, labels, candidates, kept, self.head.scale,
+                None if self.wisk is None else box_whisker_bounds(candidates, self.wisk))
             equal = all(n == sizes[0] for n in sizes)
             if kept.numel() == 0:
                 # exactly the base head's cross-entropy

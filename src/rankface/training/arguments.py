@@ -89,8 +89,13 @@ class RerankerTrainingArguments:
     cet_normalize_weights: bool = _help("CET: rescale weights to mean 1 per batch.", default=False)
     cet_selection: str = _help(
         "CET: selection model kind, 'same' (as the relevance model), 'indep' (a bi-encoder like the relevance model "
-        "with its own separately seeded, random query projection head, so g != f at step 0) or 'mlp'.",
+        "with its own separately seeded, random query projection head, so g != f at step 0), 'mlp', or "
+        "'oracle_pool' (no selection model: a fixed propensity, cet_oracle_propensity for documents ranked within "
+        "cet_oracle_pool_depth of cet_selection_run and 1 minus it for the others; R1's oracle-propensity bound).",
         default="same")
+    cet_oracle_propensity: float = _help("CET 'oracle_pool': the propensity p of a pooled document (w_f = 1/(1-p)).",
+                                         default=0.9)
+    cet_oracle_pool_depth: int = _help("CET 'oracle_pool': the pool depth in cet_selection_run.", default=10)
     cet_mlp_learning_rate: float = _help(
         "CET: learning rate of the light MLP selection model (a fresh small network, not a pretrained encoder).",
         default=1e-3,
@@ -144,7 +149,7 @@ class RerankerTrainingArguments:
             "loss": ("pairwise", "listwise", "bce", "graded_listwise"),
             "cet_weights_from": ("eval_forward", "train_logits"),
             "cet_weight_on": ("negative", "positive", "both"),
-            "cet_selection": ("same", "indep", "mlp"),
+            "cet_selection": ("same", "indep", "mlp", "oracle_pool"),
             "positives": ("top", "sampled", "all", "graded"),
             "mixed_precision": (None, "no", "bf16", "fp16", "auto"),
             "training_mode": ("full", "query_side", "partial"),
@@ -168,9 +173,12 @@ class RerankerTrainingArguments:
             raise ValueError("corpus_negatives needs training_mode 'query_side' (the corpus embeddings are cached "
                              "there), loss 'listwise' and method 'plain'; got training_mode "
                              f"{self.training_mode!r}, loss {self.loss!r}, method {self.method!r}")
-        if self.cet_selection_run and (self.method != "cet" or self.cet_selection != "mlp"):
-            raise ValueError("cet_selection_run is read by CET's MLP selection model only (method 'cet', "
-                             f"cet_selection 'mlp'); got method {self.method!r}, cet_selection {self.cet_selection!r}")
+        if self.cet_selection_run and (self.method != "cet" or self.cet_selection not in ("mlp", "oracle_pool")):
+            raise ValueError("cet_selection_run is read by CET's MLP selection model or its oracle_pool propensity only "
+                             f"(method 'cet', cet_selection 'mlp' or 'oracle_pool'); got method {self.method!r}, "
+                             f"cet_selection {self.cet_selection!r}")
+        if self.cet_selection == "oracle_pool" and not 0 < self.cet_oracle_propensity < 1:
+            raise ValueError(f"cet_oracle_propensity must be in (0, 1), got {self.cet_oracle_propensity}")
         if self.training_mode == "partial" and self.frozen_layers < 1:
             raise ValueError(f"training_mode 'partial' needs frozen_layers >= 1, got {self.frozen_layers}")
         if self.training_mode != "partial" and self.frozen_layers:

@@ -78,7 +78,8 @@ def train_face(args: FaceTrainingArguments) -> dict:
         use_channels_last(accelerator, model)
     head_kwargs = {k: v for k, v in (("s", args.margin_scale), ("m", args.margin)) if v is not None}
     head = build_head(args.head, **head_kwargs)
-    loss_fn: nn.Module = UNPGLoss(head, wisk=args.unpg_wisk) if args.unpg else MarginLoss(head)
+    loss_fn: nn.Module = (UNPGLoss(head, wisk=args.unpg_wisk if args.unpg_filter else None) if args.unpg
+                          else MarginLoss(head))
 
     train_set = data.train_set
     # Workers are started afresh for each epoch (not persistent), so each gets the epoch set by `set_epoch`.
@@ -124,8 +125,8 @@ def train_face(args: FaceTrainingArguments) -> dict:
             loss, parts = ri_step(accelerator, model, ri_loss, pixel_values, labels, args, state["step"])
         accelerator.backward(loss)
         values = {"loss": float(loss.item()), **parts}
-        if args.unpg:
-            values["negatives"] = int(loss_fn.last_num_negatives)
+        if args.unpg:  # what UNPG adds on this batch (pairs kept, bounds, share of the mass, hardest class cosine)
+            values.update(loss_fn.last_stats)
         return values
 
     def evaluate(st: dict) -> None:

@@ -62,6 +62,8 @@ class FaceTrainingArguments:
     margin: float | None = _help("Head margin m (default: the head's own).", default=None)
     unpg: bool = _help("Add UNPG's filtered in-batch negative pairs to the softmax.", default=False)
     unpg_wisk: float = _help("UNPG box-and-whisker length k.", default=1.5)
+    unpg_filter: bool = _help("UNPG: filter the in-batch negatives (false: keep every pair; the k sweep's end).",
+                              default=True)
     head_init: str = _help(
         "Class weights: 'centroids' (mean normalised embedding of each class under the starting encoder) or "
         "'random'. Centroids keep a pretrained encoder from being wrecked by a random head in the first steps.",

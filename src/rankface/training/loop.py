@@ -58,7 +58,8 @@ def train(args: RerankerTrainingArguments) -> dict:
 
     models = build_models(args, data)
     l2sp = make_l2sp(models[0], args)  # anchored at the starting weights, before a checkpoint is loaded
-    collate = GroupCollator(models[0], data, with_rank_features=args.method == "cet" and args.cet_selection == "mlp",
+    collate = GroupCollator(models[0], data, with_rank_features=args.method == "cet" and args.cet_selection in (
+                                "mlp", "oracle_pool"),
                             corpus_negatives=args.corpus_negatives)
     loader = DataLoader(list(range(len(data.groups))), batch_size=args.batch_size, shuffle=True, collate_fn=collate)
     optimizers = [make_optimizer(m, args) for m in models]
@@ -116,6 +117,8 @@ def build_models(args: RerankerTrainingArguments, data: TrainingData) -> list[to
             table = rank_table(data.selection_features_run)
             selector.fit_normalization(torch.tensor([[math.log1p(r), s] for d in table.values() for r, s in d.values()]))
             models.append(selector)
+        elif args.cet_selection == "oracle_pool":  # a fixed propensity from the pool's ranks (cet_step): no model
+            pass
         elif args.cet_selection == "indep":  # its own random query head: g != f from step 0, as the authors' pair
             from rankface.models.cet.selection_head import independent_selection_model
 
