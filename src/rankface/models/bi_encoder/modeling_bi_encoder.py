@@ -191,17 +191,17 @@ class BiEncoder(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
     def encode_query(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool | None = None,
-                     precision: str = "auto") -> np.ndarray:
+                     precision: str = "auto", backend: str = "torch") -> np.ndarray:
         """Query embeddings `float32 [N, H]` (the query tower)."""
-        return self.encode(texts, batch_size, show_progress_bar, precision, tower="query")
+        return self.encode(texts, batch_size, show_progress_bar, precision, tower="query", backend=backend)
 
     def encode_document(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool | None = None,
-                        precision: str = "auto") -> np.ndarray:
+                        precision: str = "auto", backend: str = "torch") -> np.ndarray:
         """Document embeddings `float32 [N, H]` (the document tower; read from the cache when one is attached)."""
         if self.document_cache is not None and all(t in self.document_cache.row_of_text for t in texts):
             rows = self.document_cache.rows_for_texts(list(texts))
             return self.document_cache.embeddings[rows].numpy().astype(np.float32)
-        return self.encode(texts, batch_size, show_progress_bar, precision, tower="document")
+        return self.encode(texts, batch_size, show_progress_bar, precision, tower="document", backend=backend)
 
     @torch.inference_mode()
     def encode(
@@ -211,11 +211,13 @@ class BiEncoder(nn.Module):
         show_progress_bar: bool | None = None,
         precision: str = "auto",
         tower: str = "document",
+        backend: str = "torch",
     ) -> np.ndarray:
         """Unit-length embeddings `float32 [N, H]` in input order (length-sorted batches inside).
 
         `tower` picks the weights when query and documents have towers of their own (as sentence-transformers'
-        Router, plain `encode` embeds as a document); with one tower both are the same.
+        Router, plain `encode` embeds as a document); with one tower both are the same. `backend`: `"torch"`, an
+        ONNX Runtime graph (`"onnx"`, `"onnx-opt"`, `"onnx-int8"`) or `"auto"` (`rankface.inference.backends`).
         """
         if tower not in ("query", "document"):
             raise ValueError(f"tower must be 'query' or 'document', got {tower!r}")
@@ -226,7 +228,11 @@ class BiEncoder(nn.Module):
         was_training = model.training
         model.eval()
         device = self.device
-        precision = resolve_precision(precision, device)
+        from rankface.inference.backends import resolve_engine, text_runner
+
+        backend = resolve_engine(backend, precision, device)
+        run = None if backend == "torch" else text_runner(model, self.tokenizer, "embedding", backend)
+        precision = resolve_precision(precision, device) if run is None else "fp32"  # the graph sets its own
         quantized = self._int8[tower].get(model) if precision == "int8" else None
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
@@ -235,6 +241,9 @@ class BiEncoder(nn.Module):
         show = len(batches) > 4 if show_progress_bar is None else show_progress_bar
         for index in tqdm(batches, desc="Encoding", disable=not show, unit="batch"):
             batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
+            if run is not None:  # an ONNX Runtime graph (rankface.inference)
+                out[index] = run(batch)
+                continue
             with autocast(device, precision):
                 out[index] = self.embed({k: v.to(device) for k, v in batch.items()}, tower, quantized).cpu().numpy()
         model.train(was_training)
@@ -246,6 +255,7 @@ class BiEncoder(nn.Module):
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
+        backend: str = "torch",
     ) -> np.ndarray:
         """Cosine similarity of each `(query, document)` pair, `float32 [N]`: the reranking interface.
 
@@ -256,8 +266,8 @@ class BiEncoder(nn.Module):
         docs = sorted({p[1] for p in pairs})
         q_index = {t: i for i, t in enumerate(queries)}
         d_index = {t: i for i, t in enumerate(docs)}
-        q_emb = self.encode_query(queries, batch_size, show_progress_bar, precision)
-        d_emb = self.encode_document(docs, batch_size, show_progress_bar, precision)
+        q_emb = self.encode_query(queries, batch_size, show_progress_bar, precision, backend)
+        d_emb = self.encode_document(docs, batch_size, show_progress_bar, precision, backend)
         qi = np.fromiter((q_index[p[0]] for p in pairs), dtype=np.int64, count=len(pairs))
         di = np.fromiter((d_index[p[1]] for p in pairs), dtype=np.int64, count=len(pairs))
         return np.einsum("nh,nh->n", q_emb[qi], d_emb[di]).astype(np.float32)
@@ -270,15 +280,16 @@ class BiEncoder(nn.Module):
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
+        backend: str = "torch",
     ) -> dict[str, dict[str, float]]:
         """Exact cosine search: the top-`k` documents of `corpus` for each query, as a run `{qid: {docid: score}}`
         (ties, at the cut too, by `rankface.utils.ties`)."""
         doc_ids = list(corpus)
         doc_emb = torch.from_numpy(
-            self.encode_document([corpus[d] for d in doc_ids], batch_size, show_progress_bar, precision)
+            self.encode_document([corpus[d] for d in doc_ids], batch_size, show_progress_bar, precision, backend)
         )
         query_ids = list(queries)
-        query_emb = torch.from_numpy(self.encode_query([queries[q] for q in query_ids], batch_size, False, precision))
+        query_emb = torch.from_numpy(self.encode_query([queries[q] for q in query_ids], batch_size, False, precision, backend))
         run: dict[str, dict[str, float]] = {}
         k = min(k, len(doc_ids))
         for start in range(0, len(query_ids), 256):

@@ -154,12 +154,15 @@ class CrossEncoder(nn.Module):
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
+        backend: str = "torch",
     ) -> np.ndarray:
         """Relevance scores (raw logits) for `(query, document)` pairs, `float32 [N]`, in input order.
 
         Pairs are tokenized once, sorted by length and padded per batch, so short pairs do not pay for long
         ones. `precision="auto"` runs bf16 weights where the hardware supports bf16 natively, else fp32 (see
         `rankface.models._text.resolve_precision`); `"int8"` runs a dynamically int8-quantized copy (CPU only).
+        `backend` picks the engine: `"torch"`, or an ONNX Runtime graph (`"onnx"`, `"onnx-opt"`, `"onnx-int8"`), or
+        `"auto"` per CPU class (`rankface.inference.backends`).
         """
         if len(pairs) == 0:
             return np.zeros(0, dtype=np.float32)
@@ -167,7 +170,11 @@ class CrossEncoder(nn.Module):
             if len(pair) != 2 or not all(isinstance(t, str) for t in pair):
                 raise TypeError(f"pairs[{i}] must be a (query, document) tuple of two strings, got {pair!r}")
         device = self.device
-        precision = resolve_precision(precision, device)
+        from rankface.inference.backends import resolve_engine, text_runner
+
+        backend = resolve_engine(backend, precision, device)
+        run = None if backend == "torch" else text_runner(self.model, self.tokenizer, "scores", backend)
+        precision = resolve_precision(precision, device) if run is None else "fp32"  # the graph sets its own
         # bf16 and int8 run on cached low-precision copies of the weights; fp32 on the model itself, in eval mode.
         model = self.model
         if precision == "bf16":
@@ -183,6 +190,9 @@ class CrossEncoder(nn.Module):
         show = len(batches) > 4 if show_progress_bar is None else show_progress_bar
         for index in tqdm(batches, desc="Scoring pairs", disable=not show, unit="batch"):
             batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
+            if run is not None:  # an ONNX Runtime graph (rankface.inference)
+                scores[index] = run(batch)
+                continue
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(**batch).logits
             scores[index] = logits.squeeze(-1).float().cpu().numpy()
@@ -198,13 +208,14 @@ class CrossEncoder(nn.Module):
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
+        backend: str = "torch",
     ) -> list[dict]:
         """Rank `documents` for `query`: `[{"corpus_id": i, "score": s, ("text": d)}]`, best first.
 
         Ties follow rankface's one rule (`rankface.utils.ties`) with the position as the document id: the later
         document first.
         """
-        scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar, precision)
+        scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar, precision, backend)
         order = rank_order(list(range(len(documents))), scores.tolist())[:top_k]
         results = []
         for i in order:
