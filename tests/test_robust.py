@@ -159,3 +159,24 @@ def test_interpolate_folders_refuses_models_of_other_shapes(tiny_bert_dir, tmp_p
     with pytest.raises(ValueError, match="cannot interpolate"):
         interpolate_folders(tiny_bert_dir, other, 0.5, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("encoder", "overrides"), [
+    ("bi", {"training_mode": "full"}),
+    ("bi", {"training_mode": "full", "lora_rank": 2}),
+    ("cross", {"training_mode": "partial", "frozen_layers": 1}),
+    ("bi", {"training_mode": "query_side", "method": "cet", "l2sp_weight": 1.0}),
+], ids=["full", "lora", "cross-partial", "query-side-cet"])
+def test_wise_ft_at_zero_saves_the_start_in_every_mode(collection, tiny_bert_dir, tmp_path, encoder, overrides):
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder=encoder, max_steps=3, wise_ft_alpha=0.0,
+                      **overrides)
+    train(parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))]))
+    start = load_file(str(tiny_bert_dir / "model.safetensors"))
+    model = tmp_path / "out" / "model"
+    saved = load_file(str(model / (QUERY_TOWER if (model / QUERY_TOWER).is_file() else "model.safetensors")))
+    prefix = "bert." if encoder == "cross" else ""
+    encoder_weights = {n[len(prefix):]: t for n, t in saved.items()
+                       if n.startswith(prefix) and not n.startswith(f"{prefix}pooler.")}
+    assert encoder_weights and all(torch.equal(t, start[n]) for n, t in encoder_weights.items())
+    if encoder == "cross":  # the head (pooler + classifier) is the trained one: the start's is random
+        assert {"bert.pooler.dense.weight", "classifier.weight"} <= set(saved)

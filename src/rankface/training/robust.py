@@ -8,9 +8,9 @@ A model fine-tuned on one collection (NFCorpus) can rank other collections worse
   interpolate`); the training setting `wise_ft_alpha` applies it to the final model as it is saved.
 - **L2-SP** (Li et al., 2018): a penalty λ·‖θ − θ₀‖² on the trainable weights (setting `l2sp_weight`).
 
-Only the encoder (the transformer's base model) is interpolated: a cross-encoder's scoring head starts random,
-and mixing a trained head with a random one is noise, so the head is the fine-tuned one (as WiSE-FT keeps the
-zero-shot head fixed, here the only head worth keeping is the trained one).
+Only the encoder (the transformer's base model, without BERT's pooler) is interpolated: a cross-encoder's scoring
+head (classifier and pooler) starts random, and mixing a trained head with a random one is noise, so the head is the
+fine-tuned one.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def check_alpha(alpha: float) -> None:
                          f"got {alpha}")
 
 
+HEAD_PREFIXES = ("pooler.",)
+
+
 def encoder_towers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """The transformer encoders of a rankface text model, without heads: `{"query", "document"}` for a bi-encoder
     (the same module twice when one tower serves both), `{"encoder"}` for a cross-encoder."""
@@ -95,7 +98,12 @@ def interpolate_model_(finetuned: torch.nn.Module, start: torch.nn.Module, alpha
         if id(tower) in done:  # one tower shared by queries and documents: interpolated once
             continue
         done.add(id(tower))
-        tower.load_state_dict(interpolate_weights(start_towers[name].state_dict(), tower.state_dict(), alpha))
+        tuned = tower.state_dict()
+        # BERT's pooler feeds a cross-encoder's classifier and is trained with it as part of the head (it is
+        # re-initialised with the new head): it is the fine-tuned one, like the classifier.
+        body = {k: v for k, v in tuned.items() if not k.startswith(HEAD_PREFIXES)}
+        start_body = {k: v for k, v in start_towers[name].state_dict().items() if not k.startswith(HEAD_PREFIXES)}
+        tower.load_state_dict(tuned | interpolate_weights(start_body, body, alpha))
     return finetuned
 
 
