@@ -94,7 +94,11 @@ DECIDING = TRAINED[:4]  # the systems that decide the paper's direction: every s
 # a selection model that starts apart from the relevance model (its own random query head).
 CEILING = ("clean/strong-neg", "clean/bm25-neg")
 INDEPENDENT = ("cet-indep/strong-neg", "cet-indep/bm25-neg")
-EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg", "oracle-pool", *CEILING, *INDEPENDENT)
+# The bound of CET's weighting form when the propensity is right (judged pools only, where "pooled" means "judged"):
+# no selection model, p for documents in the BM25 top-10 pool and 1 - p outside it, w_f = 1 / (1 - p) as in CET.
+ORACLE_PROPENSITY = {f"cet-oracle-propensity-p{p:g}/strong-neg": p for p in (0.6, 0.9, 0.99)}
+EXTRA = ("cet-mlp/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg", "oracle-pool", *CEILING, *INDEPENDENT,
+         *ORACLE_PROPENSITY)
 BASELINES = ("bm25", "dense")
 SYSTEM_SPECS = {  # method and negative source of each trained system
     "plain/bm25-neg": ("plain", "bm25"),
@@ -110,17 +114,20 @@ SYSTEM_SPECS = {  # method and negative source of each trained system
     "clean/bm25-neg": ("plain", "clean-bm25"),
     "cet-indep/strong-neg": ("cet", "strong"),
     "cet-indep/bm25-neg": ("cet", "bm25"),
+    **{name: ("cet", "strong") for name in ORACLE_PROPENSITY},
 }
 # selection model overrides; other CET systems use --cet-selection
-SELECTION = {"cet-mlp/strong-neg": "mlp", "cet-indep/strong-neg": "indep", "cet-indep/bm25-neg": "indep"}
-SELECTION_READS_POOL = {"cet-mlp/strong-neg"}  # MLP selection models fed the pooling system's (BM25) run
+SELECTION = {"cet-mlp/strong-neg": "mlp", "cet-indep/strong-neg": "indep", "cet-indep/bm25-neg": "indep",
+             **{name: "oracle_pool" for name in ORACLE_PROPENSITY}}
+# selection models fed the pooling system's (BM25) run: the MLP, and the oracle propensity (pooled = its top-10)
+SELECTION_READS_POOL = {"cet-mlp/strong-neg", *ORACLE_PROPENSITY}
 NORMALIZED = {"cet-norm/strong-neg"}  # CET systems trained with cet_normalize_weights
 WEIGHTS_FROM = {"cet-tl/strong-neg": "train_logits"}  # overrides of --cet-weights-from
 # Training order within a seed: the paper's direction first (plain/bm25 -> plain/strong -> CET on strong), so that a
 # partial run on a busy machine answers the main question before the rest.
 ORDER = ("plain/bm25-neg", "plain/strong-neg", "cet/strong-neg", "cet-norm/strong-neg", "cet-tl/strong-neg",
          "cet/bm25-neg", "oracle", "cet-mlp/strong-neg", "oracle-pool", "clean/strong-neg", "cet-indep/strong-neg",
-         "clean/bm25-neg", "cet-indep/bm25-neg")
+         "clean/bm25-neg", "cet-indep/bm25-neg", *ORACLE_PROPENSITY)
 # Systems trained for every seed of --seeds (the others: the first seed only): the deciding four, the ceiling and
 # the independent-selection CET (the protocol's 5 seeds for the ceiling, plain and the two main CET variants).
 SEEDED = (*DECIDING, *CEILING, *INDEPENDENT)
@@ -539,6 +546,8 @@ def training_arguments(args: argparse.Namespace, ctx: Context, system: str, seed
         cet_selection=SELECTION.get(system, args.cet_selection),
         cet_selection_run=str(ctx.runs["bm25"]) if system in SELECTION_READS_POOL else None,
         cet_normalize_weights=system in NORMALIZED,
+        cet_oracle_propensity=ORACLE_PROPENSITY.get(system, 0.9),
+        cet_oracle_pool_depth=POOL_DEPTH,
         learning_rate=args.learning_rate,
         head_learning_rate=settings["head_learning_rate"],
         warmup_ratio=settings["warmup_ratio"],
@@ -568,6 +577,8 @@ def diagnose_cet(ctx: Context, targs, relevance, selection_folder: Path) -> dict
     rel = relevance.predict(texts, batch_size=64, show_progress_bar=False) * relevance.scale
     if targs.cet_selection == "mlp":
         sel = mlp_selection_logits(selection_folder, targs, pairs)
+    elif targs.cet_selection == "oracle_pool":
+        sel = oracle_selection_logits(targs, pairs)
     else:
         from rankface.models.cet.selection_head import ProjectedQueryBiEncoder
 
@@ -579,6 +590,20 @@ def diagnose_cet(ctx: Context, targs, relevance, selection_folder: Path) -> dict
                              full_qrels=ctx.full_qrels["train"], labelled_qrels=read_qrels(targs.train_qrels))
     return {k: v for k, v in report.items() if k != "top_propensity_unlabelled"} | {
         "top_propensity_unlabelled": report.get("top_propensity_unlabelled", [])[:10]}
+
+
+def oracle_selection_logits(targs, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """The oracle propensity's logits `[P]`: pooled = ranked within the pool depth of the pooling run."""
+    import torch
+
+    from rankface.losses.cet import fixed_propensity_logits
+    from rankface.models.cet import rank_table
+    from rankface.retrieval.trec import read_run
+
+    table = rank_table(read_run(targs.cet_selection_run))
+    pooled = torch.tensor([table.get(q, {}).get(d, (math.inf, 0.0))[0] <= targs.cet_oracle_pool_depth
+                           for q, d in pairs])
+    return fixed_propensity_logits(pooled, targs.cet_oracle_propensity, targs.cet_temperature).numpy()
 
 
 def mlp_selection_logits(selection_folder: Path, targs, pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -606,6 +631,9 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
     if done is not None:
         return done
     args = ctx.args
+    if system in ORACLE_PROPENSITY and args.pool_labels != "judged":
+        raise SystemExit(f"{system} needs --pool-labels judged: with one labelled positive per query, 'pooled' does "
+                         "not mean 'judged', and a propensity of being pooled is not CET's")
     output_dir = args.out / "models" / f"{key.replace('/', '__')}__seed{seed}"
     targs = training_arguments(args, ctx, system, seed, output_dir, temperature, source, num_negatives)
     log(f"training {key} seed {seed}: {targs.method}, negatives {targs.negatives_run} ranks 1-{targs.negatives_to_rank}"
@@ -644,7 +672,7 @@ def run_trained(ctx: Context, store: Store, system: str, seed: int, temperature:
                                                          ).items() if k != "examples"},
         },
     }
-    if (output_dir / "selection_model").is_dir():
+    if (output_dir / "selection_model").is_dir() or targs.cet_selection == "oracle_pool":
         record["cet_diagnostics"] = diagnose_cet(ctx, targs, model, output_dir / "selection_model")
     if not keep_model:
         shutil.rmtree(output_dir, ignore_errors=True)
@@ -1161,6 +1189,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
         fn["bm25"] = src["rows"][0]["fn_rate_grade1"]
         fn["strong"] = next(r["fn_rate_grade1"] for r in src["rows"][1:]
                             if r["source"] == chosen["name"] and r["window"][1] == chosen["window"])
+        lines += window_lines(src)
 
     sweep_rows = []
     for t in sorted({*args.sweep_list, *saved_sweep_values(store, "T")}):
@@ -1192,6 +1221,7 @@ def report(args: argparse.Namespace, store: Store) -> str:
     lines += diagnostics_lines(seed_list, store)
     ceiling = ceiling_lines(store, seed_list)
     lines += ceiling["lines"]
+    lines += oracle_propensity_lines(store, seed_list)
     curves = plot_curves(args, store)
     if curves:
         lines.append(f"Learning curves (dev nDCG@10 and training loss against step): `{curves}`\n")
@@ -1226,6 +1256,25 @@ def report(args: argparse.Namespace, store: Store) -> str:
     return "\n".join(lines)
 
 
+def window_lines(src: dict) -> list[str]:
+    """The strong retriever against BM25 on the same windows (1-10 and 1-50): is the strong source's higher
+    false-negative rate the retriever's, or the narrower window's? Counts only, from `negative_sources.json`."""
+    rows = {(r["source"], r["window"][1]): r for r in (*src["rows"], *src.get("bm25_same_window", []))}
+    table = []
+    for window in (10, 50):
+        cells = []
+        for name in ("dense-ft", "bm25"):
+            r = rows.get((name, window))
+            cells.append("" if r is None else f"{r['fn_rate_grade1']:.3f} ({r['fn_rate_grade1_whole_window']:.3f})")
+        if any(cells):
+            table.append(f"| 1-{window} | " + " | ".join(cells) + " |")
+    if not table:
+        return []
+    return [("Same windows, two retrievers: false-negative rate (grade >= 1) of the sampled negatives (of the whole "
+            "window). dense-ft = the strong retriever:\n"),
+            "| window | dense-ft | BM25 |\n|---|---:|---:|", "\n".join(table) + "\n"]
+
+
 def saved_sweep_values(store: Store, kind: str) -> list[float]:
     """The T (kind "T") or K ("K") values of the saved seed-0 sweep records of cet/strong-neg."""
     values = []
@@ -1244,6 +1293,31 @@ SHARE_SYSTEMS = {  # the ceiling of each negative source, and the systems report
                 "cet-tl/strong-neg")),
     "bm25": ("plain/bm25-neg", "clean/bm25-neg", ("cet/bm25-neg", "cet-indep/bm25-neg")),
 }
+
+
+def oracle_propensity_lines(store: Store, seeds: Sequence[int]) -> list[str]:
+    """The oracle-propensity sweep (judged pools): CET's weighting with the right propensity, against plain."""
+    rows = []
+    for system, p in ORACLE_PROPENSITY.items():
+        saved = [s for s in seeds if store.path(system, s).is_file()]
+        if not saved:
+            continue
+        recs = [store.load(system, s) for s in saved]
+        test = statistics.fmean(r["test"]["aggregate"]["nDCG@10"] for r in recs)
+        res = paired(store, system, "plain/strong-neg", saved)
+        by_label = [r.get("cet_diagnostics", {}).get("relevance_loss_w_f_by_label") or {} for r in recs]
+        fn = [b["false_negatives"] for b in by_label if b.get("false_negatives") is not None]
+        other = [b["other_negatives"] for b in by_label if b.get("other_negatives") is not None]
+        rows.append(f"| {p:g} | {saved} | {1 / (1 - p):.2f} / {1 / p:.2f} | "
+                    f"{statistics.fmean(fn) if fn else math.nan:.2f} / {statistics.fmean(other) if other else math.nan:.2f}"
+                    f" | {test:.4f} | " + (f"{res['delta']:+.4f} (p = {res['p']:.3g})" if res else "") + " |")
+    if not rows:
+        return []
+    return [("cet-oracle-propensity (judged pools; no selection model: p for documents of the BM25 top-10 pool, "
+             "1 - p outside it, w_f = 1 / (1 - p) as in CET): the bound of CET's weighting form when the propensity "
+             "is right:\n"),
+            ("| p | seeds | w_f pooled / not pooled | w_f FN / other (mined negatives) | test nDCG@10 | vs plain/strong-neg |"
+            "\n|---:|---|---|---|---:|---|"), "\n".join(rows) + "\n"]
 
 
 def ceiling_lines(store: Store, seeds: Sequence[int]) -> dict:

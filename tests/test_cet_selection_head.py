@@ -24,8 +24,9 @@ def collection(tmp_path_factory):
 
 def _args(collection, tiny_bert_dir, tmp_path, **overrides):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side",
-                      method="cet", cet_selection="indep", cet_temperature=2.0, **overrides)
+    values = settings(collection, tiny_bert_dir, tmp_path / "out", **{
+        "encoder": "bi", "training_mode": "query_side", "method": "cet", "cet_selection": "indep",
+        "cet_temperature": 2.0, **overrides})
     return parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))])
 
 
@@ -78,3 +79,39 @@ def test_pearson_by_hand():
     b = torch.tensor([[2.0, 1.0], [0.0, 4.0]])
     assert pearson(a, b) == pytest.approx(float(np.corrcoef([1, 2, 3, 5], [2, 1, 0, 4])[0, 1]))
     assert pearson(a, torch.ones(2, 2)) is None
+
+
+# ---------------------------------------------------------------------------------------------- oracle propensity
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.99])
+def test_fixed_propensity_gives_cet_weights_one_over_one_minus_p(p):
+    from rankface.losses.cet import coupled_weights, fixed_propensity_logits
+
+    pooled = torch.tensor([[True, False, True], [False, False, True]])
+    for t in (1.0, 10.0):
+        weights = coupled_weights(fixed_propensity_logits(pooled, p, t), t)
+        expected = torch.where(pooled, torch.tensor(1 / (1 - p)), torch.tensor(1 / p))
+        torch.testing.assert_close(weights, expected, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="propensity"):
+        fixed_propensity_logits(pooled, 1.0, 10.0)
+
+
+def test_oracle_pool_training_weights_pooled_negatives_by_one_over_one_minus_p(collection, tiny_bert_dir, tmp_path):
+    """The oracle propensity needs no selection model: the relevance model trains on w_f = 1/(1-p) for negatives
+    ranked within the pool depth of the pooling run and 1/p below it; the logged mean weight says so."""
+    from rankface.models.cet import rank_table
+    from rankface.retrieval.trec import read_run
+
+    run_path = collection / "negatives.trec"
+    args = _args(collection, tiny_bert_dir, tmp_path, cet_selection="oracle_pool", cet_selection_run=str(run_path),
+                 cet_oracle_propensity=0.9, cet_oracle_pool_depth=30, max_steps=1, batch_size=100)
+    data = prepare_training_data(args)
+    assert len(build_models(args, data)) == 1  # no selection model to train
+    train(args)
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    table = rank_table(read_run(run_path))
+    pooled = [table[g.qid][d][0] <= 30 for g in data.groups for d in g.negative_docids]
+    # One step over every group (batch 100 > groups): the logged mean of w_f, by hand.
+    expected = np.mean([1 / (1 - 0.9) if x else 1 / 0.9 for x in pooled])
+    assert 0 < sum(pooled) < len(pooled)
+    assert state["log"][0]["weight_mean"] == pytest.approx(expected, rel=1e-5)
+    assert not (tmp_path / "out" / "selection_model").exists()

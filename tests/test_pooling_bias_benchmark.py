@@ -139,6 +139,7 @@ def test_report_means_ttest_and_result_keys(bench, tmp_path):
         assert float(pairs[f"share_{name}_strong"]) == pytest.approx(share, abs=1e-3)
         assert 0 < float(pairs[f"p_share_{name}"]) <= 1
     assert "| clean/strong-neg - plain/strong-neg (the ceiling A) | [0, 1] |" in text
+    assert "| 1-50 |  | 0.200 (0.200) |" in text  # the windows table: BM25's 1-50, no dense-ft row saved here
 
 
 def test_report_with_nothing_saved_prints_nan(bench, tmp_path):
@@ -280,3 +281,21 @@ def test_share_of_ceiling_by_hand(ceiling):
     assert out["share"] == pytest.approx(0.0, abs=1e-9) and out["p_share"] > 0.2
     with pytest.raises(ValueError, match="one shape"):
         ceiling.share_of_ceiling(plain, plain[:1], None)
+
+
+def test_oracle_propensity_rows_and_judged_pools_only(bench, tmp_path):
+    args = bench.parse_args(["--results-dir", str(tmp_path), "--pool-labels", "judged", "--seeds", "0"])
+    store = bench.Store(tmp_path, bench.training_settings(args))
+    rng = random.Random(5)
+    qids = [f"q{i}" for i in range(30)]
+    plain = store.save("plain/strong-neg", 0, {**_record(rng, qids, 0.1), "train": {}})
+    diag = {"relevance_loss_w_f_by_label": {"false_negatives": 1.5, "other_negatives": 4.0}}
+    oracle = store.save("cet-oracle-propensity-p0.9/strong-neg", 0,
+                        {**_record(rng, qids, 0.1), "train": {}, "cet_diagnostics": diag})
+    lines = "\n".join(bench.oracle_propensity_lines(store, [0]))
+    delta = oracle["test"]["aggregate"]["nDCG@10"] - plain["test"]["aggregate"]["nDCG@10"]
+    assert f"| 0.9 | [0] | 10.00 / 1.11 | 1.50 / 4.00 | {oracle['test']['aggregate']['nDCG@10']:.4f} | {delta:+.4f}" in lines
+    one = bench.parse_args(["--results-dir", str(tmp_path / "one"), "--seeds", "0"])
+    ctx = argparse.Namespace(args=one)
+    with pytest.raises(SystemExit, match="pool-labels judged"):
+        bench.run_trained(ctx, bench.Store(one.out, bench.training_settings(one)), "cet-oracle-propensity-p0.9/strong-neg", 0)

@@ -19,6 +19,8 @@ These are pure tensor functions: the caller runs the models, picks which logits 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +55,27 @@ def coupled_weights(
     if max_weight is not None:
         weights = weights.clamp(max=max_weight)
     return weights
+
+
+def fixed_propensity_logits(pooled: torch.Tensor, propensity: float, temperature: float) -> torch.Tensor:
+    """Selection logits of CET's oracle propensity: `g` with `sigmoid(g / T) = p` for pooled documents and `1 - p`
+    for the others, so that `w_f = 1 / (1 - sigmoid(g / T))` is `1 / (1 - p)` or `1 / p` (R1's
+    `cet-oracle-propensity`: the bound of CET's weighting form when the propensity is right).
+
+    Args:
+        pooled: bool tensor, any shape (e.g. `[Q, 1 + K]`): was the document in the judged pool?
+        propensity: `p` in (0, 1).
+        temperature: CET's `T` (the logits are scaled by it, so that the weights do not depend on it).
+
+    Returns:
+        `float32` logits of `pooled`'s shape.
+    """
+    if not 0 < propensity < 1:
+        raise ValueError(f"propensity must be in (0, 1), got {propensity}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logit = temperature * math.log(propensity / (1 - propensity))
+    return torch.where(pooled.bool(), torch.tensor(logit), torch.tensor(-logit)).float()
 
 
 def cet_loss(

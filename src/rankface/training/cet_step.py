@@ -7,10 +7,12 @@ logits of the training forwards (dropout on): 2 forwards + 2 backwards.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from accelerate import Accelerator
 
-from rankface.losses.cet import cet_loss, coupled_weights
+from rankface.losses.cet import cet_loss, coupled_weights, fixed_propensity_logits
 
 
 def make_cet_step(args, accelerator: Accelerator):
@@ -24,17 +26,28 @@ def make_cet_step(args, accelerator: Accelerator):
         module.train()
         return scores
 
+    # 'oracle_pool': no selection model, its propensity is given (`fixed_view`).
+    fixed = getattr(args, "cet_selection", "same") == "oracle_pool"
+
+    def fixed_view(sel_features) -> torch.Tensor:
+        # Rank features `[Q, D, 2]` of the pooling run, column 0 = log1p(rank): pooled = rank <= the pool depth.
+        pooled = sel_features["features"][..., 0] <= math.log1p(args.cet_oracle_pool_depth) + 1e-6
+        return fixed_propensity_logits(pooled, args.cet_oracle_propensity, args.cet_temperature)
+
     def cet_step(learners, features) -> dict[str, float]:
-        relevance, selection = learners[0].model, learners[1].model
+        relevance = learners[0].model
+        selection = None if fixed else learners[1].model
         # Text features for both models, or separate ones when the selection model reads first-stage ranks.
         rel_features = features.get("relevance", features)
         sel_features = features.get("selection", features)
         if args.cet_weights_from == "eval_forward":
-            rel_view, sel_view = eval_forward(relevance, rel_features), eval_forward(selection, sel_features)
+            rel_view = eval_forward(relevance, rel_features)
+            sel_view = fixed_view(sel_features) if fixed else eval_forward(selection, sel_features)
         rel_scores = relevance(rel_features).float()
-        sel_scores = selection(sel_features).float()
+        sel_scores = fixed_view(sel_features).to(rel_scores.device) if fixed else selection(sel_features).float()
         if args.cet_weights_from == "train_logits":
             rel_view, sel_view = rel_scores.detach(), sel_scores.detach()
+        sel_view = sel_view.to(rel_view.device)
         # Weights on the negatives only ([Q, K]) or on every document of the group ([Q, 1 + K]).
         columns = slice(1, None) if args.cet_weight_on == "negative" else slice(None)
         rel_weights = coupled_weights(sel_view[:, columns], args.cet_temperature)  # the selection model's belief
@@ -42,8 +55,9 @@ def make_cet_step(args, accelerator: Accelerator):
         options = {"form": args.loss, "weight_on": args.cet_weight_on, "normalize_weights": args.cet_normalize_weights}
         rel_loss = cet_loss(rel_scores, rel_weights, **options)
         sel_loss = cet_loss(sel_scores, sel_weights, **options)
-        # The two models share no parameters, so one backward of the sum gives each its own gradient.
-        accelerator.backward(rel_loss + sel_loss)
+        # The two models share no parameters, so one backward of the sum gives each its own gradient (a fixed
+        # propensity has none: its loss is only logged).
+        accelerator.backward(rel_loss if fixed else rel_loss + sel_loss)
         values = {
             "loss": rel_loss.item(),
             "selection_loss": sel_loss.item(),
