@@ -57,16 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rr-min-grade", type=int, default=1, help="lowest grade counted relevant by RR")
     p.set_defaults(handler=_evaluate)
 
-    p = commands.add_parser("demo", help="The main job: index, BM25, train a reranker, rerank, evaluate.")
-    from rankface.demo import add_demo_arguments
-
-    add_demo_arguments(p)
+    # The demo's own parser is built when `demo` runs: rankface.demo imports the training code.
+    p = commands.add_parser("demo", help="The main job: index, BM25, train a reranker, rerank, evaluate.",
+                            add_help=False)
     p.set_defaults(handler=_demo)
 
-    p = commands.add_parser("interpolate", help="WiSE-FT: write (1 - alpha) * start + alpha * fine-tuned weights.")
-    from rankface.training.robust import add_interpolate_arguments
-
-    add_interpolate_arguments(p)  # sets the handler
+    p = commands.add_parser("interpolate", help="WiSE-FT: write (1 - alpha) * start + alpha * fine-tuned weights.",
+                            add_help=False)
+    p.set_defaults(handler=_interpolate)
 
     p = commands.add_parser("pool-labels", help="Simulate pooled (sparse) labels from dense qrels and a run.",
                             add_help=False)
@@ -82,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(handler=_env)
 
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command not in ("train", "pool-labels", "convert-mobilefacenet"):
+    if rest and args.command not in _OWN_PARSERS:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -92,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _report_error(args.command, err)
 
+
+# Commands that parse their own arguments when they run, so that `rankface --help` imports none of their modules
+# (torch, transformers: seconds).
+_OWN_PARSERS = ("train", "demo", "interpolate", "pool-labels", "convert-mobilefacenet")
 
 # Errors that bad input causes (a file, a folder, a setting): one line and exit status 2, the traceback only with
 # --debug. Anything else is a fault in rankface and keeps its traceback.
@@ -216,9 +218,12 @@ def _load_scorer(args):
 
 
 def _train(_args, rest) -> None:
-    from rankface.training import parse_training_args, train
+    from rankface.training.arguments import parse_training_args
 
-    train(parse_training_args(rest))
+    settings = parse_training_args(rest, prog="rankface train")  # before the loop's imports: --help stays quick
+    from rankface.training.loop import train
+
+    train(settings)
 
 
 def _evaluate(args, _rest) -> None:
@@ -260,10 +265,23 @@ def _run_labels(paths: Sequence[str]) -> dict[str, str]:
     return {os.path.normpath(p): p for p in paths}
 
 
-def _demo(args, _rest) -> int:
-    from rankface.demo import run_demo
+def _demo(_args, rest) -> int:
+    from rankface.demo import add_demo_arguments, run_demo
 
-    return run_demo(args)
+    parser = argparse.ArgumentParser(prog="rankface demo",
+                                     description="The main job: index, BM25, train a reranker, rerank, evaluate.")
+    add_demo_arguments(parser)
+    return run_demo(parser.parse_args(rest))
+
+
+def _interpolate(_args, rest) -> int:
+    from rankface.training.robust import add_interpolate_arguments
+
+    parser = argparse.ArgumentParser(prog="rankface interpolate",
+                                     description="WiSE-FT: write (1 - alpha) * start + alpha * fine-tuned weights.")
+    add_interpolate_arguments(parser)  # sets the handler
+    args = parser.parse_args(rest)
+    return args.handler(args, [])
 
 
 def _pool_labels(_args, rest) -> int:

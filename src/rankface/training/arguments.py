@@ -193,21 +193,58 @@ class RerankerTrainingArguments:
             )
 
 
-def parse_settings(settings_class: type[T], argv: list[str] | None = None) -> T:
-    """Parse a settings dataclass: `--config file.yaml` supplies defaults; any other `--flag value` overrides them."""
+# Spellings of "no items" for a list setting on a command line (argparse's `nargs="+"` cannot take zero values).
+EMPTY_LIST_VALUES = ("", "none", "None")
+
+
+def _allow_empty_lists(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Let every list setting of `parser` be emptied: `--name ''`, `--name none` or a bare `--name` give `[]`.
+
+    The list options take zero or more values from here on, their help says how to empty them, and the empty
+    spellings are dropped from `argv` (a `list[int]` setting would otherwise try `int('none')`).
+    """
+    list_options = set()
+    for action in parser._actions:
+        if action.nargs == "+":
+            action.nargs = "*"
+            action.help = f"{action.help or ''} (`{action.option_strings[0]} none` or `''` empties the list)".strip()
+            list_options.update(action.option_strings)
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        name, equals, value = token.partition("=")
+        if name in list_options and equals and value in EMPTY_LIST_VALUES:
+            out.append(name)
+        elif token in list_options and i + 1 < len(items) and items[i + 1] in EMPTY_LIST_VALUES:
+            out.append(token)
+            i += 1
+        else:
+            out.append(token)
+        i += 1
+    return out
+
+
+def parse_settings(settings_class: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
+    """Parse a settings dataclass: `--config file.yaml` supplies defaults; any other `--flag value` overrides them.
+
+    A list setting is emptied with `--name none` (or `''`). `prog` names the command in usage and help (e.g.
+    `rankface train`).
+    """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(settings_class)
+    parser = HfArgumentParser(settings_class, prog=prog)
     parser.add_argument("--config", help="YAML file with any of the settings below.")
     if known.config:
         parser.set_defaults(**load_yaml_settings(known.config, settings_class))
-    return parser.parse_args_into_dataclasses(args=rest)[0]
+    return parser.parse_args_into_dataclasses(args=_allow_empty_lists(parser, rest))[0]
 
 
-def parse_training_args(argv: list[str] | None = None) -> RerankerTrainingArguments:
+def parse_training_args(argv: list[str] | None = None, prog: str | None = None) -> RerankerTrainingArguments:
     """Reranker training settings from `--config file.yaml` and command-line flags."""
-    return parse_settings(RerankerTrainingArguments, argv)
+    return parse_settings(RerankerTrainingArguments, argv, prog=prog)
 
 
 def load_yaml_settings(path: str | Path, settings_class: type = RerankerTrainingArguments) -> dict:
