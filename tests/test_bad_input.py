@@ -221,3 +221,11 @@ def test_search_refuses_an_empty_topics_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"rankface search: error: {tmp_path / 'topics.tsv'}: no queries (the file is empty)" in err
     assert not (tmp_path / "run.trec").exists()
+
+
+def test_an_empty_query_id_is_named_as_such(tmp_path):
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("q1\tfirst\n\tsecond query\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{topics}:2: the query id \(the field before the tab\) is empty; "
+                                         r"expected `qid<TAB>text`, found '\\tsecond query'$"):
+        read_queries_tsv(topics)

@@ -254,10 +254,13 @@ def read_queries_tsv(path: str | os.PathLike) -> dict[str, str]:
         if not line.strip():
             raise UserError(f"{path}:{lineno}: expected `qid<TAB>text`, found an empty line")
         cols = line.split("\t")
-        if len(cols) != 2 or not cols[0]:
+        if len(cols) != 2:
             raise UserError(f"{path}:{lineno}: expected `qid<TAB>text` (2 tab-separated fields), "
                             f"found {len(cols)} field(s): {line[:80]!r}")
         qid, text = cols
+        if not qid.strip():
+            raise UserError(f"{path}:{lineno}: the query id (the field before the tab) is empty; expected "
+                            f"`qid<TAB>text`, found {line[:80]!r}")
         if any(c.isspace() for c in qid):
             raise UserError(f"{path}:{lineno}: query id {qid!r} contains whitespace; expected an id without spaces "
                             "(a TREC run cannot hold it)")
