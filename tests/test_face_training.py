@@ -394,3 +394,25 @@ def test_optimizer_learning_rates_per_module():
     args.ri_head_learning_rate = None
     lr_of = {id(p): g["lr"] for g in make_face_optimizer(model, args).param_groups for p in g["params"]}
     assert lr_of[id(model.encoder.quality_head.weight)] == 0.01
+
+
+def test_head_init_random_leaves_the_class_weights_off_the_centroids(lfw_like, tiny_encoders, tmp_path):
+    """`head_init: random` (UNPG's authors' setting) against the default centroids, with learning rates 0 so that the
+    checkpoint holds the initial class weights."""
+    from rankface.training.face import FaceRecognitionModule, build_encoder, class_centroids, prepare_face_data
+
+    heads = {}
+    for init in ("centroids", "random"):
+        out = tmp_path / init
+        config = write_config(tmp_path / f"{init}.yaml", settings(
+            lfw_like, tiny_encoders["mobilefacenet"], out, head_init=init, max_steps=1, checkpoint_steps=1,
+            learning_rate=0.0, head_learning_rate=0.0, eval_at_end=False, head_init_images_per_class=4))
+        run(config)
+        heads[init] = load_file(out / "checkpoints" / "step-0000001" / "model.safetensors")["classifier.weight"]
+    args = parse_face_training_args(["--config", str(tmp_path / "centroids.yaml")])
+    data = prepare_face_data(args)
+    centroids = class_centroids(FaceRecognitionModule(build_encoder(args), data.num_classes).encoder, data.train_set,
+                                data.num_classes, per_class=4)
+    cosine = {k: torch.nn.functional.cosine_similarity(v, centroids, dim=1) for k, v in heads.items()}
+    assert cosine["centroids"].min() > 0.999
+    assert cosine["random"].abs().max() < 0.99 and not torch.allclose(heads["random"], heads["centroids"])
