@@ -61,6 +61,23 @@ def _ordinary_mode(folder: bool) -> int:
     return (0o777 if folder else 0o666) & ~_umask()
 
 
+def give_ordinary_modes(folder: str | os.PathLike) -> Path:
+    """Give `folder` and everything under it the modes `open()` / `mkdir()` would (the umask decides).
+
+    safetensors (0.8) writes its files through a private temporary file, so a saved model's weights come out 0600
+    while the config and tokenizer files beside them are 0644: another user, or a web server, can read the
+    folder's every file but the weights. A file that is executable stays so (with the mode a new folder gets).
+    """
+    folder = Path(folder)
+    file_mode, folder_mode = _ordinary_mode(folder=False), _ordinary_mode(folder=True)
+    for path in (folder, *folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or bool(stat.S_IMODE(path.stat().st_mode) & 0o111)
+        path.chmod(folder_mode if executable else file_mode)
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------- writing
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
@@ -162,6 +179,7 @@ def save_folder_atomically(model, target: str | os.PathLike) -> Path:
     staging = staging_folder(target)
     try:
         model.save_pretrained(staging)
+        give_ordinary_modes(staging)
         replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
