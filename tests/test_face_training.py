@@ -416,3 +416,26 @@ def test_head_init_random_leaves_the_class_weights_off_the_centroids(lfw_like, t
     cosine = {k: torch.nn.functional.cosine_similarity(v, centroids, dim=1) for k, v in heads.items()}
     assert cosine["centroids"].min() > 0.999
     assert cosine["random"].abs().max() < 0.99 and not torch.allclose(heads["random"], heads["centroids"])
+
+
+def test_ri_with_the_fixed_target_logs_xi_per_resolution_bucket(lfw_like, tiny_encoders, tmp_path):
+    """Issue 21: `ri_target_prototypes: initial` + the clamped product train, and the xi / xi_hat log is taken at
+    steps 0, 2 and 4 (every `ri_log_steps`) for every resolution bucket."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", settings(
+        lfw_like, tiny_encoders["mobilefacenet"], out, ri=True, ri_warmup_ratio=0.0, max_steps=4, eval_at_end=False,
+        eval_steps=2, ri_log_steps=2, ri_log_images=12, ri_target_prototypes="initial", ri_form="product_clamped"))
+    run(config)
+    state = json.loads((out / "trainer_state.json").read_text())
+    logs = [e for e in state["log"] if "ri_buckets" in e]
+    assert [e["step"] for e in logs] == [0, 2, 4]
+    for entry in logs:
+        buckets = entry["ri_buckets"]["buckets"]
+        assert set(buckets) == {"8", "12", "16", "24", "32", "112"} and entry["ri_buckets"]["images"] == 12
+        # clamped product: xi in [0, 2]
+        assert all(0.0 <= b["xi"] <= 2.0 and np.isfinite(b["xi_hat"]) for b in buckets.values())
+        assert 0.0 <= entry["ri_buckets"]["auc_24_8"]["xi_hat"] <= 1.0
+    steps = [e for e in state["log"] if "loss" in e]
+    assert all(e["ri_xi"] >= 0.0 and e["ri_diversion"] >= 0.0 for e in steps)
+    with pytest.raises(ValueError, match="ri_log_steps .* must be a multiple of eval_steps"):
+        parse_face_training_args(["--ri", "true", "--ri_log_steps", "3", "--eval_steps", "2"])

@@ -10,7 +10,12 @@ this is rankface's reading, with every open choice an argument (defaults from me
   samples) and `sigma_UI` (their std).
 - RI, with `v` the normalised embedding, `w_y` the true class prototype, `w_j` the nearest other one:
   product form `xi = (1 - cos(v, u)) (cos(v, w_y) - max_{j != y} cos(v, w_j))` (range [-4, 4]),
-  ratio form `xi = (1 - cos(v, u)) cos(v, w_y) / (max_{j != y} cos(v, w_j) + 1 + eps)`.
+  ratio form `xi = (1 - cos(v, u)) cos(v, w_y) / (max_{j != y} cos(v, w_j) + 1 + eps)`,
+  clamped product `xi = (1 - cos(v, u)) max(0, cos(v, w_y) - max_{j != y} cos(v, w_j))` (issue 21: the product's
+  derivative in cos(v, u) is `-(pos - neg)`, positive for a misclassified face, so the index-diversion hinge pulled
+  such a face *towards* the UI centre; clamped, it never does).
+- Target prototypes: by default the live classifier rows (the old, in-sample target); the trainer may pass other
+  cosines (`target_cos`), e.g. to frozen clean class centroids that leave the sample's own image out.
 - `L_reg = SmoothL1_beta(xi_hat, xi.detach())`, beta = 0.75.
 - `L_ID = mean max(0, mu_UI + tau - xi)`, tau = sigma_UI by default, gradient into v only.
 - `L_att = || v_att - normalise(v - (v.u) u) ||^2` (target detached), mean over the batch.
@@ -28,7 +33,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-RIForm = Literal["product", "ratio"]
+RIForm = Literal["product", "ratio", "product_clamped"]
+RI_FORMS = ("product", "ratio", "product_clamped")
 
 
 # ---------------------------------------------------------------------------------------------- UI images
@@ -96,13 +102,16 @@ def ri_from_cosines(
     Product form `(1 - ui)(pos - neg)`: increasing in pos and decreasing in neg everywhere; decreasing in
     ui where pos > neg (for a misclassified face, pos < neg, moving away from the UI centre makes xi more
     negative). Ratio form `(1 - ui) pos / (neg + 1 + eps)`: increasing in pos; decreasing in ui and neg
-    where pos >= 0.
+    where pos >= 0. Clamped product `(1 - ui) max(0, pos - neg)`: never increasing in ui; 0 (and flat) for a
+    misclassified face.
     """
     if form == "product":
         return (1.0 - ui_cos) * (pos_cos - neg_cos)
+    if form == "product_clamped":
+        return (1.0 - ui_cos) * (pos_cos - neg_cos).clamp_min(0.0)
     if form == "ratio":
         return (1.0 - ui_cos) * pos_cos / (neg_cos + 1.0 + eps)
-    raise ValueError(f"RI `form` must be 'product' or 'ratio', got {form!r}")
+    raise ValueError(f"RI `form` must be one of {RI_FORMS}, got {form!r}")
 
 
 def _pos_neg_from_cos(class_cos: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -362,8 +371,8 @@ class RecognizabilityLoss(nn.Module):
         super().__init__()
         if diversion_on not in ("xi", "xi_hat"):
             raise ValueError(f"RecognizabilityLoss: `diversion_on` must be 'xi' or 'xi_hat', got {diversion_on!r}")
-        if form not in ("product", "ratio"):
-            raise ValueError(f"RecognizabilityLoss: `form` must be 'product' or 'ratio', got {form!r}")
+        if form not in RI_FORMS:
+            raise ValueError(f"RecognizabilityLoss: `form` must be one of {RI_FORMS}, got {form!r}")
         if warmup_steps < 0:
             raise ValueError(f"RecognizabilityLoss: `warmup_steps` must be >= 0, got {warmup_steps}")
         self.margin_loss = margin_loss
@@ -382,6 +391,7 @@ class RecognizabilityLoss(nn.Module):
         attended: Tensor | None = None,
         step: int = 0,
         norms: Tensor | None = None,
+        target_cos: Tensor | None = None,
     ) -> RecognizabilityLossOutput:
         """Args:
         embeddings: `[B, E]` un-normalised embeddings v.
@@ -393,6 +403,9 @@ class RecognizabilityLoss(nn.Module):
         attended: `[B, E]` attended embedding v_att, or None (no attention branch: L_att = 0).
         step: global optimisation step, for the warm-up.
         norms: `[B]` embedding norms for AdaFace/MagFace (default from `embeddings`).
+        target_cos: `[B, C]` cosines of `embeddings` to the prototypes the RI is measured against, with gradient
+            into the embeddings (the regression target uses them detached, the index diversion as they are).
+            None: the classifier's (`cos` for the target, `class_weights` for the diversion), the old behaviour.
         """
         if quality.shape != labels.shape:
             raise ValueError(
@@ -401,14 +414,17 @@ class RecognizabilityLoss(nn.Module):
         margin = self.margin_loss(embeddings, labels, cos, norms=norms)
         u = ui_centre.direction
         xi_target = recognizability_index(
-            embeddings.detach(), u, class_cos=cos.detach(), labels=labels, form=self.form
+            embeddings.detach(), u, class_cos=(cos if target_cos is None else target_cos).detach(), labels=labels,
+            form=self.form,
         )
         regression = ri_regression_loss(quality, xi_target, self.regression_beta)
         zero = margin.new_zeros(())
         active = step >= self.warmup_steps
         diversion = attention = zero
         if active and self.beta != 0:
-            if self.diversion_on == "xi":
+            if self.diversion_on == "xi" and target_cos is not None:
+                xi = recognizability_index(embeddings, u, class_cos=target_cos, labels=labels, form=self.form)
+            elif self.diversion_on == "xi":
                 xi = recognizability_index(
                     embeddings, u, class_weights=class_weights.detach(), labels=labels, form=self.form
                 )

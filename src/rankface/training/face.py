@@ -44,6 +44,13 @@ from rankface.losses.margins import MarginLoss, NormalizedClassifier, build_head
 from rankface.losses.unpg import UNPGLoss
 from rankface.paths import shared_dir
 from rankface.training.face_arguments import PRETRAINED_MOBILEFACENET, FaceTrainingArguments
+from rankface.training.face_ri import (
+    build_target_prototypes,
+    ri_bucket_log,
+    ri_step,
+    ri_warmup_steps,
+    wrap_recognizability,
+)
 from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, prepare_output_dir, run_steps
 from rankface.utils.io import save_folder_atomically, write_json
 
@@ -74,6 +81,11 @@ def train_face(args: FaceTrainingArguments) -> dict:
     checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
     if args.head_init == "centroids" and checkpoint is None:  # a resumed run loads its class weights instead
         init_class_weights_at_centroids(accelerator, model, data, args)
+    prototypes = None
+    if args.ri and args.ri_target_prototypes == "initial":
+        # from the starting encoder, also on resume (the encoder is the start until load_state): the same prototypes
+        prototypes = build_target_prototypes(model.encoder, data.train_set, data.num_classes, args.eval_batch_size)
+        data.train_set.return_index = True  # the leave-one-out prototype needs each image's index
     if args.channels_last:
         use_channels_last(accelerator, model)
     head_kwargs = {k: v for k, v in (("s", args.margin_scale), ("m", args.margin)) if v is not None}
@@ -114,22 +126,31 @@ def train_face(args: FaceTrainingArguments) -> dict:
     elif args.resume_from_checkpoint == "latest":
         accelerator.print(f"no checkpoint under {output_dir / 'checkpoints'}: starting from step 0")
 
-    def micro_step(batch: tuple[Tensor, Tensor]) -> dict[str, float]:
-        pixel_values, labels = batch
+    def micro_step(batch: tuple[Tensor, ...]) -> dict[str, float]:
+        pixel_values, labels = batch[0], batch[1]
+        index = batch[2] if len(batch) > 2 else None
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if ri_loss is None:
             embedding, cos = model(pixel_values)
             loss, parts = loss_fn(embedding, labels, cos), {}
         else:
-            loss, parts = ri_step(accelerator, model, ri_loss, pixel_values, labels, args, state["step"])
+            loss, parts = ri_step(accelerator, model, ri_loss, pixel_values, labels, args, state["step"],
+                                  prototypes=prototypes, index=index)
         accelerator.backward(loss)
         values = {"loss": float(loss.item()), **parts}
         if args.unpg:  # what UNPG adds on this batch (pairs kept, bounds, share of the mass, hardest class cosine)
             values.update(loss_fn.last_stats)
         return values
 
+    def log_ri(st: dict) -> None:
+        if args.ri and args.ri_log_steps and st["step"] % args.ri_log_steps == 0 and accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            st["log"].append({"step": st["step"], "ri_buckets": ri_bucket_log(
+                unwrapped.encoder, unwrapped.classifier.weight, data.train_set, args, prototypes)})
+
     def evaluate(st: dict) -> None:
+        log_ri(st)
         if "validation" in args.eval_sets:
             record_validation(accelerator, model, data, args, st)
         if "heldout" in args.eval_sets:
@@ -144,6 +165,8 @@ def train_face(args: FaceTrainingArguments) -> dict:
     state["rank_fingerprints"] = check_ranks_agree(accelerator, [learner])
     if "validation" in args.eval_sets and args.eval_steps:
         record_validation(accelerator, model, data, args, state)  # the last point of the learning curve
+    if not any(e.get("ri_buckets") and e["step"] == state["step"] for e in state["log"]):
+        log_ri(state)  # the end, when no evaluation fell on it
     final = record_face_evaluation(accelerator, model, data, args, state) if args.eval_at_end else {}
     state["final_eval"] = final
     if accelerator.is_main_process:
@@ -181,6 +204,7 @@ class FaceTrainSet(Dataset):
         self.images, self.labels, self.config = images, np.asarray(labels, dtype=np.int64), config
         self.degrade, self.hflip_prob, self.seed, self.image_column = degrade, hflip_prob, seed, image_column
         self.epoch = 0
+        self.return_index = False  # items become (pixel_values, label, index) when set
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -206,6 +230,8 @@ class FaceTrainSet(Dataset):
         if self.hflip_prob and np.random.default_rng([self.seed, self.epoch, int(index), 1]).random() < self.hflip_prob:
             image = image[:, ::-1]
         pixel_values = pixel_values_from_uint8(np.ascontiguousarray(image)[None], self.config)[0]
+        if self.return_index:
+            return pixel_values, torch.tensor(self.labels[index]), torch.tensor(int(index))
         return pixel_values, torch.tensor(self.labels[index])
 
 
@@ -426,41 +452,6 @@ class FaceRecognitionModule(nn.Module):
         return (out.embedding, cos, out) if full_output else (out.embedding, cos)
 
 
-def wrap_recognizability(backbone: nn.Module, args: FaceTrainingArguments) -> nn.Module:
-    """A `RecognizabilityModel` around `backbone` (its weights copied in); an RI checkpoint is returned as is."""
-    from rankface.models.recognizability import RecognizabilityConfig, RecognizabilityModel
-
-    if isinstance(backbone, RecognizabilityModel):
-        return backbone
-    config = RecognizabilityConfig(backbone=backbone.config, attention=args.ri_attention, ri_form=args.ri_form,
-                                   match_with=args.ri_match_with)
-    model = RecognizabilityModel(config)
-    model.backbone.load_state_dict(backbone.state_dict(), strict=True)
-    return model.train()
-
-
-def ri_step(accelerator: Accelerator, model, ri_loss, pixel_values: Tensor, labels: Tensor,
-            args: FaceTrainingArguments, step: int) -> tuple[Tensor, dict]:
-    """One RI forward: step the UI-centre buffers with unrecognizable versions of the batch (no gradient, BN in eval
-    mode), then the total RI objective on the batch. The UI sizes are drawn from `(seed, step, rank)`, so a resumed
-    run draws the same ones."""
-    from rankface.losses.recognizability import make_unrecognizable
-
-    unwrapped = accelerator.unwrap_model(model)
-    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 101 + accelerator.process_index)
-    ui = make_unrecognizable(pixel_values, size_range=(args.ri_ui_size_min, args.ri_ui_size_max), generator=generator)
-    if args.channels_last:
-        ui = ui.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        unwrapped.encoder.update_ui_centre(ui, labels, unwrapped.classifier.weight)
-    embedding, cos, out = model(pixel_values, full_output=True)
-    result = ri_loss(embedding, labels, cos, unwrapped.classifier.weight, out.quality.float(),
-                     unwrapped.encoder.ui_centre, attended=out.attended_embedding, step=step)
-    parts = {"margin": float(result.margin), "ri_regression": float(result.regression),
-             "ri_diversion": float(result.diversion), "ri_attention": float(result.attention)}
-    return result.loss, parts
-
-
 @torch.no_grad()
 def class_centroids(encoder: nn.Module, train_set: FaceTrainSet, num_classes: int, per_class: int,
                     batch_size: int = 64) -> Tensor:
@@ -531,14 +522,6 @@ def resolve_face_precision(setting: str) -> str:
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {setting!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_precision(setting, device)
-
-
-def ri_warmup_steps(args: FaceTrainingArguments, total_steps: int) -> int:
-    """Optimizer steps before the RI's index diversion and attention losses switch on: `ri_warmup_steps` when given,
-    else `round(ri_warmup_ratio * total_steps)` (0: on from the first step; 1: never on in this run)."""
-    if args.ri_warmup_steps is not None:
-        return int(args.ri_warmup_steps)
-    return round(args.ri_warmup_ratio * total_steps)
 
 
 def use_channels_last(accelerator: Accelerator, model: nn.Module) -> None:

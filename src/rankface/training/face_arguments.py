@@ -84,7 +84,15 @@ class FaceTrainingArguments:
         default=0.25)
     ri_warmup_steps: int | None = _help("RI: an exact warm-up in steps; when given it overrides ri_warmup_ratio.",
                                         default=None)
-    ri_form: str = _help("RI: 'product' or 'ratio' form of the index.", default="product")
+    ri_form: str = _help("RI: 'product', 'ratio' or 'product_clamped' (margin term clamped at 0: the diversion never "
+                         "pulls a misclassified face towards the UI centre) form of the index.", default="product")
+    ri_target_prototypes: str = _help(
+        "RI: prototypes of the target xi: 'classifier' (the live class rows ArcFace fits to the same images; the old "
+        "target) or 'initial' (every training image embedded once at 112 px by the starting encoder; the positive "
+        "prototype leaves the image itself out; training/face_ri.py).", default="classifier")
+    ri_log_steps: int = _help("RI: log mean xi and xi_hat per resolution bucket every this many steps (a multiple of "
+                              "eval_steps; also at step 0 and the end); 0 = off.", default=0)
+    ri_log_images: int = _help("RI: training images in that log (a fixed sample).", default=256)
     ri_diversion_on: str = _help("RI: hinge on 'xi' (the embedding's RI) or 'xi_hat' (the regressed one).",
                                  default="xi")
     ri_match_with: str = _help("RI: matching embedding 'v' or 'v+att'.", default="v")
@@ -163,7 +171,8 @@ class FaceTrainingArguments:
             "lr_scheduler": ("cosine", "linear", "constant"),
             "precision": ("auto", "fp32", "bf16"),
             "validation_identities": ("none", "non_pair"),
-            "ri_form": ("product", "ratio"),
+            "ri_form": ("product", "ratio", "product_clamped"),
+            "ri_target_prototypes": ("classifier", "initial"),
             "ri_diversion_on": ("xi", "xi_hat"),
             "ri_match_with": ("v", "v+att"),
         }
@@ -180,6 +189,12 @@ class FaceTrainingArguments:
             raise ValueError(f"ri_warmup_ratio must be a share of the steps in [0, 1], got {self.ri_warmup_ratio}")
         if self.ri_warmup_steps is not None and self.ri_warmup_steps < 0:
             raise ValueError(f"ri_warmup_steps must be >= 0, got {self.ri_warmup_steps}")
+        if self.ri_log_steps < 0 or self.ri_log_images < 1:
+            raise ValueError(f"ri_log_steps must be >= 0 and ri_log_images >= 1, got {self.ri_log_steps}, "
+                             f"{self.ri_log_images}")
+        if self.ri_log_steps and (not self.eval_steps or self.ri_log_steps % self.eval_steps):
+            raise ValueError(f"ri_log_steps ({self.ri_log_steps}) must be a multiple of eval_steps ({self.eval_steps}): "
+                             "the log is taken at evaluation points")
         unknown = [e for e in self.eval_sets if e not in ("heldout", "validation")]
         if unknown:
             raise ValueError(f"eval_sets: {unknown} unknown; expected 'heldout' and/or 'validation'")
