@@ -88,3 +88,42 @@ def test_rerank_warns_about_topics_the_first_stage_run_misses(collection, index,
     assert (f"warning: {tmp_path / 'partial.trec'}: ranks 1 of the 4 queries of {topics}; 3 get an empty ranking "
             "(e.g. Q0, Q10, Q15)") in err
     assert set(read_run(tmp_path / "out.trec")) == {"Q5"}
+
+
+@pytest.fixture
+def restore_progress_bars(monkeypatch):
+    """--quiet switches the libraries' bars off for the whole process (earlier tests of this module pass it): on
+    before the test, as in a fresh `rankface` process, and back on after it."""
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    def switch_on():
+        enable_progress_bars()
+        transformers_logging.enable_progress_bar()
+        transformers_logging.set_verbosity_warning()
+
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY"):
+        monkeypatch.delenv(name, raising=False)
+    switch_on()
+    yield
+    switch_on()
+
+
+def test_rerank_prints_the_precision_it_runs_and_quiet_silences_every_bar(collection, index, reranker_dir, tmp_path,
+                                                                          capfd, restore_progress_bars):
+    from rankface import hardware
+
+    topics = collection / "queries.dev.tsv"
+    args = ["rerank", "--index", str(index), "--topics", str(topics), "--model", str(reranker_dir), "--hits", "3",
+            "--output", str(tmp_path / "out.trec")]
+    capfd.readouterr()
+    assert main([*args, "--precision", "fp32"]) == 0
+    err = capfd.readouterr().err
+    assert f"scoring with the CrossEncoder in {reranker_dir}, precision fp32\n" in err
+    assert "Loading weights" in err  # the bar --quiet must silence
+    assert main(args) == 0
+    expected = "bf16" if hardware.native_bf16() else "fp32"  # auto: bf16 only where the CPU runs it natively
+    assert f"precision {expected} (auto on cpu)\n" in capfd.readouterr().err
+    assert main([*args, "--quiet"]) == 0
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "precision" not in err and "%|" not in err

@@ -195,7 +195,12 @@ def _rerank(args, _rest) -> None:
     from rankface.retrieval.pipeline import hits_to_run, rerank
     from rankface.retrieval.trec import write_run
 
+    if args.quiet:
+        _silence_progress_bars()
     model = _load_scorer(args)  # first: a wrong --model or --encoder fails before the first stage runs
+    if not args.quiet:
+        print(f"scoring with the {type(model).__name__} in {args.model}, "
+              f"{_precision_note(args.precision, model.device)}", file=sys.stderr)
     if args.first_stage_run:
         queries = _read_topics(args.topics)
         hits = _read_first_stage_run(args.first_stage_run, queries, args.topics)
@@ -212,15 +217,40 @@ def _load_scorer(args):
     """The cross- or bi-encoder in `--model` (a CET pair's relevance model), checked against `--encoder` if given."""
     from rankface.models.loader import load_text_scorer
 
-    model = load_text_scorer(args.model, args.encoder, allow_untrained_head=args.allow_untrained_head, wording="cli")
-    print(f"scoring with the {type(model).__name__} in {args.model}", file=sys.stderr)
-    return model
+    return load_text_scorer(args.model, args.encoder, allow_untrained_head=args.allow_untrained_head, wording="cli")
+
+
+def _precision_note(requested: str, device) -> str:
+    """`precision bf16 (auto on cpu)`: what `predict(precision=requested)` runs on `device` (auto picks bf16 only
+    where the hardware runs it natively, so the scores of two machines can differ by ~1e-3)."""
+    from rankface.models._text import resolve_precision
+
+    used = resolve_precision(requested, device)
+    return f"precision {used}" + (f" (auto on {device.type})" if requested == "auto" else "")
+
+
+def _silence_progress_bars() -> None:
+    """--quiet: no progress bars from transformers (weight loading), huggingface_hub (downloads) or datasets, in
+    this process and in the processes it starts; warnings and errors still show."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported (not needed here)
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def _train(_args, rest) -> None:
     from rankface.training.arguments import parse_training_args
 
     settings = parse_training_args(rest, prog="rankface train")  # before the loop's imports: --help stays quick
+    if settings.quiet:
+        _silence_progress_bars()
     from rankface.training.loop import train
 
     train(settings)
@@ -271,7 +301,15 @@ def _demo(_args, rest) -> int:
     parser = argparse.ArgumentParser(prog="rankface demo",
                                      description="The main job: index, BM25, train a reranker, rerank, evaluate.")
     add_demo_arguments(parser)
-    return run_demo(parser.parse_args(rest))
+    args = parser.parse_args(rest)
+    if args.quiet:
+        _silence_progress_bars()
+    else:
+        import torch
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the demo's models load
+        print(f"reranking with {_precision_note('auto', device)}", file=sys.stderr)
+    return run_demo(args)
 
 
 def _interpolate(_args, rest) -> int:
