@@ -94,15 +94,49 @@ SYSTEMS = {  # name -> recipe config (None: no training)
     "ri": "lfw_vlr_ri.yaml",
     # investigation, run only when named: the RI's new modules at the classifier's learning rate
     "ri-headlr": "lfw_vlr_ri.yaml",
+    # issue 21: the RI target fixed (frozen clean leave-one-out prototypes, clamped product) and its xi / xi_hat log;
+    # "-150": the short iteration runs (150 steps, half A), "ri-log-150" the old target with the log beside it
+    "ri-fix": "lfw_vlr_ri.yaml",
+    "ri-fix-150": "lfw_vlr_ri.yaml",
+    "ri-log-150": "lfw_vlr_ri.yaml",
+    # issue 21: UNPG where its premise holds, a random head (the authors' setting), and the k sweep
+    "arcface-rh": "lfw_vlr_arcface.yaml",
+    "arcface+unpg-rh-k1": "lfw_vlr_arcface_unpg.yaml",
+    "arcface+unpg-rh": "lfw_vlr_arcface_unpg.yaml",
+    "arcface+unpg-rh-k3": "lfw_vlr_arcface_unpg.yaml",
+    "arcface+unpg-rh-nofilter": "lfw_vlr_arcface_unpg.yaml",
 }
 SYSTEM_OVERRIDES = {
     "ri+reg": ["--ri_attention", "false", "--ri_beta", "0"],
     "ri+reg+id": ["--ri_attention", "false"],
     "ri-headlr": ["--ri_head_learning_rate", "0.05"],
+    "ri-fix": ["--ri_target_prototypes", "initial", "--ri_form", "product_clamped", "--ri_log_steps", "150"],
+    "ri-fix-150": ["--ri_target_prototypes", "initial", "--ri_form", "product_clamped", "--ri_log_steps", "50"],
+    "ri-log-150": ["--ri_log_steps", "50"],
+    "arcface-rh": ["--head_init", "random"],
+    "arcface+unpg-rh-k1": ["--head_init", "random", "--unpg_wisk", "1.0"],
+    "arcface+unpg-rh": ["--head_init", "random"],  # k = 1.5, the config's
+    "arcface+unpg-rh-k3": ["--head_init", "random", "--unpg_wisk", "3.0"],
+    "arcface+unpg-rh-nofilter": ["--head_init", "random", "--unpg_filter", "false"],
 }
-RI_FAMILY = {"ri", "ri+reg", "ri+reg+id", "ri-headlr"}
-# (system, seeds) in the order the full mode runs them: the headline comparison and F2's models first.
+SYSTEM_STEPS = {"ri-fix-150": 150, "ri-log-150": 150}  # the full mode's budget of the short runs
+UNPG_SWEEP = ["arcface+unpg-rh-k1", "arcface+unpg-rh", "arcface+unpg-rh-k3", "arcface+unpg-rh-nofilter"]
+BEST_UNPG = "best:arcface+unpg-rh"  # in a plan: the sweep's best k on the validation pairs (`best_unpg_system`)
+RI_FAMILY = {"ri", "ri+reg", "ri+reg+id", "ri-headlr", "ri-fix", "ri-fix-150", "ri-log-150"}
+# (system, seeds[, halves]) in the order the full mode runs them (issue 21 item 5: ~25 models on 2 cores, where they
+# decide): the RI target's short iterations with their xi / xi_hat logs; the fixed RI, 3 seeds, both halves; the UNPG
+# k sweep with a random head (half A, seed 0); the deciding pair, arcface vs the best k (chosen on the validation
+# pairs, never the test pairs), random head, 3 seeds, both halves; then arcface's seeds 1-2 (centroid head).
 FULL_PLAN = [
+    ("pretrained", [0]),
+    ("ri-log-150", [0], ["A"]), ("ri-fix-150", [0], ["A"]),
+    ("ri-fix", [0, 1, 2]),
+    ("arcface-rh", [0], ["A"]), *[(s, [0], ["A"]) for s in UNPG_SWEEP],
+    ("arcface-rh", [0, 1, 2]), (BEST_UNPG, [0, 1, 2]),
+    ("arcface", [1, 2]),
+]
+# issue 11's plan (the records of seed 0 are saved): kept to continue it by name, `--plan issue11`
+ISSUE11_PLAN = [
     ("pretrained", [0]), ("arcface", [0]), ("arcface+unpg", [0]), ("ri", [0]), ("magface", [0]),
     ("arcface", [1, 2]), ("arcface+unpg", [1, 2]), ("ri", [1, 2]),
     ("cosface", [0]), ("cosface+unpg", [0]), ("ri+reg", [0]), ("ri+reg+id", [0]),
@@ -112,7 +146,8 @@ HALVES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
 GOALS = {"lr-lr@16": 92.0, "lr-lr@8": 80.0, "hr-lr@8": 75.0, "lr-lr@112": 99.2}  # issue 11: accuracy (%) goals
 # Claims and the figures each is judged on: (system, reference). The first is the learning gate: a comparison of
 # training methods counts only once the plain fine-tuned model beats its own pretrained start.
-CLAIMS = [("arcface", "pretrained"), ("arcface+unpg", "arcface"), ("cosface+unpg", "cosface"), ("ri", "arcface"), ("ri+reg", "arcface"),
+CLAIMS = [("arcface", "pretrained"), ("arcface+unpg", "arcface"), *[(s, "arcface-rh") for s in UNPG_SWEEP],
+          ("ri-fix", "arcface"), ("ri-fix", "ri"), ("cosface+unpg", "cosface"), ("ri", "arcface"), ("ri+reg", "arcface"),
           ("ri+reg+id", "arcface"), ("magface", "arcface")]
 ACCURACY_KEYS = ("lr-lr@16", "lr-lr@8", "hr-lr@8", "lr-lr@112")
 TAR_KEYS = ("lr-lr@16", "lr-lr@8")
@@ -141,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine", default="onnx", choices=["onnx", "torch"], help="inference engine")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--mode", default=None, help="results folder name (default: quick / full)")
+    parser.add_argument("--plan", default="issue21", choices=["issue21", "issue11"],
+                        help="the full mode's plan (issue21: the default; issue11: the earlier one)")
     parser.add_argument("--report-only", action="store_true", help="print the tables from saved results, train nothing")
     parser.add_argument("--no-estimate", action="store_true", help="skip the step-time calibration at start")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the TAR tests")
@@ -150,6 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.resolutions = args.resolutions or ([112, 16, 8] if quick else [112, 24, 16, 12, 8])
     if 112 not in args.resolutions:
         args.resolutions = [112, *args.resolutions]  # HR-LR needs the 112 px embeddings
+    args.steps_given = args.steps is not None
     args.steps = args.steps or (6 if quick else 600)
     args.batch_size = args.batch_size or (16 if quick else 64)
     args.eval_every = args.eval_every or (3 if quick else 50)
@@ -162,7 +200,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.mode = args.mode or ("quick" if quick else "full")
     if not 2 <= args.folds_per_half <= 5:
         raise SystemExit(f"--folds-per-half must be in 2..5 (k-fold needs 2 folds), got {args.folds_per_half}")
-    args.plan = make_plan(QUICK_PLAN if quick else FULL_PLAN, args.systems, args.seeds)
+    base = QUICK_PLAN if quick else resolve_plan(FULL_PLAN if args.plan == "issue21" else ISSUE11_PLAN, args.mode)
+    args.plan_halves = plan_halves(base)
+    args.plan = make_plan([entry[:2] for entry in base], args.systems, args.seeds)
     return args
 
 
@@ -175,7 +215,58 @@ def make_plan(base: list[tuple[str, list[int]]], systems: list[str] | None, seed
         names = systems or list(dict.fromkeys(s for s, _ in base))
         return [(s, seed) for seed in seeds for s in names if s != "pretrained" or seed == seeds[0]]
     order = [(s, seed) for s, system_seeds in base for seed in system_seeds if systems is None or s in systems]
+    order = list(dict.fromkeys(order))  # a (system, seed) planned twice (e.g. on half A first) runs where first named
     return order + [(s, 0) for s in systems or [] if all(s != o for o, _ in order)]
+
+
+def plan_halves(base: list[tuple]) -> dict[tuple[str, int], list[str]]:
+    """`{(system, seed): halves}` of the entries that name their halves (the others run both)."""
+    out: dict[tuple[str, int], list[str]] = {}
+    for entry in base:
+        for seed in entry[1]:
+            halves = entry[2] if len(entry) > 2 else list(HALVES)
+            out[(entry[0], seed)] = sorted(set(out.get((entry[0], seed), [])) | set(halves))
+    return out
+
+
+def best_unpg_system(mode: str) -> tuple[str | None, dict]:
+    """The UNPG sweep's system with the highest validation accuracy (mean of LR-LR 16 and 8 px at the last point of
+    the learning curve; validation pairs of identities in no View-2 pair, never a test pair), from the saved seed-0
+    half-A records; None until the whole sweep is saved."""
+    scores = {}
+    for system in UNPG_SWEEP:
+        path = RESULTS / mode / f"{system.replace('+', '_')}-seed0-halfA.json"
+        if not path.is_file():
+            return None, scores
+        curve = (json.loads(path.read_text()).get("train") or {}).get("curve") or []
+        if not curve:
+            return None, scores
+        last = curve[-1][1]
+        scores[system] = float(np.mean([last[k] for k in CURVE_KEYS]))
+    return max(scores, key=scores.get), scores
+
+
+def resolve_plan(base: list[tuple], mode: str) -> list[tuple]:
+    """The plan with `BEST_UNPG` replaced by the sweep's best system, or left out (with a note) until it is known."""
+    out = []
+    for entry in base:
+        if entry[0] == BEST_UNPG:
+            best, scores = best_unpg_system(mode)
+            if best is None:
+                print(f"[plan] the deciding UNPG pair waits for the k sweep ({len(scores)} of {len(UNPG_SWEEP)} saved)",
+                      flush=True)
+                continue
+            print(f"[plan] best k on the validation pairs: {best} ({scores})", flush=True)
+            entry = (best, *entry[1:])
+        out.append(entry)
+    return out
+
+
+def system_steps(args: argparse.Namespace, system: str) -> int:
+    """The optimizer steps of `system`: its own budget in the full mode (the short RI iterations), else `--steps`."""
+    if args.steps_given or args.mode == "quick" or getattr(args, "quick", False):
+        return args.steps
+    return SYSTEM_STEPS.get(system, args.steps)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -194,7 +285,7 @@ def run_settings(args: argparse.Namespace, system: str, seed: int, half: str) ->
         "system": system, "seed": seed, "half": half, "heldout_folds": HALVES[half],
         "eval_folds": HALVES[half][: args.folds_per_half], "pairs_per_fold": args.pairs_per_fold,
         "resolutions": sorted(args.resolutions, reverse=True),
-        "steps": args.steps if trained else 0, "batch_size": args.batch_size, "head_init_images": args.head_init_images,
+        "steps": system_steps(args, system) if trained else 0, "batch_size": args.batch_size, "head_init_images": args.head_init_images,
         "config": (CONFIGS / SYSTEMS[system]).read_text() if trained else None,
         **({"min_images_per_class": args.min_images_per_class, "eval_every": args.eval_every} if trained else {}),
     }
@@ -234,10 +325,10 @@ def claim(path: Path) -> bool:
 def training_flags(args: argparse.Namespace, system: str, seed: int, half: str, run_dir: Path) -> list[str]:
     return [
         "--config", str(CONFIGS / SYSTEMS[system]), "--heldout_folds", *map(str, HALVES[half]),
-        "--max_steps", str(args.steps), "--batch_size", str(args.batch_size), "--seed", str(seed),
+        "--max_steps", str(system_steps(args, system)), "--batch_size", str(args.batch_size), "--seed", str(seed),
         "--head_init_images_per_class", str(args.head_init_images), "--output_dir", str(run_dir),
         "--eval_at_end", "false", "--eval_steps", str(args.eval_every), "--eval_sets", "validation",
-        "--checkpoint_steps", str(max(1, min(50, args.steps // 3))), "--checkpoints_to_keep", "1",
+        "--checkpoint_steps", str(max(1, min(50, system_steps(args, system) // 3))), "--checkpoints_to_keep", "1",
         "--resume_from_checkpoint", "latest", "--quiet", str(args.quiet).lower(),
         # the benchmark reads the shared Parquet, whose images all decode (README)
         "--check_images", "false", "--min_images_per_class", str(args.min_images_per_class),
@@ -296,6 +387,12 @@ def train_model(args: argparse.Namespace, system: str, seed: int, half: str, run
     unpg = step_columns(state["log"], UNPG_LOG_KEYS)
     if unpg:
         info["unpg"] = unpg  # UNPG's mechanism per step (issue 21 item 2)
+    ri_log = [[e["step"], e["ri_buckets"]] for e in state["log"] if "ri_buckets" in e]
+    if ri_log:
+        info["ri_buckets"] = ri_log  # mean xi / xi_hat per resolution bucket at the logged steps (issue 21 item 4)
+    ri_steps = step_columns(state["log"], ("ri_xi", "ri_xi_hat"))
+    if ri_steps:
+        info["ri_steps"] = ri_steps  # the batch means of xi and xi_hat at every step
     return run_dir / "model", info
 
 
@@ -447,10 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report.summary()}; mode={args.mode} plan={args.plan} steps={args.steps} batch={args.batch_size} "
           f"resolutions={args.resolutions} engine={args.engine}", flush=True)
 
-    results: dict[tuple[str, int], list[dict]] = {}
+    results: dict[tuple[str, int], list[dict]] = saved_outside_plan(args)
     todo = []
     for system, seed in args.plan:
-        for half in args.halves:
+        for half in [h for h in args.halves if h in args.plan_halves.get((system, seed), list(HALVES))]:
             path = result_path(args, system, seed, half)
             if path.is_file():
                 saved = json.loads(path.read_text())
@@ -485,6 +582,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def saved_outside_plan(args: argparse.Namespace) -> dict[tuple[str, int], list[dict]]:
+    """Every saved record of this mode outside the current plan whose settings are still current, so that the report
+    covers all of them whatever `--systems`, `--seeds` or `--plan` say."""
+    out: dict[tuple[str, int], list[dict]] = {}
+    planned = set(args.plan)
+    for path in sorted((RESULTS / args.mode).glob("*-seed*-half*.json")):
+        record = json.loads(path.read_text())
+        settings = record.get("settings", {})
+        system, seed, half = settings.get("system"), settings.get("seed"), settings.get("half")
+        if system not in SYSTEMS or (system, seed) in planned or half not in HALVES:
+            continue
+        if settings == run_settings(args, system, seed, half):
+            out.setdefault((system, seed), []).append(record)
+    return out
+
+
 def run_one(args, system: str, seed: int, half: str, dataset, all_pairs, all_rows) -> dict | None:
     """Train (unless `pretrained`), score and save one (system, seed, half); None when another process has it."""
     path = result_path(args, system, seed, half)
@@ -506,7 +619,8 @@ def run_one(args, system: str, seed: int, half: str, dataset, all_pairs, all_row
     write_json(stale, settings)
     train_info, folder = None, None
     if SYSTEMS[system] is not None:
-        print(f"[train] {system} seed {seed} half {half}: {args.steps} steps x {args.batch_size}", flush=True)
+        print(f"[train] {system} seed {seed} half {half}: {system_steps(args, system)} steps x {args.batch_size}",
+              flush=True)
         folder, train_info = train_model(args, system, seed, half, run_dir)
     embed = Embedder(load_encoder(folder), args.engine, run_dir, args.threads)
     idx = half_pairs(all_pairs, settings["eval_folds"], args.pairs_per_fold)

@@ -4,6 +4,7 @@ plotting helper's fixed colours."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,50 @@ def bench():
     yield from load_benchmark(BENCHMARKS / "lfw_vlr.py", "lfw_vlr_benchmark")
 
 
-def test_full_plan_runs_the_headline_and_f2_models_first(bench):
-    plan = bench.make_plan(bench.FULL_PLAN, None, None)
+def test_issue11_plan_runs_the_headline_and_f2_models_first(bench):
+    plan = bench.make_plan(bench.ISSUE11_PLAN, None, None)
     assert plan[:5] == [("pretrained", 0), ("arcface", 0), ("arcface+unpg", 0), ("ri", 0), ("magface", 0)]
     seeds = {s: sorted(seed for name, seed in plan if name == s) for s in dict.fromkeys(n for n, _ in plan)}
     assert seeds == {"pretrained": [0], "arcface": [0, 1, 2], "arcface+unpg": [0, 1, 2], "ri": [0, 1, 2],
                      "magface": [0], "cosface": [0], "cosface+unpg": [0], "ri+reg": [0], "ri+reg+id": [0]}
     assert len(plan) == len(set(plan))
     # a part of the plan keeps its order; --seeds gives every named system those seeds, seed by seed
-    assert bench.make_plan(bench.FULL_PLAN, ["ri", "arcface"], None) == [
+    assert bench.make_plan(bench.ISSUE11_PLAN, ["ri", "arcface"], None) == [
         ("arcface", 0), ("ri", 0), ("arcface", 1), ("arcface", 2), ("ri", 1), ("ri", 2)]
-    assert bench.make_plan(bench.FULL_PLAN, ["pretrained", "cosface"], [3, 4]) == [
+    assert bench.make_plan(bench.ISSUE11_PLAN, ["pretrained", "cosface"], [3, 4]) == [
         ("pretrained", 3), ("cosface", 3), ("cosface", 4)]
-    assert bench.make_plan(bench.FULL_PLAN, ["ri-headlr"], None) == [("ri-headlr", 0)]  # outside the plan
+    assert bench.make_plan(bench.ISSUE11_PLAN, ["ri-headlr"], None) == [("ri-headlr", 0)]  # outside the plan
+
+
+def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench, tmp_path, monkeypatch):
+    """Issue 21 item 5: RI iterations (150 steps, half A) first, then the fixed RI, the k sweep on half A, the deciding
+    pair with the best k on the validation pairs, arcface seeds 1-2; a rerun continues it."""
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    base = bench.resolve_plan(bench.FULL_PLAN, "full")  # nothing saved: the deciding UNPG system waits
+    plan = bench.make_plan([e[:2] for e in base], None, None)
+    assert plan[:4] == [("pretrained", 0), ("ri-log-150", 0), ("ri-fix-150", 0), ("ri-fix", 0)]
+    assert len(plan) == len(set(plan)) and not any(s.startswith("best:") for s, _ in plan)
+    halves = bench.plan_halves(base)
+    assert halves[("ri-fix-150", 0)] == ["A"] and halves[("arcface+unpg-rh-k3", 0)] == ["A"]
+    assert halves[("arcface-rh", 0)] == ["A", "B"] and halves[("ri-fix", 2)] == ["A", "B"]
+    args = bench.parse_args([])
+    assert bench.system_steps(args, "ri-fix-150") == 150 and bench.system_steps(args, "ri-fix") == 600
+    assert bench.system_steps(bench.parse_args(["--steps", "40"]), "ri-fix-150") == 40
+    assert "--ri_log_steps" in bench.system_overrides("ri-fix-150")
+    flags = bench.training_flags(args, "ri-fix-150", 0, "A", Path("out"))
+    assert flags[flags.index("--max_steps") + 1] == "150"
+    # the sweep saved (validation curves only): the best mean of LR-LR 16 and 8 at the last point is chosen
+    (tmp_path / "full").mkdir()
+    for k, system in enumerate(bench.UNPG_SWEEP):
+        last = {"lr-lr@16": 90.0 + (k == 2), "lr-lr@8": 80.0}
+        record = {"train": {"curve": [[0, {"lr-lr@16": 99.0, "lr-lr@8": 99.0}], [600, last]]}}
+        (tmp_path / "full" / f"{system.replace('+', '_')}-seed0-halfA.json").write_text(json.dumps(record))
+    best, scores = bench.best_unpg_system("full")
+    assert best == bench.UNPG_SWEEP[2] and len(scores) == 4
+    base = bench.resolve_plan(bench.FULL_PLAN, "full")
+    plan = bench.make_plan([e[:2] for e in base], None, None)
+    assert (best, 2) in plan and plan.index((best, 0)) > plan.index(("arcface-rh", 0))
+    assert bench.plan_halves(base)[(best, 0)] == ["A", "B"]  # seed 0 of the deciding pair adds half B
 
 
 def test_ri_systems_share_the_ri_recipe_and_differ_only_in_their_switches(bench):
