@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -55,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="one or more TREC run files")
     p.add_argument("--measures", nargs="+", default=["nDCG@10", "RR@10", "R@100", "AP"])
     p.add_argument("--rr-min-grade", type=int, default=1, help="lowest grade counted relevant by RR")
+    p.add_argument("--per-query", action="store_true",
+                   help="also show every qrels query's value (one table per measure, one column per run)")
+    p.add_argument("--significance", action="store_true",
+                   help="paired t-test (scipy.stats.ttest_rel over the qrels queries) between every two runs, per "
+                        "measure; p-values are not corrected for the number of tests")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of Markdown tables")
     p.set_defaults(handler=_evaluate)
 
     # The demo's own parser is built when `demo` runs: rankface.demo imports the training code.
@@ -257,9 +264,12 @@ def _train(_args, rest) -> None:
 
 
 def _evaluate(args, _rest) -> None:
-    from rankface.evaluation.ranking import evaluate, format_table
+    from rankface.evaluation import ranking
     from rankface.retrieval.trec import QRELS_FORMAT, read_qrels, read_run
 
+    if args.significance and len(args.runs) < 2:
+        raise UserError("--significance compares runs: give two or more run files")
+    measures = list(dict.fromkeys(args.measures))
     qrels = read_qrels(args.qrels)
     if not qrels:
         raise UserError(f"{args.qrels}: no judgments (the file is empty); expected lines of {QRELS_FORMAT}")
@@ -271,7 +281,7 @@ def _evaluate(args, _rest) -> None:
             raise UserError(f"{path}: no ranking for any query of {args.qrels}" + (
                 f" (its first query id is {example!r}; the qrels' is {next(iter(qrels))!r})" if example is not None
                 else " (the run is empty)"))
-        rows[label] = evaluation = evaluate(run, qrels, args.measures, args.rr_min_grade)
+        rows[label] = evaluation = ranking.evaluate(run, qrels, measures, args.rr_min_grade)
         missing = evaluation.missing_queries
         if missing:
             print(f"warning: {path}: {len(missing)} of {evaluation.num_queries} queries of {args.qrels} have no "
@@ -280,7 +290,17 @@ def _evaluate(args, _rest) -> None:
         if unjudged:  # trec_eval ignores them too; often a sign of the wrong qrels (another split)
             print(f"warning: {path}: {len(unjudged)} of its {len(run)} queries are not in {args.qrels} and are "
                   f"ignored (e.g. {', '.join(unjudged[:5])})", file=sys.stderr)
-    print(format_table(rows, args.measures))
+    comparisons = ranking.compare_runs(rows, measures) if args.significance else []
+    if args.json:
+        summary = ranking.evaluations_to_json(rows, measures, per_query=args.per_query, comparisons=comparisons)
+        print(json.dumps({"qrels": args.qrels, "runs": _run_labels(args.runs), **summary}, indent=2))
+        return
+    sections = [ranking.format_table(rows, measures)]
+    if args.per_query:
+        sections.append(ranking.format_per_query(rows, measures))
+    if comparisons:
+        sections.append(ranking.format_comparisons(comparisons))
+    print("\n\n".join(sections))
 
 
 def _run_labels(paths: Sequence[str]) -> dict[str, str]:

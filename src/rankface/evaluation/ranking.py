@@ -11,6 +11,7 @@ Conventions (those of `trec_eval -c`, the figures in the shared READMEs):
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Any
 
 from rankface.utils.ties import ranked
 
-__all__ = ["DEFAULT_MEASURES", "Evaluation", "evaluate", "format_table", "paired_ttest"]
+__all__ = ["DEFAULT_MEASURES", "Comparison", "Evaluation", "compare_runs", "evaluate", "evaluations_to_json",
+           "format_comparisons", "format_per_query", "format_table", "paired_ttest"]
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100", "AP")
 
@@ -140,3 +142,76 @@ def format_table(rows: Mapping[str, Evaluation], measures: Iterable[str] | None 
         cells = " | ".join(f"{ev.aggregate[m]:.{digits}f}" for m in measures)
         lines.append(f"| {system} | {cells} | {ev.num_queries} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired t-test of one measure between two systems over the same queries.
+
+    Attributes:
+        a, b: the systems' names; `mean_difference` and `t` are positive when `a` scores higher.
+        p: two-sided p-value, uncorrected for the number of comparisons made.
+    """
+
+    a: str
+    b: str
+    measure: str
+    mean_difference: float
+    t: float
+    p: float
+    queries: int
+
+
+def compare_runs(rows: Mapping[str, Evaluation], measures: Iterable[str]) -> list[Comparison]:
+    """Paired t-tests (`paired_ttest`) of every pair of systems, in the order given, for every measure."""
+    comparisons = []
+    for measure in measures:
+        for (name_a, a), (name_b, b) in itertools.combinations(rows.items(), 2):
+            qa, qb = a.per_query[measure], b.per_query[measure]
+            common = sorted(set(qa) & set(qb))
+            t, p = paired_ttest(a, b, measure)
+            diff = math.fsum(qa[q] - qb[q] for q in common) / len(common)
+            comparisons.append(Comparison(name_a, name_b, measure, diff, t, p, len(common)))
+    return comparisons
+
+
+def format_comparisons(comparisons: Sequence[Comparison], digits: int = 4) -> str:
+    """A Markdown table of paired t-tests: one row per (pair of systems, measure)."""
+    lines = ["| system A | system B | measure | mean A - B | t | p | queries |", "|---|---|---|---:|---:|---:|---:|"]
+    for c in comparisons:
+        lines.append(f"| {c.a} | {c.b} | {c.measure} | {c.mean_difference:+.{digits}f} | {c.t:.3f} | {c.p:.4g} | "
+                     f"{c.queries} |")
+    return "\n".join(lines)
+
+
+def format_per_query(rows: Mapping[str, Evaluation], measures: Iterable[str], digits: int = 4) -> str:
+    """Markdown tables of per-query values: one table per measure, one row per qrels query, one column per system."""
+    systems = list(rows)
+    tables = []
+    for measure in measures:
+        qids = sorted(set().union(*(rows[s].per_query[measure] for s in systems)))
+        lines = [f"| {measure} | " + " | ".join(systems) + " |", "|---|" + "---:|" * len(systems)]
+        for qid in qids:
+            cells = " | ".join(f"{rows[s].per_query[measure].get(qid, 0.0):.{digits}f}" for s in systems)
+            lines.append(f"| {qid} | {cells} |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def evaluations_to_json(rows: Mapping[str, Evaluation], measures: Iterable[str], per_query: bool = False,
+                        comparisons: Sequence[Comparison] = ()) -> dict[str, Any]:
+    """A JSON-ready summary: per system its means, query counts and (with `per_query`) every query's value; the
+    paired tests if any were made."""
+    measures = list(measures)
+    systems = {}
+    for name, ev in rows.items():
+        entry: dict[str, Any] = {"aggregate": {m: ev.aggregate[m] for m in measures}, "num_queries": ev.num_queries,
+                                 "missing_queries": list(ev.missing_queries)}
+        if per_query:
+            entry["per_query"] = {m: dict(ev.per_query[m]) for m in measures}
+        systems[name] = entry
+    out: dict[str, Any] = {"measures": measures, "systems": systems}
+    if comparisons:
+        out["paired_ttests"] = [{"a": c.a, "b": c.b, "measure": c.measure, "mean_difference": c.mean_difference,
+                                 "t": c.t, "p": c.p, "queries": c.queries} for c in comparisons]
+    return out
