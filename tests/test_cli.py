@@ -127,3 +127,17 @@ def test_rerank_prints_the_precision_it_runs_and_quiet_silences_every_bar(collec
     assert main([*args, "--quiet"]) == 0
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "precision" not in err and "%|" not in err
+
+
+def test_rerank_threads_limit_torch(collection, index, reranker_dir, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["rerank", "--index", str(index), "--topics", str(collection / "queries.dev.tsv"), "--model",
+                     str(reranker_dir), "--hits", "3", "--threads", "2", "--output", str(tmp_path / "out.trec"),
+                     "--quiet"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -120,7 +120,8 @@ def _first_stage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hits", type=int, default=100, help="documents per query")
     p.add_argument("--k1", type=float, default=0.9)
     p.add_argument("--b", type=float, default=0.4)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="BM25 search threads (default 2); in rerank also torch's threads (default: torch's own)")
 
 
 def _encoder_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,7 +187,7 @@ def _read_first_stage_run(path: str, queries: dict[str, str], topics: str) -> di
 def _bm25_hits(args):
     queries = _read_topics(args.topics)
     retriever = _open_index(args.index, k1=args.k1, b=args.b)
-    return queries, retriever, retriever.batch_search(queries, k=args.hits, threads=args.threads)
+    return queries, retriever, retriever.batch_search(queries, k=args.hits, threads=args.threads or 2)
 
 
 def _search(args, _rest) -> None:
@@ -202,6 +203,12 @@ def _rerank(args, _rest) -> None:
     from rankface.retrieval.pipeline import hits_to_run, rerank
     from rankface.retrieval.trec import write_run
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)  # the model's threads, not only BM25's
     if args.quiet:
         _silence_progress_bars()
     model = _load_scorer(args)  # first: a wrong --model or --encoder fails before the first stage runs
