@@ -28,8 +28,8 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 from rankface.data.corpus import iter_corpus
+from rankface.data.trec import read_qrels, read_run
 from rankface.errors import UserError
-from rankface.retrieval.trec import read_qrels, read_run
 from rankface.utils.io import read_lines
 from rankface.utils.ties import ranked
 
@@ -300,7 +300,7 @@ def _strict_formats() -> SimpleNamespace:
 
     A local folder is registered with ir_datasets, and everything reads it through ir_datasets; these classes keep
     ir_datasets' plumbing (the document lookup store in the cache, the `Dataset` API) but parse each file with
-    `rankface.data.corpus` / `read_queries_tsv` / `retrieval.trec`, the parsers indexing and the CLI use. A folder is
+    `rankface.data.corpus` / `read_queries_tsv` / `data.trec`, the parsers indexing and the CLI use. A folder is
     then read one way whatever reads it. (Made on first use: ir_datasets is imported lazily.)
     """
     from ir_datasets.formats import (

@@ -7,7 +7,7 @@
 
 Negatives themselves are sampled by `rankface.data.ir.build_training_groups` (rank window, labelled positives
 removed, every skip counted); this module does not duplicate it. Runs are `{qid: {docid: score}}`, qrels
-`{qid: {docid: grade}}`, as `rankface.retrieval.trec` reads them.
+`{qid: {docid: grade}}`, as `rankface.data.trec` reads them.
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def pooled_labels_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", help="JSON report to write (default: <output>.report.json)")
     args = parser.parse_args(argv)
 
-    from rankface.retrieval.trec import read_qrels, read_run, write_qrels
+    from rankface.data.trec import read_qrels, read_run, write_qrels
 
     collection = None
     if args.collection:
