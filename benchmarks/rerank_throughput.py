@@ -83,6 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bf16-sample", type=int, default=64,
                         help="pairs bf16 is timed on where the CPU has no native bf16 (0: all pairs)")
     parser.add_argument("--force", action="store_true", help="recompute a run already saved")
+    parser.add_argument("--fidelity", choices=["encode", "predict"], default=None,
+                        help="instead of timing: judge every fast path against fp32 on all test queries (see "
+                             "benchmarks/_r2_fidelity.py)")
+    parser.add_argument("--fidelity-paths", nargs="+", default=None, help="paths to judge (default: all)")
+    parser.add_argument("--bi-model", default=None,
+                        help="bi-encoder for --fidelity encode (default: the demo's, trained here if absent)")
     args = parser.parse_args(argv)
     if args.quick and args.max_pairs is None:
         args.max_pairs = 2000
@@ -337,6 +343,21 @@ def ndcg10(keys: list[tuple[str, str]], scores: np.ndarray, qrels: dict) -> floa
     return evaluate(run, qrels, ["nDCG@10"])["nDCG@10"]
 
 
+# ------------------------------------------------------------------------------------------------ fidelity
+def fidelity(args: argparse.Namespace) -> dict:
+    """`--fidelity encode|predict`: every fast path against rankface fp32 on all test queries (`_r2_fidelity`)."""
+    import _r2_fidelity
+
+    paths = args.fidelity_paths or list(_r2_fidelity.PATHS)
+    if args.fidelity == "encode":
+        model = Path(args.bi_model) if args.bi_model else _r2_fidelity.demo_bi_encoder()
+        note = args.bi_model or "the demo's trained bi-encoder (rankface demo defaults)"
+    else:
+        model = make_checkpoint(args)
+        note = args.model or f"MiniLM-L6 + {args.head} head (R2's checkpoint)"
+    return _r2_fidelity.run_fidelity(args.fidelity, str(model), args.collection, paths, args.batch_size, note)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def measure(args: argparse.Namespace, cpu: dict) -> dict:
     """Everything R2 reports for one run: peaks before and after, the interleaved systems, FLOPs."""
@@ -378,6 +399,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = print_cpu_class()
+    if args.fidelity:
+        return fidelity(args)
     mode = "quick" if args.quick else "full"
     folder = RESULTS / mode
     name = f"{class_tag(cpu)}-{run_key(args)}"

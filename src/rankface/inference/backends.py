@@ -19,6 +19,7 @@ which is torch's (`torch.get_num_threads()`) unless given: the same threads as t
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Mapping
 
@@ -53,8 +54,14 @@ def quant_isa(info: dict | None = None) -> str:
     """The int8 quantisation config for the CPU class in `info` (default: this CPU, caps included).
 
     AVX-512 classes take `avx512_vnni` where the CPU has VNNI (int8 dot products), else `avx512`; smaller classes
-    `avx2`. A capped (emulated) AVX2 class takes `avx2`, as a real AVX2 machine would.
+    `avx2`. A capped (emulated) AVX2 class takes `avx2`, as a real AVX2 machine would. `$RANKFACE_QUANT_ISA`
+    overrides this CPU's choice (R2 judges both configs on one machine).
     """
+    if info is None and os.environ.get("RANKFACE_QUANT_ISA"):
+        isa = os.environ["RANKFACE_QUANT_ISA"]
+        if isa not in ("avx2", "avx512", "avx512_vnni"):
+            raise ValueError(f"RANKFACE_QUANT_ISA={isa!r}: expected avx2, avx512 or avx512_vnni")
+        return isa
     info = hardware.cpu_class() if info is None else info
     if info["class"] in ("avx512", "avx512-bf16"):
         return "avx512_vnni" if info["flags"].get("avx512_vnni") else "avx512"
