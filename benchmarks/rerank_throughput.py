@@ -58,7 +58,15 @@ from rankface.utils.io import write_json
 from rankface.utils.ties import ranked
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank_throughput"
-SYSTEMS = ("st-fp32", "rankface-fp32", "rankface-bf16", "rankface-int8")
+SYSTEMS = ("st-fp32", "rankface-fp32", "rankface-bf16", "rankface-int8", "rankface-onnx", "rankface-onnx-opt",
+           "rankface-onnx-int8")
+# sentence-transformers' other CPU backends, run in their own venvs (`_anchors.py`); `st-torch` repeats st-fp32
+# there (other transformers), so it is not run unless named.
+ANCHOR_SYSTEMS = ("st-onnx", "st-onnx-o3", "st-onnx-int8", "st-openvino", "st-openvino-int8")
+# The matmul peak each rankface system is held against (ONNX Runtime's int8 against FBGEMM's: the nearest
+# measured int8 kernel, so its share is indicative only).
+PEAK_OF = {"rankface-fp32": "fp32", "rankface-bf16": "bf16", "rankface-int8": "int8", "rankface-onnx": "fp32",
+           "rankface-onnx-opt": "fp32", "rankface-onnx-int8": "int8"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a trained reranker folder to use instead of the MiniLM weights with a seeded new head")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
                         help="systems to run (st-fp32 is always run: it is the reference)")
+    parser.add_argument("--anchors", nargs="*", choices=[*ANCHOR_SYSTEMS, "st-torch"], default=list(ANCHOR_SYSTEMS),
+                        help="sentence-transformers backends run in the anchor venvs (none: --anchors with no name)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (quick 5, full 10)")
     parser.add_argument("--bf16-sample", type=int, default=64,
                         help="pairs bf16 is timed on where the CPU has no native bf16 (0: all pairs)")
@@ -87,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="instead of timing: judge every fast path against fp32 on all test queries (see "
                              "benchmarks/_r2_fidelity.py)")
     parser.add_argument("--fidelity-paths", nargs="+", default=None, help="paths to judge (default: all)")
+    parser.add_argument("--fidelity-queries", type=int, default=None,
+                        help="judge on the first N test queries only (a partial check; the gate needs all)")
     parser.add_argument("--bi-model", default=None,
                         help="bi-encoder for --fidelity encode (default: the demo's, trained here if absent)")
     args = parser.parse_args(argv)
@@ -94,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_pairs = 2000
     args.rounds = args.rounds or (5 if args.quick else 10)
     args.systems = ["st-fp32", *[s for s in SYSTEMS[1:] if s in args.systems]]
+    args.anchors = [a for a in (*ANCHOR_SYSTEMS, "st-torch") if a in args.anchors]
     return args
 
 
@@ -270,11 +283,16 @@ def share_bugs(shares: dict[str, float | None]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ the systems
-def make_predictors(folder: Path, systems: list[str], args: argparse.Namespace) -> dict:
-    """`{system: predict(pairs) -> scores}`, each warmed up on one batch (first-call allocations, kernel choice)."""
+def make_predictors(folder: Path, systems: list[str], args: argparse.Namespace, workers=None) -> dict:
+    """`{system: predict(pairs) -> scores}`, each warmed up on one batch (first-call allocations, kernel choice).
+
+    An anchor's predictor returns `(scores, seconds)`: the seconds its worker spent in `predict`, without the pipe.
+    """
     from rankface.models.cross_encoder import CrossEncoder
 
     predictors = {}
+    for anchor in workers.loaded if workers else []:
+        predictors[anchor] = lambda batch, anchor=anchor: workers.score(anchor, batch)[::-1]
     for system in systems:
         if system == "st-fp32":
             from sentence_transformers import CrossEncoder as STCrossEncoder
@@ -286,10 +304,12 @@ def make_predictors(folder: Path, systems: list[str], args: argparse.Namespace) 
                 return st.predict(batch, batch_size=args.batch_size, show_progress_bar=False, activation_fn=identity)
         else:
             model = CrossEncoder.from_pretrained(folder, max_length=args.max_length, device="cpu")
-            precision = system.split("-", 1)[1]
+            engine = system.split("-", 1)[1]
+            # rankface-fp32/bf16/int8: the PyTorch path at that precision; rankface-onnx*: that ONNX Runtime backend
+            knobs = {"backend": engine} if engine.startswith("onnx") else {"precision": engine}
 
-            def predict(batch, model=model, precision=precision):
-                return model.predict(batch, batch_size=args.batch_size, show_progress_bar=False, precision=precision)
+            def predict(batch, model=model, knobs=knobs):
+                return model.predict(batch, batch_size=args.batch_size, show_progress_bar=False, **knobs)
         predictors[system] = predict
     return predictors
 
@@ -300,9 +320,9 @@ def deal(n: int, rounds: int) -> list[list[int]]:
 
 
 def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Namespace, bf16_sample: int | None,
-                 ) -> dict:
+                 workers=None) -> dict:
     """Interleaved scoring of every system; per system its scores (NaN where not scored) and per-round timings."""
-    predictors = make_predictors(folder, args.systems, args)
+    predictors = make_predictors(folder, args.systems, args, workers)
     chunks = deal(len(pairs), args.rounds)
     sampled = {}
     if bf16_sample:  # bf16 without native support: a strided sample of about bf16_sample pairs, spread over rounds
@@ -318,6 +338,8 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
             start = time.perf_counter()
             values = predictors[name]([pairs[i] for i in index])
             seconds = time.perf_counter() - start
+            if isinstance(values, tuple):  # an anchor: (seconds inside its worker, scores)
+                seconds, values = values
             scores[name][index] = np.asarray(values, dtype=np.float32)
             rounds[name]["seconds"].append(seconds)
             rounds[name]["pairs"].append(len(index))
@@ -330,8 +352,26 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
 def run_key(args: argparse.Namespace) -> str:
     settings = [Path(args.collection).name, args.split, args.depth, args.max_pairs, args.batch_size, args.max_length,
                 args.seed, torch.get_num_threads(), args.rounds, args.systems, args.bf16_sample, args.head,
-                ] + ([str(Path(args.model).resolve())] if args.model else [])
+                ] + ([str(Path(args.model).resolve())] if args.model else []) + ([args.anchors] if args.anchors else [])
     return hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
+
+
+def overlap10(keys: list[tuple[str, str]], scores: np.ndarray, reference: np.ndarray) -> float | None:
+    """Mean over queries of `|top10 ∩ top10_reference| / min(10, n)` (pairs scored by both only)."""
+    from rankface.utils.ties import rank_order
+
+    by_query: dict[str, list[int]] = {}
+    for i, (qid, _) in enumerate(keys):
+        if not (np.isnan(scores[i]) or np.isnan(reference[i])):
+            by_query.setdefault(qid, []).append(i)
+    values = []
+    for index in by_query.values():
+        docs = [keys[i][1] for i in index]
+        k = min(10, len(docs))
+        mine = set(rank_order(docs, [float(scores[i]) for i in index])[:k])
+        ref = set(rank_order(docs, [float(reference[i]) for i in index])[:k])
+        values.append(len(mine & ref) / k)
+    return float(np.mean(values)) if values else None
 
 
 def ndcg10(keys: list[tuple[str, str]], scores: np.ndarray, qrels: dict) -> float:
@@ -355,7 +395,8 @@ def fidelity(args: argparse.Namespace) -> dict:
     else:
         model = make_checkpoint(args)
         note = args.model or f"MiniLM-L6 + {args.head} head (R2's checkpoint)"
-    return _r2_fidelity.run_fidelity(args.fidelity, str(model), args.collection, paths, args.batch_size, note)
+    return _r2_fidelity.run_fidelity(args.fidelity, str(model), args.collection, paths, args.batch_size, note,
+                                     args.fidelity_queries)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -372,18 +413,43 @@ def measure(args: argparse.Namespace, cpu: dict) -> dict:
     reranker = CrossEncoder.from_pretrained(folder, max_length=args.max_length, device="cpu")
     config = reranker.model.config
     shapes = peak_shapes(config.hidden_size, config.intermediate_size)
-    precisions = ["fp32", *[s.split("-")[1] for s in args.systems if s in ("rankface-bf16", "rankface-int8")]]
+    precisions = list(dict.fromkeys(PEAK_OF[s] for s in ["rankface-fp32", *args.systems] if s in PEAK_OF))
     print("matmul peak (before) ...", flush=True)
     before = measure_peaks(precisions, shapes)
-    timed = time_systems(folder, pairs, args, bf16_sample)
+    workers, anchor_errors, versions = None, {}, {}
+    if args.anchors:
+        from _anchors import AnchorWorkers
+
+        from rankface.data.ir import load_collection
+        from rankface.inference.backends import quant_isa
+
+        used = {d for _, d in pairs}
+        # OpenVINO's static int8 calibrates on 300 NFCorpus documents that are not among the timed pairs
+        calibration = [t for t in load_collection(args.collection).docs().values() if t not in used][:300]
+        job = {"checkpoint": str(folder), "batch_size": args.batch_size, "max_length": args.max_length,
+               "threads": torch.get_num_threads(), "isa": quant_isa(), "calibration": calibration}
+        workers = AnchorWorkers(args.anchors, job, RESULTS / "cache" / "anchors" / folder.name)
+        anchor_errors, versions = workers.errors, workers.versions
+        for anchor, reason in anchor_errors.items():
+            print(f"anchor {anchor} could not be loaded: {reason}", flush=True)
+    try:
+        timed = time_systems(folder, pairs, args, bf16_sample, workers)
+    finally:
+        if workers:
+            workers.close()
     print("matmul peak (after) ...", flush=True)
     after = measure_peaks(precisions, shapes)
     lengths = [len(ids) for ids in reranker._tokenize([p[0] for p in pairs], [p[1] for p in pairs])["input_ids"]]
     flops = {name: sum(padded_flops(reranker.model, [lengths[i] for i in index], args.batch_size)
                        for index in r["index"]) for name, r in timed["rounds"].items()}
+    from rankface.inference.backends import quant_isa, resolve_backend
+
+    auto = resolve_backend("auto", "cpu", "text", cpu)
     return {
         "cpu": cpu, "threads": torch.get_num_threads(), "default_precision": default, "bf16_sample": bf16_sample,
-        "pairs": len(pairs), "queries": len(qrels), "mean_length": float(np.mean(lengths)),
+        "auto_system": f"rankface-{default if auto == 'torch' else auto}", "quant_isa": quant_isa(),
+        "anchor_errors": anchor_errors, "anchor_versions": versions,
+        "pairs": len(pairs), "queries": len(qrels), "mean_length": float(np.mean(lengths)), "keys": keys,
         "peak_before": before, "peak_after": after,
         "peak": {p: max(before[p]["gflops"], after[p]["gflops"]) for p in precisions},
         "flops": flops,
@@ -412,26 +478,38 @@ def main(argv: list[str] | None = None) -> dict:
         result = measure(args, cpu)
         write_json(path, result)
 
+    if args.anchors:
+        print("anchors: " + ", ".join(a for a in args.anchors if a in result["rounds"]) + " loaded"
+              + "".join(f"; {a} NOT loaded: {why}" for a, why in result.get("anchor_errors", {}).items()))
+    keys = result.get("keys")
+    fp32_scores = np.asarray([np.nan if v is None else v for v in result["scores"].get("rankface-fp32", [])],
+                             dtype=np.float32)
     st = result["rounds"]["st-fp32"]
     st_rates = [p / s for p, s in zip(st["pairs"], st["seconds"], strict=True)]
     st_scores = np.asarray(result["scores"]["st-fp32"], dtype=np.float32)
     rows, stats = [], {}
     for system, r in result["rounds"].items():
-        precision = system.split("-")[1]
+        precision = PEAK_OF.get(system)
         rate = sum(r["pairs"]) / sum(r["seconds"])
         speedup = ratio_stats([p / s for p, s in zip(r["pairs"], r["seconds"], strict=True)], st_rates)
         mine = np.asarray([np.nan if v is None else v for v in result["scores"][system]], dtype=np.float32)
         scored = ~np.isnan(mine)
         achieved = result["flops"][system] / sum(r["seconds"]) / 1e9 if system.startswith("rankface") else None
-        share = achieved / result["peak"][precision] if achieved else None
+        share = achieved / result["peak"][precision] if achieved and precision in result["peak"] else None
         stats[system] = {"rate": rate, "speedup": speedup, "achieved_gflops": achieved, "share": share,
-                         "ndcg10": result["ndcg10"].get(system),
+                         "ndcg10": result["ndcg10"].get(system), "rates": [
+                             p / t for p, t in zip(r["pairs"], r["seconds"], strict=True)],
+                         "overlap10_vs_fp32": overlap10([tuple(k) for k in keys], mine, fp32_scores)
+                         if keys and len(fp32_scores) else None,
                          "max_abs_diff": float(np.max(np.abs(mine[scored] - st_scores[scored])))}
         s = stats[system]
         label = system + (" (default)" if system == f"rankface-{result['default_precision']}" else "")
+        label += " (auto)" if system == result.get("auto_system") else ""
         label += f" [{sum(r['pairs'])} pairs sampled]" if not scored.all() else ""
         rows.append((label, f"{rate:.1f}", f"{speedup['median']:.2f}x", f"{speedup['q1']:.2f}-{speedup['q3']:.2f}",
-                     f"{s['ndcg10']:.4f}" if s["ndcg10"] is not None else "-", f"{s['max_abs_diff']:.2e}",
+                     f"{s['ndcg10']:.4f}" if s["ndcg10"] is not None else "-",
+                     f"{s['overlap10_vs_fp32']:.3f}" if s["overlap10_vs_fp32"] is not None else "-",
+                     f"{s['max_abs_diff']:.2e}",
                      f"{achieved:.1f}" if achieved else "-", f"{share:.1%}" if share else "-"))
 
     cpu = result["cpu"]
@@ -444,10 +522,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"after): " + ", ".join(f"{p} {g:.1f}" for p, g in peak.items()) + " GFLOP/s; model "
           f"{result['flops']['rankface-fp32'] / result['pairs'] / 1e9 if 'rankface-fp32' in result['flops'] else 0:.2f}"
           f" GFLOP/pair (padded, mean length {result['mean_length']:.1f} tokens)\n")
-    header = ("system", "pairs/s", "vs ST (median of rounds)", "IQR", "nDCG@10", "max abs diff vs ST", "GFLOP/s",
-              "share of peak")
+    header = ("system", "pairs/s", "vs ST (median of rounds)", "IQR", "nDCG@10", "overlap@10 vs fp32",
+              "max abs diff vs ST", "GFLOP/s", "share of peak")
     table = [header, ("---",) * len(header), *rows,
-             ("BM25 (first stage)", "-", "-", "-", f"{result['bm25_ndcg10']:.4f}", "-", "-", "-")]
+             ("BM25 (first stage)", "-", "-", "-", f"{result['bm25_ndcg10']:.4f}", "-", "-", "-", "-")]
     print("\n".join("| " + " | ".join(row) + " |" for row in table))
     default = stats.get(f"rankface-{result['default_precision']}")
     if default:
@@ -459,8 +537,21 @@ def main(argv: list[str] | None = None) -> dict:
         value = result["ndcg10"].get(system)
         return value - fp32_ndcg if value is not None and fp32_ndcg is not None else None
 
+    auto = stats.get(result.get("auto_system"))
+    anchors = {a: stats[a] for a in stats if a.startswith("st-") and a != "st-fp32"}
+    best_anchor = max(anchors, key=lambda a: anchors[a]["rate"]) if anchors else None
+    vs_best = ratio_stats(auto["rates"], anchors[best_anchor]["rates"]) if auto and best_anchor else None
+    if vs_best:
+        print(f"auto ({result['auto_system']}) vs the fastest anchor ({best_anchor}): {format_spread(vs_best)}")
     summary = {
         "speedup_default": default["speedup"]["median"] if default else None,
+        "speedup_auto": auto["speedup"]["median"] if auto else None,
+        "auto_system": result.get("auto_system"),
+        "speedup_vs_best_anchor": vs_best["median"] if vs_best else None,
+        "best_anchor": best_anchor,
+        "overlap10_default": default["overlap10_vs_fp32"] if default else None,
+        "overlap10_auto": auto["overlap10_vs_fp32"] if auto else None,
+        "anchors_failed": len(result.get("anchor_errors", {})),
         "speedup_fp32": stats.get("rankface-fp32", {}).get("speedup", {}).get("median"),
         "speedup_bf16": stats.get("rankface-bf16", {}).get("speedup", {}).get("median"),
         "speedup_int8": stats.get("rankface-int8", {}).get("speedup", {}).get("median"),
@@ -477,7 +568,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs": result["pairs"], "model": Path(args.model).name if args.model else f"MiniLM-L6, {args.head} head",
         "peak_gflops": peak, "peak_before": result["peak_before"], "peak_after": result["peak_after"],
         "systems": stats, "bm25_ndcg10": result["bm25_ndcg10"], "ndcg10": result["ndcg10"],
-        "peak_share_above_1": bugs,
+        "peak_share_above_1": bugs, "anchor_errors": result.get("anchor_errors", {}),
+        "anchor_versions": result.get("anchor_versions", {}), "quant_isa": result.get("quant_isa"),
     })
     print("\nRESULT " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     if bugs:

@@ -47,3 +47,69 @@ def test_float_peaks_time_matmul_and_linear_on_the_same_product(bench):
 def test_rounds_deal_strided_chunks_that_cover_every_pair_once(bench):
     chunks = bench.deal(11, 3)
     assert chunks == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+
+
+# ------------------------------------------------------------------------------ issue 20: anchors, fidelity, auto
+@pytest.fixture(scope="module")
+def fidelity():
+    yield from load_benchmark(BENCHMARKS / "_r2_fidelity.py", "r2_fidelity_benchmark")
+
+
+def test_overlap10_counts_shared_top_documents_per_query(bench):
+    import numpy as np
+
+    # q1: 12 candidates, reference ranks d0..d11 descending; the run swaps d9 (10th) with d10 (11th): 9 of 10 shared.
+    # q2: 3 candidates, any order of all three: 3 of min(10, 3) shared.
+    keys = [("q1", f"d{i:02d}") for i in range(12)] + [("q2", f"e{i}") for i in range(3)]
+    reference = np.asarray([12 - i for i in range(12)] + [3, 2, 1], dtype=np.float32)
+    run = reference.copy()
+    run[9], run[10] = reference[10], reference[9]
+    run[12:] = [1, 2, 3]
+    assert bench.overlap10(keys, run, reference) == pytest.approx((0.9 + 1.0) / 2)
+    run[0] = np.nan  # a pair one system did not score drops out of both rankings: d1..d10 is both top 10s then
+    assert bench.overlap10(keys, run, reference) == pytest.approx(1.0)
+
+
+def test_fidelity_compare_against_hand_counts(fidelity):
+    reference = {"q": {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}, "one": {"x": 1.0}}
+    run = {"q": {"a": 4.0, "b": 2.0, "c": 3.0, "d": 1.0}, "one": {"x": 5.0}}
+    result = fidelity.compare(reference, run)
+    # 6 pairs, 1 discordant (b, c): tau = (5 - 1) / 6; all 4 in the top min(10, 4); "one" has nothing to compare
+    assert result == {"q": {"overlap10": 1.0, "tau": pytest.approx(4 / 6)}}
+    assert fidelity.split_path("onnx-int8@avx2") == ("onnx-int8", "auto", "avx2")
+    assert fidelity.split_path("torch-bf16") == ("torch", "bf16", None)
+
+
+def test_anchor_venvs_pin_the_cpu_torch_and_never_touch_rankface():
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import _anchors
+
+    assert _anchors.TORCH_PIN == "torch==2.13.0"  # the local CPU build; an unpinned torch resolves to CUDA here
+    assert set(_anchors.ANCHORS.values()) == set(_anchors.ENVS)
+    for requirements in _anchors.ENVS.values():
+        assert all("==" in r for r in requirements) and not any(r.startswith("rankface") for r in requirements)
+    worker = (BENCHMARKS / "_anchor_worker.py").read_text(encoding="utf-8")
+    assert "import rankface" not in worker and "from rankface" not in worker
+
+
+def test_auto_takes_only_paths_that_passed_the_fidelity_gate():
+    """Every non-torch entry of `AUTO["text"]` must pass R2's fidelity check (committed JSON, all 325 queries) for
+    `encode`, with the quantisation config that class uses."""
+    import json
+
+    from rankface import hardware
+    from rankface.inference import backends
+
+    path = BENCHMARKS / "results" / "rerank_throughput" / "fidelity" / "fidelity_encode.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["complete"] and record["queries"] == 325 and record["ranker_beats_bm25"]
+    flags = {"avx2": {"avx2"}, "avx512": {"avx2", "avx512f", "avx512_vnni"},
+             "avx512-bf16": {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}}
+    for name, chosen in backends.AUTO["text"].items():
+        if chosen == "torch":
+            continue
+        info = hardware.cpu_class(flags[name], environ={})
+        key = f"onnx-int8@{backends.quant_isa(info)}" if chosen == "onnx-int8" else chosen
+        assert record["paths"][key]["passes"], (name, key, record["paths"][key])
