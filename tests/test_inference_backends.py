@@ -197,3 +197,19 @@ def test_auto_is_torch_off_cpu_and_bad_requests_are_refused():
     assert backends.resolve_engine("auto", "int8", "cpu") == "torch"  # a named torch precision keeps torch
     with pytest.raises(ValueError, match="cpu_class must be one of"):
         backends.auto_backend("text", "avx1024")
+
+
+def test_embed_uint8_takes_the_backend():
+    from rankface.evaluation.verification import embed_uint8
+    from rankface.models.mobilefacenet import MobileFaceNetConfig, MobileFaceNetModel
+
+    torch.manual_seed(1)
+    model = MobileFaceNetModel(MobileFaceNetConfig(
+        input_size=32, stem_channels=8, block_settings=[[2, 8, 1, 2], [2, 16, 2, 2]], last_channels=32,
+        embedding_size=16)).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(7, 32, 32, 3), dtype=np.uint8)
+    reference = embed_uint8(model, images, batch_size=3)
+    onnx = embed_uint8(model, images, batch_size=3, backend="onnx")
+    np.testing.assert_allclose(onnx, reference, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        embed_uint8(model, images, backend="tflite")

@@ -475,16 +475,28 @@ def pixel_values_from_uint8(images: np.ndarray, config: Any) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def embed_uint8(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256, device: str | None = None
-                ) -> np.ndarray:
-    """Embed `[N, S, S, 3]` uint8 RGB faces with a face encoder in eval mode -> `[N, E]` float32 (not normalised)."""
+def embed_uint8(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256, device: str | None = None,
+                backend: str = "torch") -> np.ndarray:
+    """Embed `[N, S, S, 3]` uint8 RGB faces with a face encoder in eval mode -> `[N, E]` float32 (not normalised).
+
+    `backend`: `"torch"`, an ONNX Runtime graph (`"onnx"`, `"onnx-int8"`) or `"auto"` (`rankface.inference`).
+    """
     device = device or next(model.parameters()).device
+    run = None
+    if backend != "torch":
+        from rankface.inference.backends import face_runner, resolve_backend
+
+        backend = resolve_backend(backend, device, "face")
+        run = face_runner(model, backend) if backend != "torch" else None
     was_training = model.training
     model.eval()
     out = []
     try:
         for start in range(0, len(images), batch_size):
             pixel_values = pixel_values_from_uint8(images[start:start + batch_size], model.config)
+            if run is not None:  # an ONNX Runtime graph
+                out.append(run(pixel_values))
+                continue
             # channels_last input makes PyTorch pick NHWC convolution kernels: ~2x faster for these depthwise-heavy
             # networks on CPU (measured with MobileFaceNet), same result to ~1e-6.
             pixel_values = pixel_values.to(device).contiguous(memory_format=torch.channels_last)
