@@ -204,6 +204,7 @@ def save_strong_run(ctx: Context, run: Mapping, window: int) -> str:
 
 CLEAN_STRONG_RUN = "data/clean_strong.train.run"  # committed: it depends on the regenerated dense-ft ranking below
 DENSE_FT_DEEP = "data/dense-ft.plain__bm25-neg.seed0.train.top100.trec"
+RRF_DEEP = "data/rrf_bm25_dense-ft.train.top100.trec"
 CLEAN_REPORT = "data/clean_negatives.json"
 
 
@@ -220,11 +221,14 @@ def clean_strong_run(ctx: Context, source: dict) -> str:
     path = ctx.args.out / CLEAN_STRONG_RUN
     if path.is_file():
         return CLEAN_STRONG_RUN
-    if source["name"] != "dense-ft":
-        raise SystemExit(f"clean/strong-neg replaces false negatives from the dense-ft ranking; the strong source "
-                         f"here is {source['name']}")
     saved = read_run(ctx.args.out / source["run_file"])
-    deep = read_run(dense_ft_deep_run(ctx, saved, source["window"]))
+    if source["name"] == "dense-ft":
+        deep = read_run(dense_ft_deep_run(ctx, saved, source["window"]))
+    elif (ctx.args.out / RRF_DEEP).is_file() and source["name"] == "rrf":  # kept beside the results when it was built
+        deep = read_run(ctx.args.out / RRF_DEEP)
+    else:
+        raise SystemExit(f"clean/strong-neg needs the {source['name']} ranking below its window ({RRF_DEEP} for rrf); "
+                         "it is missing")
     run, counts = clean_run(saved, source["window"], read_qrels(ctx.pooled_qrels_path), ctx.full_qrels["train"],
                             ctx.docs.keys(), deeper=window_then_deeper(saved, source["window"], deep))
     write_run(path, run, tag="clean-strong")
@@ -323,7 +327,7 @@ def build_strong_source(ctx: Context, store: Store) -> dict:
         write_run(dense_path, dense, tag="dense-ft")
     dense = read_run(dense_path)
     rrf = fuse_runs([ctx.bm25_train, dense], method="rrf", k=60, depth=100)
-    rrf_path = ctx.args.out / "data" / "rrf_bm25_dense-ft.train.top100.trec"
+    rrf_path = ctx.args.out / RRF_DEEP
     write_run(rrf_path, rrf, tag="rrf")
     files = {"dense-ft": dense_path, "rrf": rrf_path}
     runs = {"dense-ft": dense, "rrf": rrf}
