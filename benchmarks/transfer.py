@@ -42,6 +42,7 @@ SETTINGS = {
     "wise-ft-0.25": {"from": "old-default", "alpha": 0.25},
     "l2sp-0.1": {"l2sp_weight": 0.1},
     "l2sp-1": {"l2sp_weight": 1.0},
+    "l2sp-0.1+wise-ft-0.5": {"from": "l2sp-0.1", "alpha": 0.5},
     "freeze-emb": {"freeze_embeddings": True},
 }
 QUICK = ("old-default", "wise-ft-0.75", "wise-ft-0.5", "wise-ft-0.25")
@@ -159,13 +160,18 @@ def t1_keys(record: dict, start: dict, mode: str) -> dict:
 
 def choose(records: dict) -> str | None:
     """The new default, from NFCorpus dev and Cranfield only: the largest dev gain among the settings whose
-    Cranfield change is >= 0 (so no significant loss either)."""
-    eligible = {n: r for n, r in records.items() if n != "zero-shot" and r["ood_change"] >= 0}
-    return max(eligible, key=lambda n: eligible[n]["dev_gain"]) if eligible else None
+    Cranfield change is >= 0 (so no significant loss either); when none holds off Cranfield, the largest sum of dev
+    gain and Cranfield change (the point nearest the goal's corner, each nDCG@10 point weighed alike)."""
+    candidates = {n: r for n, r in records.items() if n != "zero-shot"}
+    eligible = {n: r for n, r in candidates.items() if r["ood_change"] >= 0}
+    if eligible:
+        return max(eligible, key=lambda n: eligible[n]["dev_gain"])
+    return max(candidates, key=lambda n: candidates[n]["dev_gain"] + candidates[n]["ood_change"], default=None)
 
 
 def report(records: dict, out: Path) -> str:
     chosen = choose(records)
+    holds = chosen is not None and records[chosen]["ood_change"] >= 0
     head = ("| setting | NFCorpus test gain (p) | NFCorpus dev gain (p) | Cranfield change (p) | steps | train s |\n"
             "|---|---:|---:|---:|---:|---:|\n")
     rows = []
@@ -180,7 +186,8 @@ def report(records: dict, out: Path) -> str:
     plot_tradeoff(records, chosen, out / "tradeoff.png")
     plot = out / "tradeoff.png"
     shown = plot.relative_to(REPO) if plot.is_relative_to(REPO) else plot
-    text += f"\n\nplot: {shown}\nchosen on dev + Cranfield: {chosen}"
+    text += (f"\n\nplot: {shown}\nchosen on dev + Cranfield: {chosen}"
+             + ("" if holds else " (no setting holds off Cranfield: the largest dev gain + Cranfield change)"))
     if chosen:
         r = records[chosen]
         text += ("\nRESULT " + " ".join(f"{k}={r[k]:+.4f}" if k.endswith(("gain", "change")) else f"{k}={r[k]:.3g}"

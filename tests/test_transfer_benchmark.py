@@ -64,8 +64,10 @@ def test_the_default_is_chosen_on_dev_and_cranfield_never_on_test(bench, tmp_pat
     assert result.startswith("RESULT ") and [kv.split("=")[0] for kv in result.split()[1:]] == T1_KEYS
     assert "setting=dev-best mode=full" in result
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Nothing holds off Cranfield: no choice, no RESULT line.
-    assert bench.choose({"greedy": records["greedy"]}) is None
+    # Nothing holds off Cranfield: the largest dev gain + Cranfield change, still never test.
+    worse = record(bench, start, {"nfcorpus-test": 0.09, "nfcorpus-dev": 0.03, "cranfield": -0.04}, 4)
+    assert bench.choose({"greedy": records["greedy"], "worse": worse}) == "greedy"
+    assert bench.choose({}) is None
 
 
 def test_every_setting_is_a_valid_training_configuration(bench):
