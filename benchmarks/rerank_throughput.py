@@ -8,7 +8,23 @@ one process with one thread count, by:
 - `rankface-bf16`: `precision="bf16"` (a cached bf16 copy of the weights). On a CPU without native bf16 it is
   emulated and about 5-50x slower, so it is timed on a strided sample of `--bf16-sample` pairs only (no nDCG);
 - `rankface-int8`: `precision="int8"` (dynamic int8 quantization of the linear layers, FBGEMM kernels);
-- `rankface-default`: `precision="auto"`, which is one of the three above on this CPU (not scored again).
+- `rankface-onnx`, `rankface-onnx-opt`, `rankface-onnx-int8`: `predict(backend=...)`, ONNX Runtime graphs made by
+  rankface (`rankface.inference`: plain export; ONNX Runtime's transformer fusions; dynamic int8 with the
+  quantisation config of the CPU class, `avx2` under the AVX2 caps);
+- `rankface-default`: `predict()` as shipped (`backend="torch"`, `precision="auto"`), and `auto`: `backend="auto"`;
+  each is one of the systems above on this CPU (not scored again);
+- the anchors, sentence-transformers' other CPU backends (`--anchors`): `st-onnx`, `st-onnx-o3`, `st-onnx-int8`
+  (`export_dynamic_quantized_onnx_model` with the same ISA config), `st-openvino`, `st-openvino-int8`
+  (`export_static_quantized_openvino_model`, calibrated on 300 NFCorpus documents outside the timed pairs). Their
+  extras do not resolve with rankface's pins, so they run in two venvs the script builds on first use
+  (`benchmarks/.anchors-onnx`, `.anchors-openvino`; `_anchors.py`), in worker processes that stay alive and score
+  each round's pairs when asked, so they are interleaved with the other systems like any of them. The script
+  prints which anchors it could not load and why.
+
+ONNX Runtime and OpenVINO pick their kernels from the CPU itself and ignore the AVX2 caps below: on an AVX-512
+machine under the caps, the ONNX and OpenVINO rows (rankface's and the anchors') still run AVX-512 kernels; only
+the int8 quantisation config follows the capped class (`avx2`: u8 weights). Those rows are an upper bound for a
+real AVX2 machine, and the table says the class is emulated.
 
 The systems are interleaved: the pairs are dealt into `--rounds` strided chunks of the same length mix, and each
 round scores its chunk with every system (order rotated each round). A system's pairs/s is over all its rounds; its
@@ -29,6 +45,7 @@ the script says so and exits with status 1.
 
     python benchmarks/rerank_throughput.py --quick     # 2,000 pairs (the first test queries, BM25 top-100)
     python benchmarks/rerank_throughput.py             # all 32,500 test pairs
+    python benchmarks/rerank_throughput.py --fidelity encode    # fast paths against fp32, all test queries
 
 The CPU class is printed and keys the results: run under instruction-set caps to measure the AVX2 class on an
 AVX-512 machine (marked `emulated`), e.g.

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "transfer"
 RUNS = REPO / "runs" / "transfer"  # models and training logs (git-ignored)
 MEASURE = "nDCG@10"
+GOAL_GAIN = 0.02  # the issue's in-domain goal, nDCG@10 over the zero-shot start
 # (collection, split): NFCorpus test is reported, dev and Cranfield choose; Cranfield's one split is all 225 queries.
 EVALUATIONS = {"nfcorpus-test": ("nfcorpus", "test"), "nfcorpus-dev": ("nfcorpus", "dev"),
                "cranfield": ("cranfield", None)}
@@ -159,11 +160,12 @@ def t1_keys(record: dict, start: dict, mode: str) -> dict:
 
 
 def choose(records: dict) -> str | None:
-    """The new default, from NFCorpus dev and Cranfield only: the largest dev gain among the settings whose
-    Cranfield change is >= 0 (so no significant loss either); when none holds off Cranfield, the largest sum of dev
-    gain and Cranfield change (the point nearest the goal's corner, each nDCG@10 point weighed alike)."""
+    """The new default, from NFCorpus dev and Cranfield only (the issue's goal read on dev): the largest dev gain
+    among the settings with a dev gain >= GOAL_GAIN (p < 0.05) and a Cranfield change >= 0; when none meets both,
+    the largest sum of dev gain and Cranfield change (each nDCG@10 point weighed alike)."""
     candidates = {n: r for n, r in records.items() if n != "zero-shot"}
-    eligible = {n: r for n, r in candidates.items() if r["ood_change"] >= 0}
+    eligible = {n: r for n, r in candidates.items()
+                if r["dev_gain"] >= GOAL_GAIN and r["p_dev"] < 0.05 and r["ood_change"] >= 0}
     if eligible:
         return max(eligible, key=lambda n: eligible[n]["dev_gain"])
     return max(candidates, key=lambda n: candidates[n]["dev_gain"] + candidates[n]["ood_change"], default=None)
@@ -171,7 +173,8 @@ def choose(records: dict) -> str | None:
 
 def report(records: dict, out: Path) -> str:
     chosen = choose(records)
-    holds = chosen is not None and records[chosen]["ood_change"] >= 0
+    holds = chosen is not None and chosen in {n for n, r in records.items()
+                                               if r["dev_gain"] >= GOAL_GAIN and r["ood_change"] >= 0}
     head = ("| setting | NFCorpus test gain (p) | NFCorpus dev gain (p) | Cranfield change (p) | steps | train s |\n"
             "|---|---:|---:|---:|---:|---:|\n")
     rows = []
@@ -187,7 +190,7 @@ def report(records: dict, out: Path) -> str:
     plot = out / "tradeoff.png"
     shown = plot.relative_to(REPO) if plot.is_relative_to(REPO) else plot
     text += (f"\n\nplot: {shown}\nchosen on dev + Cranfield: {chosen}"
-             + ("" if holds else " (no setting holds off Cranfield: the largest dev gain + Cranfield change)"))
+             + ("" if holds else " (no setting meets the goal on dev + Cranfield: the largest dev gain + Cranfield change)"))
     if chosen:
         r = records[chosen]
         text += ("\nRESULT " + " ".join(f"{k}={r[k]:+.4f}" if k.endswith(("gain", "change")) else f"{k}={r[k]:.3g}"

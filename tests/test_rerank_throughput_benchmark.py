@@ -95,8 +95,8 @@ def test_anchor_venvs_pin_the_cpu_torch_and_never_touch_rankface():
 
 
 def test_auto_takes_only_paths_that_passed_the_fidelity_gate():
-    """Every non-torch entry of `AUTO["text"]` must pass R2's fidelity check (committed JSON, all 325 queries) for
-    `encode`, with the quantisation config that class uses."""
+    """Every entry of `AUTO["text"]` must pass R2's fidelity check (committed JSON, all 325 queries) for `encode`,
+    with the precision or quantisation config that class uses."""
     import json
 
     from rankface import hardware
@@ -108,8 +108,11 @@ def test_auto_takes_only_paths_that_passed_the_fidelity_gate():
     flags = {"avx2": {"avx2"}, "avx512": {"avx2", "avx512f", "avx512_vnni"},
              "avx512-bf16": {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}}
     for name, chosen in backends.AUTO["text"].items():
-        if chosen == "torch":
+        if name == "baseline":
             continue
         info = hardware.cpu_class(flags[name], environ={})
-        key = f"onnx-int8@{backends.quant_isa(info)}" if chosen == "onnx-int8" else chosen
+        if chosen == "torch":  # precision="auto": bf16 weights on the AVX-512 + bf16 class, fp32 elsewhere
+            key = "torch-bf16" if name == "avx512-bf16" else "torch-fp32"
+        else:
+            key = f"onnx-int8@{backends.quant_isa(info)}" if chosen == "onnx-int8" else chosen
         assert record["paths"][key]["passes"], (name, key, record["paths"][key])

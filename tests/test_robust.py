@@ -51,6 +51,18 @@ def test_interpolation_is_exact_at_both_ends_and_linear_between():
         interpolate_weights(start, tuned | {"ids": torch.arange(1, 5)}, 0.5)
 
 
+def test_weights_equal_in_both_models_keep_their_bits():
+    # MiniLM holds a -0.0 weight; lerp's start + 0.25 * 0 would make it +0.0 and change the frozen document tower's
+    # fingerprint (its corpus cache would be encoded again).
+    weights = torch.tensor([-0.0, 0.0, 1.5, -2.0])
+    tuned = weights.clone()
+    tuned[2] = 3.0
+    for alpha in (0.25, 0.5, 0.75):
+        mixed = interpolate_weights({"w": weights}, {"w": tuned}, alpha)["w"]
+        assert torch.equal(torch.signbit(mixed[:2]), torch.tensor([True, False])), alpha
+        assert mixed[2] == pytest.approx(1.5 + alpha * 1.5) and mixed[3] == -2.0
+
+
 def test_interpolating_a_query_side_model_reproduces_the_start_and_the_fine_tuned_model(
         collection, tiny_bert_dir, tmp_path, capsys):
     from rankface.cli import main

@@ -46,7 +46,10 @@ def interpolate_weights(start: Mapping[str, torch.Tensor], finetuned: Mapping[st
             raise ValueError(f"cannot interpolate weight {name!r}: shape {tuple(begin.shape)} in the start, "
                              f"{tuple(tuned.shape)} in the fine-tuned model")
         if tuned.is_floating_point():
-            mixed[name] = torch.lerp(begin.to(tuned.device, tuned.dtype), tuned, alpha)
+            begin = begin.to(tuned.device, tuned.dtype)
+            # Where the two agree (a frozen tower, untouched rows) keep the weight's bits: start + α·0 turns a -0.0
+            # into +0.0, which changes the tower's fingerprint and so re-encodes a cached corpus for nothing.
+            mixed[name] = torch.where(begin == tuned, tuned, torch.lerp(begin, tuned, alpha))
         elif torch.equal(begin.to(tuned.device), tuned):
             mixed[name] = tuned.clone()
         else:
