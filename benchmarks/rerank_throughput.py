@@ -303,13 +303,13 @@ def share_bugs(shares: dict[str, float | None]) -> list[str]:
 def make_predictors(folder: Path, systems: list[str], args: argparse.Namespace, workers=None) -> dict:
     """`{system: predict(pairs) -> scores}`, each warmed up on one batch (first-call allocations, kernel choice).
 
-    An anchor's predictor returns `(scores, seconds)`: the seconds its worker spent in `predict`, without the pipe.
+    An anchor's predictor returns `(seconds, scores)`: the seconds its worker spent in `predict`, without the pipe.
     """
     from rankface.models.cross_encoder import CrossEncoder
 
     predictors = {}
     for anchor in workers.loaded if workers else []:
-        predictors[anchor] = lambda batch, anchor=anchor: workers.score(anchor, batch)[::-1]
+        predictors[anchor] = lambda batch, anchor=anchor: workers.score(anchor, batch)  # (seconds, scores)
     for system in systems:
         if system == "st-fp32":
             from sentence_transformers import CrossEncoder as STCrossEncoder
