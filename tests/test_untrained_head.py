@@ -37,7 +37,8 @@ def test_plain_encoder_is_refused_with_the_missing_weights_and_the_remedy(tiny_b
 
 def test_bi_encoder_folder_is_refused_and_named(bi_encoder_dir):
     # The case of the issue: a rankface bi-encoder (sentence-transformers layout) given where a reranker belongs.
-    with pytest.raises(UntrainedHeadError, match=r"holds a bi-encoder: load it with rankface\.load_ranker"):
+    with pytest.raises(UntrainedHeadError, match=r"is a bi-encoder folder .*load it with BiEncoder\.from_pretrained "
+                                                 r"or rankface\.load_ranker"):
         CrossEncoder.from_pretrained(bi_encoder_dir, device="cpu")
 
 

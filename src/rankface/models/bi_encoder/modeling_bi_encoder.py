@@ -33,6 +33,7 @@ from rankface.models._text import (
     resolve_precision,
     truncate_layers,
 )
+from rankface.models.kinds import check_class_kind
 from rankface.utils.io import write_json
 from rankface.utils.ties import top_k
 
@@ -114,8 +115,10 @@ class BiEncoder(nn.Module):
         """Load a transformer checkpoint (a sentence-transformers folder works too) as a bi-encoder.
 
         A folder with a query and a document tower (a sentence-transformers `Router`, as query-side fine-tuning
-        saves) loads both towers.
+        saves) loads both towers. A folder that holds another kind of model (a cross-encoder, a CET pair, a face
+        encoder) raises `ModelKindMismatchError` naming the class that loads it.
         """
+        check_class_kind(name_or_path, "bi")
         two_towers = bool(read_settings(name_or_path, ROUTER_CONFIG))
         if two_towers:
             model, tokenizer = _load_tower(name_or_path, num_layers, TOWER_FOLDERS["query"])

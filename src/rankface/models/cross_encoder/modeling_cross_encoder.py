@@ -30,6 +30,7 @@ from rankface.models._text import (
     resolve_precision,
     truncate_layers,
 )
+from rankface.models.kinds import check_class_kind, detect_model_kind, wrong_class_message
 from rankface.utils.io import write_json
 from rankface.utils.ties import rank_order
 
@@ -89,7 +90,10 @@ class CrossEncoder(nn.Module):
 
         Raises:
             UntrainedHeadError: the checkpoint lacks scoring-head weights and `allow_untrained_head` is False.
+            ModelKindMismatchError: the folder holds another kind of model (a two-tower bi-encoder, a CET pair, a
+                face encoder); the message names the class that loads it.
         """
+        check_class_kind(name_or_path, "cross", allow_untrained_head)
         config = AutoConfig.from_pretrained(name_or_path)
         is_reranker = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
         if is_reranker and config.num_labels != 1:
@@ -251,14 +255,12 @@ def _untrained_head_message(name_or_path, config, new_head: list[str]) -> str:
         "Train a reranker from it first (rankface train --encoder cross), or pass allow_untrained_head=True "
         "(rankface rerank: --allow-untrained-head) to build one with a new, untrained head."
     )
-    try:  # say what the folder does hold, when the loader can tell (e.g. a bi-encoder)
-        from rankface.models.loader import detect_model_kind
-
+    try:  # say what the folder does hold, when it can be told (e.g. a bi-encoder)
         detected = detect_model_kind(name_or_path)
     except Exception:  # noqa: BLE001 - the hint is optional; the head error above is the one to report
         return message
     if detected.kind != "cross":
-        message += f" The folder holds {detected.description()}: load it with rankface.load_ranker({str(name_or_path)!r})."
+        message += f" {wrong_class_message(detected, 'cross')}."
     return message
 
 
