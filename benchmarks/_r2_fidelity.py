@@ -139,6 +139,7 @@ def run_fidelity(ranker: str, model_dir: str, collection_dir: str, paths: list[s
     if max_queries:
         queries = dict(list(queries.items())[:max_queries])
         qrels = {q: qrels[q] for q in queries}
+        candidates = {q: candidates[q] for q in queries}
     if ranker == "predict":
         from rankface.models.cross_encoder import CrossEncoder
 
