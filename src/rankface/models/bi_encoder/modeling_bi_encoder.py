@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
+from rankface.models._predict import (
+    Activation,
+    apply_activation,
+    as_pairs,
+    check_activation,
+    check_rank_inputs,
+    ranked_hits,
+)
 from rankface.models._text import (
     QuantizedCopy,
     autocast,
@@ -254,17 +262,48 @@ class BiEncoder(nn.Module):
 
     def predict(
         self,
-        pairs: Sequence[tuple[str, str]],
+        pairs: tuple[str, str] | Iterable[tuple[str, str]],
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
         backend: str = "torch",
-    ) -> np.ndarray:
+        activation: Activation = None,
+    ) -> np.ndarray | float:
         """Cosine similarity of each `(query, document)` pair, `float32 [N]`: the reranking interface.
 
-        Each distinct text is encoded once, so a candidate list of 100 documents per query costs one
-        query encoding per query.
+        `pairs`: one pair (a tuple or list of two strings; gives one float), or any iterable of pairs (a generator
+        too). Each distinct text is encoded once, so a candidate list of 100 documents per query costs one query
+        encoding per query. `activation`: None (the cosines), `"sigmoid"`, or a callable on the scores as a tensor
+        `[N]`, as `CrossEncoder.predict` takes it.
         """
+        pairs, single = as_pairs(pairs)
+        check_activation(activation)
+        scores = apply_activation(self._cosines(pairs, batch_size, show_progress_bar, precision, backend), activation)
+        return float(scores[0]) if single else scores
+
+    def rank(
+        self,
+        query: str,
+        documents: Iterable[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+        precision: str = "auto",
+        backend: str = "torch",
+        doc_ids: Sequence[str] | Sequence[int] | None = None,
+        activation: Activation = None,
+    ) -> list[dict]:
+        """Rank `documents` for `query` by cosine, as `CrossEncoder.rank` does: `[{"corpus_id": i, ("doc_id": id),
+        "score": s, ("text": d)}]`, best first, ties by rankface's one rule (the greater id first; the position
+        stands in for the id when there are no `doc_ids`)."""
+        documents, doc_ids = check_rank_inputs(query, documents, doc_ids, top_k)
+        scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar, precision, backend,
+                              activation)
+        return ranked_hits(scores, documents, top_k, return_documents, doc_ids)
+
+    def _cosines(self, pairs: list[tuple[str, str]], batch_size: int, show_progress_bar: bool | None,
+                 precision: str, backend: str) -> np.ndarray:
         queries = sorted({p[0] for p in pairs})
         docs = sorted({p[1] for p in pairs})
         q_index = {t: i for i, t in enumerate(queries)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,14 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from rankface.errors import UserError
+from rankface.models._predict import (
+    Activation,
+    apply_activation,
+    as_pairs,
+    check_activation,
+    check_rank_inputs,
+    ranked_hits,
+)
 from rankface.models._text import (
     LowPrecisionCopy,
     QuantizedCopy,
@@ -32,7 +40,6 @@ from rankface.models._text import (
 )
 from rankface.models.kinds import check_class_kind, detect_model_kind, wrong_class_message
 from rankface.utils.io import write_json
-from rankface.utils.ties import rank_order
 
 RANKFACE_SETTINGS = "rankface_reranker.json"
 logger = logging.getLogger(__name__)
@@ -151,28 +158,37 @@ class CrossEncoder(nn.Module):
         return logits.view(-1, group_size)
 
     # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
     def predict(
         self,
-        pairs: Sequence[tuple[str, str]],
+        pairs: tuple[str, str] | Iterable[tuple[str, str]],
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
         backend: str = "torch",
-    ) -> np.ndarray:
-        """Relevance scores (raw logits) for `(query, document)` pairs, `float32 [N]`, in input order.
+        activation: Activation = None,
+    ) -> np.ndarray | float:
+        """Relevance scores for `(query, document)` pairs, `float32 [N]` in input order; one pair gives one float.
 
-        Pairs are tokenized once, sorted by length and padded per batch, so short pairs do not pay for long
-        ones. `precision="auto"` runs bf16 weights where the hardware supports bf16 natively, else fp32 (see
+        `pairs`: one pair (a tuple or list of two strings), or any iterable of pairs (a generator too). Pairs are
+        tokenized once, sorted by length and padded per batch, so short pairs do not pay for long ones.
+        `precision="auto"` runs bf16 weights where the hardware supports bf16 natively, else fp32 (see
         `rankface.models._text.resolve_precision`); `"int8"` runs a dynamically int8-quantized copy (CPU only).
         `backend` picks the engine: `"torch"`, or an ONNX Runtime graph (`"onnx"`, `"onnx-opt"`, `"onnx-int8"`), or
-        `"auto"` per CPU class (`rankface.inference.backends`).
+        `"auto"` per CPU class (`rankface.inference.backends`). `activation`: None (raw logits, rankface's
+        default; a saved model tells sentence-transformers the same), `"sigmoid"`, or a callable on the scores
+        as a tensor `[N]` (e.g. `torch.sigmoid`).
         """
+        pairs, single = as_pairs(pairs)
+        check_activation(activation)
+        scores = apply_activation(self._scores(pairs, batch_size, show_progress_bar, precision, backend), activation)
+        return float(scores[0]) if single else scores
+
+    @torch.inference_mode()
+    def _scores(self, pairs: list[tuple[str, str]], batch_size: int, show_progress_bar: bool | None, precision: str,
+                backend: str) -> np.ndarray:
+        """Raw logits `float32 [N]` of checked pairs."""
         if len(pairs) == 0:
             return np.zeros(0, dtype=np.float32)
-        for i, pair in enumerate(pairs):
-            if len(pair) != 2 or not all(isinstance(t, str) for t in pair):
-                raise TypeError(f"pairs[{i}] must be a (query, document) tuple of two strings, got {pair!r}")
         device = self.device
         from rankface.inference.backends import resolve_engine, text_runner
 
@@ -206,28 +222,27 @@ class CrossEncoder(nn.Module):
     def rank(
         self,
         query: str,
-        documents: Sequence[str],
+        documents: Iterable[str],
         top_k: int | None = None,
         return_documents: bool = False,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         precision: str = "auto",
         backend: str = "torch",
+        doc_ids: Sequence[str] | Sequence[int] | None = None,
+        activation: Activation = None,
     ) -> list[dict]:
-        """Rank `documents` for `query`: `[{"corpus_id": i, "score": s, ("text": d)}]`, best first.
+        """Rank `documents` for `query`: `[{"corpus_id": i, ("doc_id": id), "score": s, ("text": d)}]`, best first.
 
-        Ties follow rankface's one rule (`rankface.utils.ties`) with the position as the document id: the later
-        document first.
+        `corpus_id` is the position in `documents`; `doc_ids` (unique, all strings or all integers) gives the
+        documents ids of their own, returned in each hit as `doc_id`. Ties follow rankface's one rule
+        (`rankface.utils.ties`): the greater document id first, the position standing in for the id when there
+        are no `doc_ids` (the later document first). `activation`: as in `predict`.
         """
-        scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar, precision, backend)
-        order = rank_order(list(range(len(documents))), scores.tolist())[:top_k]
-        results = []
-        for i in order:
-            entry = {"corpus_id": i, "score": float(scores[i])}
-            if return_documents:
-                entry["text"] = documents[i]
-            results.append(entry)
-        return results
+        documents, doc_ids = check_rank_inputs(query, documents, doc_ids, top_k)
+        scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar, precision, backend,
+                              activation)
+        return ranked_hits(scores, documents, top_k, return_documents, doc_ids)
 
     def _tokenize(self, firsts, seconds, **kwargs):
         return self.tokenizer(
