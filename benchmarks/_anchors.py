@@ -48,6 +48,7 @@ ANCHORS = {
     "st-onnx-o3": "onnx",
     "st-onnx-int8": "onnx",
     "st-openvino": "openvino",
+    "st-openvino-default": "openvino",
     "st-openvino-int8": "openvino",
 }
 STAMP = ".anchors-installed"

@@ -14,7 +14,8 @@ one process with one thread count, by:
 - `rankface-default`: `predict()` as shipped (`backend="torch"`, `precision="auto"`), and `auto`: `backend="auto"`;
   each is one of the systems above on this CPU (not scored again);
 - the anchors, sentence-transformers' other CPU backends (`--anchors`): `st-onnx`, `st-onnx-o3`, `st-onnx-int8`
-  (`export_dynamic_quantized_onnx_model` with the same ISA config), `st-openvino`, `st-openvino-int8`
+  (`export_dynamic_quantized_onnx_model` with the same ISA config), `st-openvino` (f32 asked for),
+  `st-openvino-default` (OpenVINO's default precision: bf16 on a CPU with native bf16), `st-openvino-int8`
   (`export_static_quantized_openvino_model`, calibrated on 300 NFCorpus documents outside the timed pairs). Their
   extras do not resolve with rankface's pins, so they run in two venvs the script builds on first use
   (`benchmarks/.anchors-onnx`, `.anchors-openvino`; `_anchors.py`), in worker processes that stay alive and score
@@ -79,7 +80,7 @@ SYSTEMS = ("st-fp32", "rankface-fp32", "rankface-bf16", "rankface-int8", "rankfa
            "rankface-onnx-int8")
 # sentence-transformers' other CPU backends, run in their own venvs (`_anchors.py`); `st-torch` repeats st-fp32
 # there (other transformers), so it is not run unless named.
-ANCHOR_SYSTEMS = ("st-onnx", "st-onnx-o3", "st-onnx-int8", "st-openvino", "st-openvino-int8")
+ANCHOR_SYSTEMS = ("st-onnx", "st-onnx-o3", "st-onnx-int8", "st-openvino", "st-openvino-default", "st-openvino-int8")
 # The matmul peak each rankface system is held against (ONNX Runtime's int8 against FBGEMM's: the nearest
 # measured int8 kernel, so its share is indicative only).
 PEAK_OF = {"rankface-fp32": "fp32", "rankface-bf16": "bf16", "rankface-int8": "int8", "rankface-onnx": "fp32",
