@@ -4,12 +4,17 @@ interrupted with Ctrl-C; what its checkpoints and its final folder hold."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from test_training import settings, weights, write_collection
+from test_training import settings, weights, write_collection, write_config
 
 from rankface.training import train
 from rankface.training.arguments import RerankerTrainingArguments
@@ -57,3 +62,82 @@ def test_the_step_0_evaluation_does_not_change_training(collection, tiny_bert_di
     without = run(collection, tiny_bert_dir, tmp_path / "b", eval_split=None, max_steps=2)
     assert [e["step"] for e in with_evaluation if "eval" in e] == [0, 2]  # step 0 and the final one
     assert losses(with_evaluation) == losses(without)  # the same steps on the same weights: exact equality
+
+
+# ---------------------------------------------------------------------------------------------- interrupts
+def interrupt_when(command: list[str], ready: Callable[[], bool]) -> subprocess.CompletedProcess:
+    """Run `command`, send it SIGINT (Ctrl-C) once `ready()` is true, and return how it ended."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        waited = 0.0
+        while not ready():
+            if process.poll() is not None:
+                out, err = process.communicate()
+                pytest.fail(f"ended (exit {process.returncode}) before it could be interrupted:\n{out[-2000:]}{err[-3000:]}")
+            assert waited < 600, "never got ready to be interrupted"  # a hung run, not a timing check
+            time.sleep(0.1)
+            waited += 0.1
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def new_run_started(out: Path) -> bool:
+    """The new run (learning rate 1e-4) has written its settings and prepared its data: it is under way."""
+    args = out / "training_args.json"
+    return (out / "training_groups_report.json").is_file() and json.loads(args.read_text())["learning_rate"] == 1e-4
+
+
+def train_command(config: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "rankface", "train", "--config", str(config), *flags]
+
+
+# ---------------------------------------------------------------------------------------------- overwrite
+def test_an_interrupted_overwrite_never_mixes_two_runs_in_one_folder(collection, tiny_bert_dir, tmp_path,
+                                                                     monkeypatch):
+    out = tmp_path / "out"
+    run(collection, tiny_bert_dir, out, max_steps=2, checkpoint_steps=1)  # the old run: model, state, checkpoints
+    old_model = weights(out / "model")
+    # The new run: long, no checkpoint yet when Ctrl-C comes (it has prepared its data: it is under way).
+    config = write_config(tmp_path / "new.yaml", settings(collection, tiny_bert_dir, out, max_steps=100_000,
+                                                          learning_rate=1e-4))
+    aside = lambda: sorted(tmp_path.glob("out.previous-run-*"))  # noqa: E731
+    interrupt_when(train_command(config, "--overwrite"), ready=lambda: new_run_started(out))
+    # The folder holds the new run's files only; the old run is whole beside it, not yet deleted.
+    assert sorted(p.name for p in out.iterdir()) == ["training_args.json", "training_groups_report.json"]
+    assert json.loads((out / "training_args.json").read_text())["learning_rate"] == 1e-4
+    [previous] = aside()
+    assert {"model", "trainer_state.json", "checkpoints"} <= {p.name for p in previous.iterdir()}
+    assert sorted(p.name for p in (previous / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
+    assert all(torch.equal(weights(previous / "model")[n], t) for n, t in old_model.items())
+
+    # Started afresh in the same folder: the runs moved aside go once the new run's first checkpoint is written.
+    seen_at_first_checkpoint = []
+    import rankface.training.steps as steps
+
+    real_save = steps.save_checkpoint
+
+    def save_and_look(accelerator, learners, output_dir, state, keep, *rest):
+        seen_at_first_checkpoint.append(len(aside()))
+        real_save(accelerator, learners, output_dir, state, keep, *rest)
+        seen_at_first_checkpoint.append(len(aside()))
+
+    monkeypatch.setattr(steps, "save_checkpoint", save_and_look)  # looks before and after, saves as always
+    run(collection, tiny_bert_dir, out, max_steps=2, checkpoint_steps=1, overwrite_output_dir=True)
+    assert seen_at_first_checkpoint[:2] == [2, 0]  # both old runs (the first and the interrupted one) kept until then
+    assert aside() == [] and sorted(p.name for p in tmp_path.iterdir()) == ["new.yaml", "out"]
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_an_overwrite_without_checkpoints_deletes_the_old_run_after_the_final_model(collection, tiny_bert_dir,
+                                                                                     tmp_path):
+    out = tmp_path / "out"
+    run(collection, tiny_bert_dir, out, max_steps=1, checkpoint_steps=1)
+    run(collection, tiny_bert_dir, out, max_steps=2, overwrite_output_dir=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not (out / "checkpoints").exists()  # the old run's checkpoints went with it
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 2

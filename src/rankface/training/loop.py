@@ -31,6 +31,7 @@ from rankface.training.robust import apply_wise_ft, make_l2sp, with_l2sp
 from rankface.training.steps import (
     Learner,
     check_ranks_agree,
+    discard_previous_runs,
     find_checkpoint,
     isolated_rng,
     prepare_output_dir,
@@ -96,6 +97,7 @@ def train(args: RerankerTrainingArguments) -> dict:
     if accelerator.is_main_process:
         save_final_models(accelerator, learners, output_dir)
         write_json(output_dir / "trainer_state.json", state)
+        discard_previous_runs(output_dir)  # a run without checkpoints: the overwritten run goes once this one is whole
     accelerator.wait_for_everyone()
     accelerator.end_training()
     # Accelerate keeps one precision per process; forget it, so that a later `train` here (a sweep, a notebook) can

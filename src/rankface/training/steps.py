@@ -224,18 +224,26 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=_step_of)
 
 
-def prepare_output_dir(accelerator: Accelerator, output_dir: Path, resume: str | None, overwrite: bool) -> None:
+PREVIOUS_RUN_MARK = ".previous-run-"
+
+
+def prepare_output_dir(accelerator: Accelerator, output_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
     """Refuse to start a new run in a folder that holds files of another run; call it before writing anything.
 
     A new run's checkpoints mixed with an old run's would be pruned and resumed wrongly: the old run's later steps
     sort after the new run's, so pruning deleted the new checkpoint and `resume latest` picked the old run's.
     A run may use a non-empty `output_dir` only when it resumes it (`resume` is "latest" or a checkpoint inside
-    it) or when `overwrite` is set: then the old run's checkpoints are deleted first and its other files are
-    replaced as the new run writes them.
+    it) or when `overwrite` is set. Then the old run's folder is renamed aside, whole, to a sibling
+    `<name>.previous-run-<time>`, and `output_dir` starts empty: an interrupted new run never leaves its files beside
+    the old run's (the old `model/` would have loaded as if it were the new one). The old run is deleted by
+    `discard_previous_runs` once the new run has written its first checkpoint (or its final model).
+
+    Returns:
+        Where the old run was moved (None: nothing was moved, or this is not the main process).
 
     Raises:
         UserError: `output_dir` is not empty and the run neither resumes it nor may overwrite it; or both
-            `resume` and `overwrite` are given.
+            `resume` and `overwrite` are given; or the folder to move aside holds the current directory.
     """
     if resume is not None and overwrite:
         raise UserError(f"resume_from_checkpoint={resume!r} continues the run in {output_dir}, overwrite_output_dir "
@@ -247,11 +255,41 @@ def prepare_output_dir(accelerator: Accelerator, output_dir: Path, resume: str |
         raise UserError(
             f"output_dir {output_dir} already holds another run's files; a new run there would mix its checkpoints "
             "with the old ones. Resume it (--resume_from_checkpoint latest), start afresh with --overwrite_output_dir "
-            "(deletes its checkpoints), or choose another --output_dir"
+            "(moves the old run aside, deleted after the new run's first checkpoint), or choose another --output_dir"
         )
-    if in_use and overwrite and accelerator.is_main_process:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    moved = None
+    if in_use and overwrite:
+        folder = output_dir.resolve()  # a symlinked output_dir: move the real folder, the link keeps pointing here
+        if folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
+            raise UserError(f"overwrite_output_dir: output_dir {output_dir} holds the current directory, which cannot "
+                            "be moved aside; run from elsewhere or choose another --output_dir")
+        accelerator.wait_for_everyone()  # every process has seen the old folder before it moves
+        if accelerator.is_main_process:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            moved = folder.with_name(f"{folder.name}{PREVIOUS_RUN_MARK}{stamp}")
+            for n in range(1, 1000):  # two overwrites within a second
+                if not moved.exists():
+                    break
+                moved = folder.with_name(f"{folder.name}{PREVIOUS_RUN_MARK}{stamp}-{n}")
+            folder.rename(moved)  # one rename: the old run is whole, either here or there
+            folder.mkdir()
+            accelerator.print(f"overwrite: the previous run in {output_dir} was moved to {moved}; it is deleted once "
+                              "this run writes its first checkpoint or its final model")
     accelerator.wait_for_everyone()  # every process has looked at the folder before the first one writes to it
+    return moved
+
+
+def previous_runs(output_dir: Path) -> list[Path]:
+    """The old runs that `--overwrite_output_dir` moved aside from `output_dir` and that are not deleted yet."""
+    folder = output_dir.resolve()
+    return sorted(p for p in folder.parent.glob(f"{folder.name}{PREVIOUS_RUN_MARK}*") if p.is_dir())
+
+
+def discard_previous_runs(output_dir: Path) -> None:
+    """Delete the old runs moved aside from `output_dir`: call it once the new run has a checkpoint or a final model
+    there (main process only)."""
+    for old in previous_runs(output_dir):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(accelerator: Accelerator, learners: list[Learner], output_dir: Path, state: dict,
@@ -271,6 +309,7 @@ def save_checkpoint(accelerator: Accelerator, learners: list[Learner], output_di
     if accelerator.is_main_process:
         write_json(staging / "trainer_state.json", state)
         replace_folder(staging, final)
+        discard_previous_runs(output_dir)  # the new run can now go on from here: an overwritten run is no longer needed
         earlier = [p for p in _checkpoints(output_dir) if _step_of(p) < state["step"]]
         for old in earlier[: max(0, len(earlier) - (keep - 1))] if keep >= 1 else []:  # keep < 1: keep all
             shutil.rmtree(old, ignore_errors=True)
