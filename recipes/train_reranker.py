@@ -14,11 +14,18 @@ import json
 import sys
 
 from rankface.training import parse_training_args, train
+from rankface.training.steps import TrainingInterrupted
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_training_args(argv)
-    metrics = train(args)
+    try:
+        metrics = train(args)
+    except TrainingInterrupted as stop:  # Ctrl-C: one line saying where the run stands and how to go on
+        if stop.main_process:
+            print(stop.describe(stop.resume_command(["python", sys.argv[0]], sys.argv[1:] if argv is None else argv)),
+                  file=sys.stderr)
+        sys.exit(130)
     if metrics:
         print(json.dumps({"final_eval": metrics}))
 

@@ -141,3 +141,33 @@ def test_an_overwrite_without_checkpoints_deletes_the_old_run_after_the_final_mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert not (out / "checkpoints").exists()  # the old run's checkpoints went with it
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(collection, tiny_bert_dir, tmp_path):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", settings(collection, tiny_bert_dir, out, max_steps=100_000,
+                                                        checkpoint_steps=2))
+    done = interrupt_when(train_command(config, "--quiet"),
+                          ready=lambda: (out / "checkpoints" / "step-0000002" / "trainer_state.json").is_file())
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    latest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    assert line.startswith("rankface train: training interrupted; the last checkpoint is ") and str(latest) in line
+    command = line.split("resume with: ")[1]
+    assert command == f"rankface train --config {config} --quiet --resume-from-checkpoint latest"
+
+
+def test_the_resume_command_drops_overwrite_and_earlier_resume_flags(tmp_path):
+    from rankface.training.steps import TrainingInterrupted
+
+    stop = TrainingInterrupted(tmp_path, overwrite=True)
+    argv = ["--config", "c.yaml", "--overwrite", "--resume_from_checkpoint", "x", "--lr=1", "--overwrite_output_dir",
+            "true", "--max-steps", "5"]
+    assert stop.resume_command(["rankface", "train"], argv) == (
+        "rankface train --config c.yaml --lr=1 --max-steps 5 --resume-from-checkpoint latest")
+    # The overwrite came from the config file: the command must switch it off, or the resume is refused.
+    assert stop.resume_command(["rankface", "train"], ["--config", "my dir/c.yaml"]) == (
+        "rankface train --config 'my dir/c.yaml' --resume-from-checkpoint latest --overwrite_output_dir false")
+    assert "no checkpoint was written" in stop.describe()

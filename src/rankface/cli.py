@@ -259,15 +259,21 @@ def _silence_progress_bars() -> None:
         sys.modules["datasets"].disable_progress_bars()
 
 
-def _train(_args, rest) -> None:
+def _train(_args, rest) -> int | None:
     from rankface.training.arguments import parse_training_args
 
     settings = parse_training_args(rest, prog="rankface train")  # before the loop's imports: --help stays quick
     if settings.quiet:
         _silence_progress_bars()
     from rankface.training.loop import train
+    from rankface.training.steps import TrainingInterrupted
 
-    train(settings)
+    try:
+        train(settings)
+    except TrainingInterrupted as stop:  # Ctrl-C: one line saying where the run stands and how to go on
+        if stop.main_process:
+            print(f"rankface train: {stop.describe(stop.resume_command(['rankface', 'train'], rest))}", file=sys.stderr)
+        return 130
 
 
 def _evaluate(args, _rest) -> None:

@@ -30,6 +30,7 @@ from rankface.training.modes import apply_training_mode, resolve_mixed_precision
 from rankface.training.robust import apply_wise_ft, make_l2sp, with_l2sp
 from rankface.training.steps import (
     Learner,
+    TrainingInterrupted,
     check_ranks_agree,
     discard_previous_runs,
     find_checkpoint,
@@ -41,7 +42,21 @@ from rankface.utils.io import save_folder_atomically, write_json
 
 
 def train(args: RerankerTrainingArguments) -> dict:
-    """Train a reranker as `args` says; returns the final evaluation (empty without an eval split)."""
+    """Train a reranker as `args` says; returns the final evaluation (empty without an eval split).
+
+    Raises:
+        TrainingInterrupted: Ctrl-C during the run; it names the last checkpoint and how to resume.
+    """
+    try:
+        return _train(args)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        AcceleratorState._reset_state()  # as at a normal end: a later `train` in this process may start afresh
+        raise TrainingInterrupted(Path(args.output_dir), args.overwrite_output_dir) from None
+
+
+def _train(args: RerankerTrainingArguments) -> dict:
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -277,6 +278,57 @@ def prepare_output_dir(accelerator: Accelerator, output_dir: Path, resume: str |
                               "this run writes its first checkpoint or its final model")
     accelerator.wait_for_everyone()  # every process has looked at the folder before the first one writes to it
     return moved
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training run, with what the user needs to go on: the last checkpoint and how to resume.
+
+    Still a `KeyboardInterrupt` (a notebook or a caller that stops on Ctrl-C still does); the entry points
+    (`rankface train`, the recipes) print `describe(...)` as one line and exit with status 130.
+    """
+
+    def __init__(self, output_dir: Path, overwrite: bool):
+        from accelerate import PartialState
+
+        self.output_dir = output_dir
+        self.checkpoint = find_checkpoint(output_dir, "latest")
+        self.previous_runs = previous_runs(output_dir)
+        self.overwrite = overwrite
+        self.main_process = PartialState().is_main_process
+        super().__init__(self.describe())
+
+    def describe(self, command: str | None = None) -> str:
+        if self.checkpoint is not None:
+            where = f"the last checkpoint is {self.checkpoint} (step {_step_of(self.checkpoint)})"
+        else:
+            where = f"no checkpoint was written in {self.output_dir} yet, so resuming starts again from step 0"
+        if self.previous_runs:
+            where += (f"; the overwritten run is kept in {', '.join(map(str, self.previous_runs))} until this run's "
+                      "first checkpoint")
+        return f"training interrupted; {where}; resume with: {command or '--resume-from-checkpoint latest'}"
+
+    def resume_command(self, program: list[str], argv: list[str]) -> str:
+        """`program argv` as given, less any overwrite or resume flag, plus `--resume-from-checkpoint latest`
+        (and `--overwrite_output_dir false` when the overwrite came from the config file)."""
+        kept, skip_next, flagged = [], False, False
+        for i, arg in enumerate(argv):
+            if skip_next:
+                skip_next = False
+                continue
+            name, has_value = arg.lstrip("-").replace("-", "_").split("=")[0], "=" in arg
+            if arg.startswith("--") and name in ("overwrite", "overwrite_output_dir"):
+                flagged = True
+                following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+                skip_next = not has_value and following in ("true", "false", "yes", "no", "1", "0")
+                continue
+            if arg.startswith("--") and name == "resume_from_checkpoint":
+                skip_next = not has_value
+                continue
+            kept.append(arg)
+        kept += ["--resume-from-checkpoint", "latest"]
+        if self.overwrite and not flagged:
+            kept += ["--overwrite_output_dir", "false"]
+        return shlex.join([*program, *kept])
 
 
 def previous_runs(output_dir: Path) -> list[Path]:
