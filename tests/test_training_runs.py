@@ -171,3 +171,32 @@ def test_the_resume_command_drops_overwrite_and_earlier_resume_flags(tmp_path):
     assert stop.resume_command(["rankface", "train"], ["--config", "my dir/c.yaml"]) == (
         "rankface train --config 'my dir/c.yaml' --resume-from-checkpoint latest --overwrite_output_dir false")
     assert "no checkpoint was written" in stop.describe()
+
+
+# ---------------------------------------------------------------------------------------------- changed settings
+def test_resume_refuses_settings_that_break_the_schedule_and_applies_the_others(collection, tiny_bert_dir, tmp_path,
+                                                                                capsys):
+    from rankface.errors import UserError
+
+    out = tmp_path / "out"
+    values = {"checkpoint_steps": 3, "checkpoints_to_keep": 5}
+    uninterrupted = run(collection, tiny_bert_dir, out, **values)
+    for path in (out / "checkpoints" / "step-0000006", out / "model", out / "trainer_state.json"):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    assert json.loads((out / "checkpoints" / "step-0000003" / "training_args.json").read_text())["learning_rate"] == 1e-3
+    recorded = (out / "training_args.json").read_text()
+    with pytest.raises(UserError) as refused:
+        run(collection, tiny_bert_dir, out, **values, resume_from_checkpoint="latest", learning_rate=0.01,
+            batch_size=8, max_steps=8)
+    message = str(refused.value)
+    for change in ("learning_rate 0.001 -> 0.01", "batch_size 4 -> 8", "max_steps 6 -> 8"):
+        assert change in message
+    assert (out / "training_args.json").read_text() == recorded  # refused before anything was written
+
+    # Reporting and saving settings may change: applied and said, and the training is the same as before.
+    capsys.readouterr()
+    resumed = run(collection, tiny_bert_dir, out, checkpoint_steps=2, checkpoints_to_keep=5,
+                  resume_from_checkpoint="latest")
+    assert "applying changed settings that do not change training: checkpoint_steps 3 -> 2" in capsys.readouterr().out
+    assert losses(resumed) == losses(uninterrupted)
+    assert json.loads((out / "training_args.json").read_text())["checkpoint_steps"] == 2

@@ -226,6 +226,15 @@ def _allow_empty_lists(parser: argparse.ArgumentParser, argv: list[str]) -> list
     return out
 
 
+
+# Settings a resumed run may change: they decide what is evaluated, reported and saved, and when, never what the
+# optimizer does (evaluation runs under its own RNG, training/steps.py). Every other change is refused on resume.
+RESUMABLE_SETTINGS = frozenset({
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "eval_split", "eval_steps", "eval_max_queries",
+    "eval_depth", "eval_batch_size", "checkpoint_steps", "checkpoints_to_keep", "quiet", "cache_dir", "document_cache",
+})
+
+
 def parse_settings(settings_class: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
     """Parse a settings dataclass: `--config file.yaml` supplies defaults; any other `--flag value` overrides them.
 

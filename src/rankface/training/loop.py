@@ -24,7 +24,7 @@ from rankface.losses.ranking import graded_listwise_loss, ranking_loss
 from rankface.models.cet.modeling_cet import rank_table
 from rankface.paths import minilm_path
 from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
-from rankface.training.arguments import RerankerTrainingArguments
+from rankface.training.arguments import RESUMABLE_SETTINGS, RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
 from rankface.training.modes import apply_training_mode, resolve_mixed_precision
 from rankface.training.robust import apply_wise_ft, make_l2sp, with_l2sp
@@ -32,10 +32,12 @@ from rankface.training.steps import (
     Learner,
     TrainingInterrupted,
     check_ranks_agree,
+    check_resumed_settings,
     discard_previous_runs,
     find_checkpoint,
     isolated_rng,
     prepare_output_dir,
+    run_settings,
     run_steps,
 )
 from rankface.utils.io import save_folder_atomically, write_json
@@ -65,6 +67,9 @@ def _train(args: RerankerTrainingArguments) -> dict:
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     prepare_output_dir(accelerator, output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    # Before anything is written: a refused resume leaves the run's training_args.json as it was.
+    check_resumed_settings(find_checkpoint(output_dir, args.resume_from_checkpoint), output_dir,
+                           run_settings(accelerator, args), RESUMABLE_SETTINGS, accelerator.print)
     with accelerator.main_process_first():
         data = prepare_training_data(args)
     if accelerator.is_main_process:

@@ -8,6 +8,7 @@ one (where in the epoch to restart, when the schedulers step, when checkpoints a
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import shlex
@@ -15,7 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ def run_steps(
                 with isolated_rng():
                     evaluate(state)
             if args.checkpoint_steps and state["step"] % args.checkpoint_steps == 0:
-                save_checkpoint(accelerator, learners, output_dir, state, args.checkpoints_to_keep)
+                save_checkpoint(accelerator, learners, output_dir, state, args.checkpoints_to_keep,
+                                settings=run_settings(accelerator, args))
             if state["step"] >= total_steps:
                 break
         else:
@@ -344,8 +346,52 @@ def discard_previous_runs(output_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def run_settings(accelerator: Accelerator, args: Any) -> dict | None:
+    """What a checkpoint records of its run's settings (a settings dataclass, plus the number of processes, which
+    sets the batch per step as much as the batch size does); None for other `args`."""
+    if not is_dataclass(args):
+        return None
+    return json.loads(json.dumps({**asdict(args), "num_processes": accelerator.num_processes}))
+
+
+def check_resumed_settings(checkpoint: Path | None, output_dir: Path, settings: dict, may_change: frozenset[str],
+                           say: Callable[[str], None] = print) -> None:
+    """Refuse to resume `checkpoint` with settings that differ from its run's, except those in `may_change`.
+
+    A resumed run restores the optimizer, the learning-rate schedule and the position in the data: a new learning
+    rate, batch size or number of steps would be recorded but not followed (the schedule keeps the old one).
+    Settings that only decide what is reported or saved, and when, may change; they are applied and said.
+    The run's settings are read from the checkpoint (`training_args.json`, written with it), else from
+    `output_dir/training_args.json` of the run it belongs to.
+
+    Raises:
+        UserError: a setting outside `may_change` differs; the message lists each as `name old -> new`.
+    """
+    if checkpoint is None:
+        return
+    recorded = checkpoint / "training_args.json"
+    if not recorded.is_file() and checkpoint.resolve().parent == (output_dir / "checkpoints").resolve():
+        recorded = output_dir / "training_args.json"
+    if not recorded.is_file():
+        say(f"resume: {checkpoint} does not record its run's settings; they cannot be compared with these")
+        return
+    old = json.loads(recorded.read_text(encoding="utf-8"))
+    new = json.loads(json.dumps(settings))
+    changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
+    refused = {k: v for k, v in changed.items() if k not in may_change}
+    if refused:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise UserError(f"resume from {checkpoint}: {listed} differ from the run's settings ({recorded}); a resumed run "
+                        "continues the old schedule and data order, so they cannot change. Resume with the old values, "
+                        "or start a new run (--overwrite_output_dir, or another --output_dir)")
+    applied = {k: v for k, v in changed.items() if k not in ("resume_from_checkpoint", "overwrite_output_dir")}
+    if applied:
+        say("resume: applying changed settings that do not change training: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in applied.items()))
+
+
 def save_checkpoint(accelerator: Accelerator, learners: list[Learner], output_dir: Path, state: dict,
-                    keep: int) -> None:
+                    keep: int, settings: dict | None = None) -> None:
     """Save the full training state into a staging folder, then rename it: a checkpoint is whole or absent.
 
     Non-finite weights are refused (`FloatingPointError`) before anything is written. Pruning keeps the `keep`
@@ -359,6 +405,8 @@ def save_checkpoint(accelerator: Accelerator, learners: list[Learner], output_di
     staging = folder / f".staging-{state['step']:07d}"
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
+        if settings is not None:  # what a resume compares its settings with (check_resumed_settings)
+            write_json(staging / "training_args.json", settings)
         write_json(staging / "trainer_state.json", state)
         replace_folder(staging, final)
         discard_previous_runs(output_dir)  # the new run can now go on from here: an overwritten run is no longer needed
