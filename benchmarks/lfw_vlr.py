@@ -747,6 +747,7 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
                   "row's hardest class-negative cosine (mean), share of the softmax mass")
         lines.append(f"\nUNPG mechanism: {png.relative_to(ROOT)}")
         lines += mechanism_table(mechanism)
+    lines += ri_log_report(args, results)
     partial = sorted({(s, seed) for (s, seed) in results if (s, seed) not in metrics})
     if partial:
         lines.append(f"incomplete (one half only, not in the tables above): {partial}")
@@ -830,6 +831,41 @@ def per_half_table(results: dict, all_pairs, rs: list[int]) -> list[str]:
 LOW_FAR_TABLE_FIGURES = ("tar@0.001", "tar@0.0001", "tar@1e-05")
 LOW_FAR_CLAIM_FIGURES = (("lr-lr@16", "tar@0.0001"), ("lr-lr@8", "tar@0.0001"), ("hr-lr@8", "tar@0.0001"),
                          ("lr-lr@16", "tar@1e-05"), ("lr-lr@8", "tar@1e-05"))
+
+
+def ri_log_report(args: argparse.Namespace, results: dict) -> list[str]:
+    """The RI's target xi and regressed xi_hat per resolution bucket at the logged steps (every saved run that logged
+    them), the 24-vs-8 px AUC of each, and a plot of xi / xi_hat against step per resolution."""
+    runs = [(system, seed, r["settings"]["half"], r["train"]["ri_buckets"]) for (system, seed), records in
+            sorted(results.items()) for r in records if (r.get("train") or {}).get("ri_buckets")]
+    if not runs:
+        return []
+    lines = [("\nRI index during training: mean xi (target) / xi_hat (regressed) per resolution, on a fixed sample of "
+             "training images degraded as in evaluation, model in eval mode; AUC: a 24 px image above an 8 px one"), ""]
+    for system, seed, half, log in runs:
+        rs = sorted(log[0][1]["buckets"], key=int)
+        lines += [f"{system} seed {seed} half {half} ({log[0][1]['images']} images):", "",
+                  "| step | " + " | ".join(f"{r} px" for r in rs) + " | AUC 24 vs 8: xi | xi_hat |",
+                  "|---|" + "---:|" * (len(rs) + 2)]
+        for step, entry in log:
+            auc = entry.get("auc_24_8", {})
+            lines.append(f"| {step} | " + " | ".join(
+                f"{entry['buckets'][r]['xi']:.3f} / {entry['buckets'][r]['xi_hat']:.3f}" for r in rs)
+                + f" | {auc.get('xi', float('nan')):.3f} | {auc.get('xi_hat', float('nan')):.3f} |")
+        lines.append("")
+    series = {}
+    for system, _seed, _half, log in runs:
+        cols: dict[str, list] = {"step": [step for step, _ in log]}
+        for r in log[0][1]["buckets"]:
+            cols[f"xi {r} px"] = [e["buckets"][r]["xi"] for _, e in log]
+            cols[f"xi_hat {r} px"] = [e["buckets"][r]["xi_hat"] for _, e in log]
+        series.setdefault(system, []).append(cols)
+    shown = ("8", "16", "24", "112")
+    png = plot_step_series(
+        series, RESULTS / args.mode / "ri_index.png",
+        panels={f"{r} px": ("mean over the sample", [f"xi {r} px", f"xi_hat {r} px"]) for r in shown},
+        title=f"RI during training ({args.mode}): target xi (solid) and regressed xi_hat (dashed) per resolution")
+    return lines + [f"RI index plot: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}"]
 
 
 def mechanism_table(mechanism: dict, window: int = 50) -> list[str]:

@@ -269,3 +269,14 @@ def test_unpg_mechanism_is_saved_per_step_tabulated_and_plotted(bench, tmp_path)
     png = _plots.plot_step_series({"arcface+unpg": [cols]}, tmp_path / "m.png",
                                   {"pairs": ("pairs", ["unpg_pairs", "negatives"])}, "t")
     assert png.is_file() and png.stat().st_size > 0
+
+
+def test_ri_log_report_tabulates_xi_and_xi_hat_per_resolution_and_plots_them(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    entry = {"images": 4, "buckets": {r: {"xi": 0.1 * i, "xi_hat": 0.05 * i} for i, r in
+                                      enumerate(["8", "16", "24", "112"])}, "auc_24_8": {"xi": 0.9, "xi_hat": 0.8}}
+    record = {"settings": {"half": "A"}, "train": {"ri_buckets": [[0, entry], [150, entry]]}}
+    lines = bench.ri_log_report(bench.parse_args(["--mode", "t"]), {("ri-fix-150", 0): [record]})
+    assert "| 150 | 0.000 / 0.000 | 0.100 / 0.050 | 0.200 / 0.100 | 0.300 / 0.150 | 0.900 | 0.800 |" in lines
+    assert (tmp_path / "t" / "ri_index.png").is_file()
+    assert bench.ri_log_report(bench.parse_args([]), {("arcface", 0): [{"settings": {"half": "A"}, "train": {}}]}) == []
