@@ -30,12 +30,14 @@ class CardSpec:
         optional: fields with their defaults (None: the template leaves the part out).
         nested: for dict fields, the keys that must be present.
         task_type: the Hub task of the model-index entries.
+        may_have_no_metrics: `metrics` may be an empty list (the card then says the model was not evaluated).
     """
 
     required: tuple[str, ...]
     optional: dict[str, Any] = field(default_factory=dict)
     nested: dict[str, tuple[str, ...]] = field(default_factory=dict)
     task_type: str = "text-ranking"
+    may_have_no_metrics: bool = False
 
 
 _FACE_REQUIRED = ("model_name", "license", "datasets", "training_data", "training_data_license", "input", "metrics")
@@ -48,8 +50,9 @@ CARD_SPECS: dict[str, CardSpec] = {
         required=("model_name", "base_model", "license", "datasets", "training_data", "label_protocol", "loss",
                   "metrics"),
         optional={"language": "en", "tags": [], "max_length": None, "training": None, "intended_use": None,
-                  "limitations": []},
+                  "limitations": [], "encoder": "cross"},
         nested={"loss": ("name",)},
+        may_have_no_metrics=True,  # a training run without an eval split still gets its card
     ),
     "face_encoder": CardSpec(_FACE_REQUIRED, _FACE_OPTIONAL, _FACE_NESTED, task_type="image-feature-extraction"),
     "ri_encoder": CardSpec(
@@ -97,7 +100,7 @@ def _check_fields(name: str, spec: CardSpec, fields: dict[str, Any]) -> dict[str
         if lacking:
             raise ValueError(f"{where}: missing required field(s) {', '.join(f'{key}.{s}' for s in lacking)}")
     metrics = fields["metrics"]
-    if not isinstance(metrics, list) or not metrics:
+    if not isinstance(metrics, list) or not (metrics or spec.may_have_no_metrics):
         raise TypeError(f"{where}: field 'metrics' must be a non-empty list of dicts with keys {_METRIC_KEYS}")
     for i, metric in enumerate(metrics):
         lacking = [key for key in _METRIC_KEYS if not isinstance(metric, dict) or metric.get(key) is None]
@@ -141,7 +144,8 @@ def render_model_card(template: str, **fields: Any) -> str:
     if name in CARD_SPECS:
         spec = CARD_SPECS[name]
         values = _check_fields(name, spec, fields)
-        values["model_index"] = _model_index(values["model_name"], spec.task_type, values["metrics"])
+        values["model_index"] = (_model_index(values["model_name"], spec.task_type, values["metrics"])
+                                 if values["metrics"] else None)
         env = _environment(jinja2.PackageLoader("rankface", "model_cards"))
         return env.get_template(f"{name}.md.j2").render(**values)
     path = Path(template)

@@ -40,7 +40,7 @@ from rankface.training.steps import (
     run_settings,
     run_steps,
 )
-from rankface.utils.io import save_folder_atomically, write_json
+from rankface.utils.io import atomic_write, save_folder_atomically, write_json
 
 
 def train(args: RerankerTrainingArguments) -> dict:
@@ -117,6 +117,7 @@ def _train(args: RerankerTrainingArguments) -> dict:
     if accelerator.is_main_process:
         save_final_models(accelerator, learners, output_dir)
         write_json(output_dir / "trainer_state.json", state)
+        write_model_card(output_dir / "model", args, data, final, state["step"])
         discard_previous_runs(output_dir)  # a run without checkpoints: the overwritten run goes once this one is whole
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -297,6 +298,40 @@ def record_evaluation(accelerator: Accelerator, model, data: TrainingData, args,
         accelerator.print(f"step {state['step']} {args.eval_split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     accelerator.wait_for_everyone()
     return metrics
+
+
+def write_model_card(folder: Path, args: RerankerTrainingArguments, data: TrainingData, metrics: dict,
+                     steps: int) -> None:
+    """`folder/README.md`: the model card (rankface.hub's reranker template) of the model this run trained, from
+    its settings and final evaluation, so that a trained folder says what it is before anyone pushes it."""
+    from rankface.hub import render_model_card
+
+    def name_of(value: str) -> str:  # a local folder or file is named, not given by its machine-specific path
+        return Path(value).name if Path(value).exists() else value
+
+    negatives = f"{args.num_negatives} negatives per query from ranks {args.negatives_from_rank}-" \
+                f"{args.negatives_to_rank} of {name_of(args.negatives_run) if args.negatives_run else 'BM25'}"
+    groups = data.group_report.get("groups", len(data.groups))
+    loss = {"name": "CET" if args.method == "cet" else args.loss}
+    if args.method == "cet":
+        loss |= {"ranking_loss": args.loss, "temperature": args.cet_temperature, "selection": args.cet_selection}
+    rows = [{"name": key, "type": key.lower().replace("@", "_at_"), "value": round(float(value), 4),
+             "dataset": name_of(args.collection), "dataset_type": name_of(args.collection), "split": args.eval_split,
+             "config": f"top-{args.eval_depth} candidates"} for key, value in metrics.items()]
+    card = render_model_card(
+        "reranker", model_name=folder.parent.name, base_model=name_of(args.model_name_or_path), license="other",
+        datasets=[name_of(args.collection)], encoder=args.encoder, max_length=args.max_length,
+        training_data=f"The {args.train_split!r} split of {name_of(args.collection)}: {groups} training groups, "
+                      f"each one positive and {negatives}.",
+        label_protocol=(f"Training labels from {name_of(args.train_qrels)} (given in place of the collection's)."
+                        if args.train_qrels else f"The collection's {args.train_split!r} qrels."),
+        loss=loss, metrics=rows,
+        training={"steps": steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+                  "training_mode": args.training_mode, "lora_rank": args.lora_rank, "seed": args.seed},
+        limitations=["The license is `other` until you set it: it follows the base model's and the training data's."],
+    )
+    with atomic_write(folder / "README.md") as handle:
+        handle.write(card)
 
 
 def save_final_models(accelerator: Accelerator, learners: list[Learner], output_dir: Path) -> None:
