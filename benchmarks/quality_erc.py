@@ -20,6 +20,8 @@ of the same scores:
 - `norm`: the L2 norm of the same model's backbone embedding;
 - `magface norm`: the embedding norm of the MagFace model trained in the same F1 run and budget (the quality the
   face-quality field holds up);
+- `ers 1-cos(v,UI)`: the ERS-style score, 1 - cos(v, UI centre) with the RI model's saved UI centre (issue 21; no
+  retraining), and `ers x norm`, its product with the embedding norm;
 - `resolution oracle` (quality = the image's resolution), `random` (mean of 10 orders), `error oracle` (false
   non-matches first: the floor no quality can pass).
 
@@ -77,7 +79,8 @@ FMR = 1e-2
 UPTO = 0.3
 DECIMALS = 5
 RESULT_KEYS = ("ri_pauc", "norm_pauc", "random_pauc", "oracle_pauc", "ratio_ri_to_norm", "ri_share", "norm_share",
-               "magface_share", "resolution_share", "fnmr_d0", "mix", "mode")
+               "magface_share", "resolution_share", "ers_share", "ers_norm_share", "fnmr_d0", "mix", "mode")
+ERS, ERS_NORM = "ers 1-cos(v,UI)", "ers x norm"  # quality names in the tables
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -280,14 +283,16 @@ def embed_views(model: torch.nn.Module, load_images: Callable[[np.ndarray], np.n
         views: `[U, 2]` (row, resolution), as from `unique_views`.
 
     Returns:
-        `{"embedding": [U, E] matching embedding, "norm": [U] L2 norm of the backbone embedding, "ri": [U]}` (`ri`
-        only for models that output a quality).
+        `{"embedding": [U, E] matching embedding, "norm": [U] L2 norm of the backbone embedding, "ri": [U],
+        "ers": [U]}` (`ri` only for models that output a quality; `ers` = `1 - cos(v, UI centre)`, the ERS-style
+        score, only for models that hold a UI centre).
     """
     from rankface.models.face_processor import FaceImageProcessor
 
     processor = FaceImageProcessor.from_model_config(model.config)
     model.eval()
-    out: dict[str, list[np.ndarray]] = {"embedding": [], "norm": [], "ri": []}
+    out: dict[str, list[np.ndarray]] = {"embedding": [], "norm": [], "ri": [], "ers": []}
+    centre = getattr(model, "ui_centre", None)
     started = time.perf_counter()
     for start in range(0, len(views), batch_size):
         chunk = views[start:start + batch_size]
@@ -305,11 +310,32 @@ def embed_views(model: torch.nn.Module, load_images: Callable[[np.ndarray], np.n
         quality = getattr(result, "quality", None)
         if quality is not None:
             out["ri"].append(quality.float().numpy())
+        if centre is not None:
+            out["ers"].append(ers_from_embeddings(v.numpy(), centre.direction.numpy()))
         done = start + len(chunk)
         if progress and (done == len(views) or (start // batch_size) % 20 == 19):
             rate = done / max(time.perf_counter() - started, 1e-9)
             print(f"  embedded {done}/{len(views)} views ({rate:.1f}/s)", flush=True)
     return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def ers_from_embeddings(embeddings: np.ndarray, ui_direction: np.ndarray) -> np.ndarray:
+    """ERS-style quality `1 - cos(v, u)` of backbone embeddings `[U, E]` and the model's saved UI centre `[E]`: far
+    from the unrecognizable-image cluster = better (no retraining; the centre is a buffer of the RI model)."""
+    v = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    u = ui_direction / max(float(np.linalg.norm(ui_direction)), 1e-12)
+    return (1.0 - v @ u).astype(np.float32)
+
+
+SLOT_VALUES = ("ri", "norm", "ers", "ers_norm")  # per-view qualities a pair slot can take
+
+
+def with_products(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add `ers_norm` (ERS times the embedding norm) where both are known."""
+    out = dict(values)
+    if "ers" in out and "norm" in out:
+        out["ers_norm"] = out["ers"] * out["norm"]
+    return out
 
 
 def score_system(model: torch.nn.Module, load_images: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
@@ -319,7 +345,8 @@ def score_system(model: torch.nn.Module, load_images: Callable[[np.ndarray], np.
     embedded = embed_views(model, load_images, views, batch_size, progress)
     emb = embedded["embedding"]
     scores = cosine_pair_scores(emb[inverse[:, 0]], emb[inverse[:, 1]])
-    quality = {name: pair_values(embedded[name], inverse) for name in ("ri", "norm") if name in embedded}
+    embedded = with_products(embedded)
+    quality = {name: pair_values(embedded[name], inverse) for name in SLOT_VALUES if name in embedded}
     return {"scores": scores, "quality": quality, "num_views": len(views)}
 
 
@@ -337,6 +364,13 @@ class ViewStore:
             with np.load(cache_file) as saved:
                 self.values = {k: saved[k] for k in saved.files if k != "views"}
                 self.index = {(int(r), int(s)): i for i, (r, s) in enumerate(saved["views"])}
+        centre = getattr(model, "ui_centre", None)
+        if self.index and centre is not None and "ers" not in self.values:
+            # a cache from before the ERS quality: its stored embedding is v itself when the model matches with v
+            if getattr(model.config, "match_with", "v") == "v":
+                self.values["ers"] = ers_from_embeddings(self.values["embedding"], centre.direction.numpy())
+            else:
+                self.values, self.index = {}, {}  # embed again
 
     def __len__(self) -> int:
         return len(self.index)
@@ -375,7 +409,8 @@ def score_pairs(stores: Mapping[str, ViewStore], pair_half: np.ndarray, rows: np
         values = stores[str(half)].get(views)
         emb = values["embedding"]
         scores[mask] = cosine_pair_scores(emb[inverse[:, 0]], emb[inverse[:, 1]])
-        for name in ("ri", "norm"):
+        values = with_products(values)
+        for name in SLOT_VALUES:
             if name in values:
                 quality.setdefault(name, np.zeros(rows.shape))[mask] = pair_values(values[name], inverse)
     return {"scores": scores, "quality": quality}
@@ -421,7 +456,7 @@ def headline(curves: Mapping[str, ERCCurve], fnmr_d0: float, mix: str, mode: str
               "oracle_pauc": pauc("resolution oracle")}
     values["ratio_ri_to_norm"] = values["ri_pauc"] / values["norm_pauc"] if values["norm_pauc"] > 0 else math.nan
     for key, name in (("ri_share", "ri"), ("norm_share", "norm"), ("magface_share", "magface norm"),
-                      ("resolution_share", "resolution oracle")):
+                      ("resolution_share", "resolution oracle"), ("ers_share", ERS), ("ers_norm_share", ERS_NORM)):
         values[key] = shares.get(name, math.nan)
     values["fnmr_d0"] = fnmr_d0
     out = {k: "nan" if math.isnan(v) else (f"{v:.3f}" if "share" in k or k == "fnmr_d0" else f"{v:.5f}")
@@ -591,6 +626,9 @@ def run_mix(mix: str, args, context: dict, stores: dict, out_dir: Path) -> tuple
     ri = score_pairs(stores["ri"], half, context["rows"], res)
     scores = ri["scores"]
     slot_quality = {"ri": ri["quality"]["ri"], "norm": ri["quality"]["norm"]}
+    if "ers" in ri["quality"]:  # issue 21: the ERS-style score from the RI model's saved UI centre, and x norm
+        slot_quality[ERS] = ri["quality"]["ers"]
+        slot_quality[ERS_NORM] = ri["quality"]["ers_norm"]
     own_magface = None
     for kind, name in (("magface", "magface norm"), ("norm", "pretrained norm")):
         if stores.get(kind):

@@ -284,3 +284,36 @@ def test_attainable_share_and_goal_line(bench):
     assert bench.goal_line(shares).endswith("-> met.")
     assert bench.goal_line({**shares, "ri": 0.4}).endswith("-> NOT met.")  # below 0.5
     assert bench.goal_line({**shares, "ri": 0.6, "magface norm": 0.7}).endswith("-> NOT met.")  # a rival above it
+
+
+@pytest.mark.parametrize("match_with", ["v", "v+att"])
+def test_ers_quality_is_one_minus_cos_to_the_saved_ui_centre_and_old_caches_gain_it(bench, tmp_path, match_with):
+    """Issue 21: the ERS-style score 1 - cos(v, UI centre) of the RI model's backbone embedding, and its product
+    with the norm, recomputed here slot by slot; a view cache saved before the ERS existed gains it (match_with v:
+    from the stored embedding, which is v) or is embedded again (v+att)."""
+    torch.manual_seed(1)
+    model = RecognizabilityModel(RecognizabilityConfig(backbone=MobileFaceNetConfig(**TINY_MFN),
+                                                       attention_reduction=4, match_with=match_with)).eval()
+    model.ui_centre.update_centre(torch.randn(5, model.config.embedding_size))
+    images = _images(4)
+    rows = np.array([[0, 1], [2, 3], [1, 2]])
+    res = np.array([[8, 16], [32, 8], [16, 16]])
+    got = bench.score_system(model, lambda w: images[w], rows, res, progress=False)
+    processor = FaceImageProcessor.from_model_config(model.config)
+    u = model.ui_centre.centre.numpy() / np.linalg.norm(model.ui_centre.centre.numpy())
+    with torch.no_grad():
+        for p in range(len(rows)):
+            for j in range(2):
+                v = model(processor([degrade_exact(images[rows[p, j]], int(res[p, j]))])["pixel_values"]).embedding
+                v = v[0].numpy().astype(np.float64)
+                ers = 1.0 - float(v @ u) / np.linalg.norm(v)
+                assert got["quality"]["ers"][p, j] == pytest.approx(ers, abs=1e-5)
+                assert got["quality"]["ers_norm"][p, j] == pytest.approx(ers * np.linalg.norm(v), rel=1e-4)
+    # an old cache: no "ers" key
+    cache = tmp_path / "old.npz"
+    views = np.array([[0, 8], [1, 16]])
+    old = bench.embed_views(model, lambda w: images[w], views, progress=False)
+    np.savez(cache, views=views, **{k: v for k, v in old.items() if k != "ers"})
+    store = bench.ViewStore(model, lambda w: images[w], cache)
+    assert len(store) == (2 if match_with == "v" else 0)
+    np.testing.assert_allclose(store.get(views)["ers"], old["ers"], atol=1e-5)
