@@ -200,3 +200,24 @@ def test_resume_refuses_settings_that_break_the_schedule_and_applies_the_others(
     assert "applying changed settings that do not change training: checkpoint_steps 3 -> 2" in capsys.readouterr().out
     assert losses(resumed) == losses(uninterrupted)
     assert json.loads((out / "training_args.json").read_text())["checkpoint_steps"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- model card
+@pytest.mark.parametrize(("encoder", "evaluated"), [("cross", True), ("bi", False)])
+def test_a_trained_model_folder_has_its_model_card(collection, tiny_bert_dir, tmp_path, encoder, evaluated):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "out"
+    run(collection, tiny_bert_dir, out, encoder=encoder, max_steps=2, eval_split="dev" if evaluated else None)
+    card = ModelCard.load(out / "model" / "README.md")  # parses the YAML front matter (and the model-index)
+    assert card.data.library_name == "rankface" and card.data.datasets == [collection.name]
+    assert card.data.base_model == tiny_bert_dir.name  # a local folder is named, its machine's path is not written
+    assert ("cross-encoder" if encoder == "cross" else "bi-encoder") in card.data.tags
+    assert "16 training groups" in card.text and "`steps`: 2" in card.text
+    if evaluated:
+        final = json.loads((out / "trainer_state.json").read_text())["log"][-1]["eval"]
+        assert {(r.metric_name, r.metric_value, r.dataset_split) for r in card.data.eval_results} == {
+            (k, round(v, 4), "dev") for k, v in final.items()}
+    else:
+        assert card.data.eval_results is None and "Not evaluated" in card.text
+    assert ("CrossEncoder.from_pretrained" if encoder == "cross" else "BiEncoder.from_pretrained") in card.text
