@@ -30,8 +30,17 @@ the git-ignored runs/ folder there (checkpoints are deleted once the result is s
     python benchmarks/lfw_vlr.py --systems arcface ri --seeds 0   # a part of it
     python benchmarks/lfw_vlr.py --report-only          # the tables and figures from what is saved
 
-The full plan, headline first: seed 0 of pretrained, arcface, arcface+unpg, ri, magface (F2 needs ri and magface);
-seeds 1 and 2 of arcface, arcface+unpg, ri; then seed 0 of cosface, cosface+unpg, ri+reg, ri+reg+id.
+Low FAR (issue 21): every cross-identity pair among each half's pair images (~7.3 M impostors LR-LR, twice that
+HR-LR) and all their genuine pairs, at 16 and 8 px: TAR at FAR 1e-3 / 1e-4 / 1e-5 and the 99.9th / 99.99th impostor
+percentiles, 95 % intervals from a bootstrap over identities (1,000 resamples, fixed seed, so two systems' resamples
+pair and their difference gets a p-value from the saved records alone); evaluation/verification.py does it in
+memory-bounded blocks, exactly (see there). A record saved before this gains it when its model is at hand.
+
+The full plan (`FULL_PLAN`, issue 21): the RI target's short iterations (150 steps, half A) with their xi / xi_hat logs;
+the fixed RI (`ri-fix`), 3 seeds, both halves; the UNPG k sweep with a random head (half A, seed 0); the deciding pair
+arcface-rh vs the best k (chosen on the validation pairs), 3 seeds, both halves; arcface seeds 1-2. `--plan issue11`
+continues the earlier plan (seed 0 of pretrained, arcface, arcface+unpg, ri, magface; seeds 1-2 of arcface,
+arcface+unpg, ri; cosface, cosface+unpg, ri+reg, ri+reg+id).
 """
 
 from __future__ import annotations

@@ -728,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"mixes={args.mixes}", flush=True)
     stores = {kind: build_stores(getattr(args, f"{kind}_model"), kind, context, out_dir, args)
               for kind in ("ri", "magface", "norm")}
-    context["models"] = {kind: {h: str(Path(getattr(args, f"{kind}_model")[h]).relative_to(ROOT))
+    context["models"] = {kind: {h: str(Path(getattr(args, f"{kind}_model")[h]).resolve().relative_to(ROOT))
                                 if Path(getattr(args, f"{kind}_model")[h]).resolve().is_relative_to(ROOT)
                                 else Path(getattr(args, f"{kind}_model")[h]).name for h in context["halves"]}
                          for kind in stores if stores[kind]}
