@@ -221,3 +221,41 @@ def test_a_trained_model_folder_has_its_model_card(collection, tiny_bert_dir, tm
     else:
         assert card.data.eval_results is None and "Not evaluated" in card.text
     assert ("CrossEncoder.from_pretrained" if encoder == "cross" else "BiEncoder.from_pretrained") in card.text
+
+
+# ---------------------------------------------------------------------------------------------- disk
+def test_a_query_side_checkpoint_holds_the_trainable_tower_only(collection, tiny_bert_dir, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    from rankface.errors import UserError
+
+    start = tmp_path / "start"  # a copy of the starting model, to change it between the run and its resume
+    shutil.copytree(tiny_bert_dir, start)
+    out = tmp_path / "out"
+    values = {"encoder": "bi", "training_mode": "query_side", "checkpoint_steps": 3, "checkpoints_to_keep": 5,
+              "model_name_or_path": str(start)}
+    run(collection, tiny_bert_dir, out, **values)
+    checkpoint = out / "checkpoints" / "step-0000003"
+    with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as handle:
+        saved = set(handle.keys())
+    assert saved and not any(k.startswith("doc_model.") for k in saved)  # the frozen document tower is not copied
+    manifest = json.loads((checkpoint / "frozen_weights.json").read_text())
+    assert manifest["source"] == str(start) and all(k.startswith("doc_model.") for k in manifest["models"][0]["keys"])
+    # Every weight of the tower is named (the pooler, unused by mean pooling, is not part of it).
+    tower = {f"doc_model.{k}" for k in weights(tiny_bert_dir) if not k.startswith("pooler.")}
+    assert set(manifest["models"][0]["keys"]) == tower
+    # The final model is still complete: both towers.
+    assert (out / "model" / "document_0_Transformer" / "model.safetensors").is_file()
+
+    # Resuming rebuilds the frozen tower from the starting model and checks it: a changed one is refused.
+    for path in (out / "checkpoints" / "step-0000006", out / "model", out / "trainer_state.json"):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    from safetensors.torch import save_file
+
+    changed = weights(start)
+    changed["embeddings.word_embeddings.weight"][5] += 0.1
+    save_file(changed, str(start / "model.safetensors"))
+    with pytest.raises(UserError, match="frozen weights of model 0 .* are not those it was trained with"):
+        run(collection, tiny_bert_dir, out, **values, resume_from_checkpoint="latest")

@@ -34,8 +34,10 @@ from rankface.training.steps import (
     check_ranks_agree,
     check_resumed_settings,
     discard_previous_runs,
+    exclude_frozen_weights,
     find_checkpoint,
     isolated_rng,
+    load_checkpoint,
     prepare_output_dir,
     run_settings,
     run_steps,
@@ -96,10 +98,13 @@ def _train(args: RerankerTrainingArguments) -> dict:
         accelerator.register_for_checkpointing(scheduler)
         learners.append(Learner(name, model, optimizer, scheduler))
 
+    # Checkpoints hold the trainable weights and their optimizer state; frozen ones (a query-side run's document
+    # tower, LoRA's base) are rebuilt from the starting model at resume, checked against a fingerprint.
+    exclude_frozen_weights(accelerator, source=args.model_name_or_path)
     state = {"step": 0, "epoch": 0, "batches_done_in_epoch": 0, "log": []}
     checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint, [learner.model for learner in learners])
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
 

@@ -390,6 +390,81 @@ def check_resumed_settings(checkpoint: Path | None, output_dir: Path, settings: 
             + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in applied.items()))
 
 
+FROZEN_MANIFEST = "frozen_weights.json"
+
+
+def _digest(tensors: dict[str, torch.Tensor], keys: list[str]) -> str:
+    digest = hashlib.sha256()
+    for key in keys:
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _frozen_keys(model: torch.nn.Module) -> list[str]:
+    return [name for name, param in model.named_parameters(remove_duplicate=False) if not param.requires_grad]
+
+
+def exclude_frozen_weights(accelerator: Accelerator, source: str) -> None:
+    """Make `accelerator.save_state` leave out frozen parameters (call once, before the first checkpoint).
+
+    A query-side run's frozen document tower (or LoRA's frozen base, or 'partial''s frozen layers) never changes,
+    and a resumed run rebuilds it from `source` (the starting model) anyway: a checkpoint that copied it held a
+    second full model beside the trainable one. Each checkpoint instead records, in `frozen_weights.json`, the
+    frozen tensors' names, a SHA-256 of their values and where they come from; `load_checkpoint` checks that the
+    rebuilt model has exactly those values before loading the rest.
+    """
+
+    def leave_out_frozen(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
+        entries = []
+        for model, state_dict in zip(models, weights):
+            keys = [k for k in _frozen_keys(model) if k in state_dict]
+            entries.append({"keys": keys, "sha256": _digest(state_dict, keys)})
+            for key in keys:
+                del state_dict[key]
+        if accelerator.is_main_process and any(entry["keys"] for entry in entries):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            write_json(Path(output_dir) / FROZEN_MANIFEST, {"source": source, "models": entries})
+
+    accelerator.register_save_state_pre_hook(leave_out_frozen)
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, models: list[torch.nn.Module]) -> None:
+    """`accelerator.load_state(checkpoint)`, for a checkpoint with or without its frozen weights.
+
+    Without them (`frozen_weights.json`), the models' own frozen tensors (rebuilt from the starting model) must
+    match the recorded fingerprint, and the file must hold every other weight: nothing is left to chance by loading
+    non-strictly.
+
+    Raises:
+        UserError: the rebuilt frozen weights differ from the checkpoint's (the starting model changed), or the
+            checkpoint lacks a trainable weight.
+    """
+    manifest_path = checkpoint / FROZEN_MANIFEST
+    if not manifest_path.is_file():
+        accelerator.load_state(str(checkpoint))
+        return
+    from safetensors import safe_open
+
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for i, (model, entry) in enumerate(zip(models, manifest["models"])):
+        state_dict = model.state_dict()
+        keys = entry["keys"]
+        if any(k not in state_dict for k in keys) or _digest(state_dict, keys) != entry["sha256"]:
+            raise UserError(f"{checkpoint}: the frozen weights of model {i} ({len(keys)} tensors) are not those it was "
+                            f"trained with; they are rebuilt from {manifest['source']}, which must not change between "
+                            "a run and its resume")
+        saved_file = checkpoint / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+        if saved_file.is_file():
+            with safe_open(str(saved_file), framework="pt") as handle:
+                saved = set(handle.keys())
+            lacking = sorted(set(state_dict) - saved - set(keys))
+            if lacking:
+                raise UserError(f"{saved_file}: lacks {len(lacking)} weight(s) of model {i}, e.g. {lacking[0]!r}")
+    accelerator.load_state(str(checkpoint), strict=False)
+
+
 def save_checkpoint(accelerator: Accelerator, learners: list[Learner], output_dir: Path, state: dict,
                     keep: int, settings: dict | None = None) -> None:
     """Save the full training state into a staging folder, then rename it: a checkpoint is whole or absent.
