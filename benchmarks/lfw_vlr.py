@@ -55,6 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _lfw_vlr_tables as _tables
 import numpy as np
 from _common import cpu_class, print_cpu_class
 from _lfw_vlr_eval import (  # noqa: F401 - re-exported: tests and F2 use them through this module
@@ -81,6 +82,7 @@ from _lfw_vlr_stats import (  # noqa: F401
     pooled_fold_accuracies,
     tar_from_sorted_impostors,
 )
+from _lfw_vlr_tables import LOW_FAR_TABLE_FIGURES, low_far_table, mechanism_table  # noqa: F401
 from _plots import plot_accuracy_vs_resolution, plot_learning_curves, plot_step_series
 
 from rankface.data.faces import load_face_dataset, pair_rows, read_lfw_pairs
@@ -837,123 +839,12 @@ def per_half_table(results: dict, all_pairs, rs: list[int]) -> list[str]:
     return lines
 
 
-LOW_FAR_TABLE_FIGURES = ("tar@0.001", "tar@0.0001", "tar@1e-05")
-LOW_FAR_CLAIM_FIGURES = (("lr-lr@16", "tar@0.0001"), ("lr-lr@8", "tar@0.0001"), ("hr-lr@8", "tar@0.0001"),
-                         ("lr-lr@16", "tar@1e-05"), ("lr-lr@8", "tar@1e-05"))
-
-
 def ri_log_report(args: argparse.Namespace, results: dict) -> list[str]:
-    """The RI's target xi and regressed xi_hat per resolution bucket at the logged steps (every saved run that logged
-    them), the 24-vs-8 px AUC of each, and a plot of xi / xi_hat against step per resolution."""
-    runs = [(system, seed, r["settings"]["half"], r["train"]["ri_buckets"]) for (system, seed), records in
-            sorted(results.items()) for r in records if (r.get("train") or {}).get("ri_buckets")]
-    if not runs:
-        return []
-    lines = [("\nRI index during training: mean xi (target) / xi_hat (regressed) per resolution, on a fixed sample of "
-             "training images degraded as in evaluation, model in eval mode; AUC: a 24 px image above an 8 px one"), ""]
-    for system, seed, half, log in runs:
-        rs = sorted(log[0][1]["buckets"], key=int)
-        lines += [f"{system} seed {seed} half {half} ({log[0][1]['images']} images):", "",
-                  "| step | " + " | ".join(f"{r} px" for r in rs) + " | AUC 24 vs 8: xi | xi_hat |",
-                  "|---|" + "---:|" * (len(rs) + 2)]
-        for step, entry in log:
-            auc = entry.get("auc_24_8", {})
-            lines.append(f"| {step} | " + " | ".join(
-                f"{entry['buckets'][r]['xi']:.3f} / {entry['buckets'][r]['xi_hat']:.3f}" for r in rs)
-                + f" | {auc.get('xi', float('nan')):.3f} | {auc.get('xi_hat', float('nan')):.3f} |")
-        lines.append("")
-    series = {}
-    for system, _seed, _half, log in runs:
-        cols: dict[str, list] = {"step": [step for step, _ in log]}
-        for r in log[0][1]["buckets"]:
-            cols[f"xi {r} px"] = [e["buckets"][r]["xi"] for _, e in log]
-            cols[f"xi_hat {r} px"] = [e["buckets"][r]["xi_hat"] for _, e in log]
-        series.setdefault(system, []).append(cols)
-    shown = ("8", "16", "24", "112")
-    png = plot_step_series(
-        series, RESULTS / args.mode / "ri_index.png",
-        panels={f"{r} px": ("mean over the sample", [f"xi {r} px", f"xi_hat {r} px"]) for r in shown},
-        title=f"RI during training ({args.mode}): target xi (solid) and regressed xi_hat (dashed) per resolution")
-    return lines + [f"RI index plot: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}"]
-
-
-def mechanism_table(mechanism: dict, window: int = 50) -> list[str]:
-    """UNPG's mechanism over the first and the last `window` logged steps, mean over steps and runs."""
-    lines = [f"\nUNPG mechanism, mean over the first / last {window} steps (and runs):", "",
-             ("| system | runs | pairs kept / all | upper bound | hardest kept pair | hardest class neg. (row mean) | "
-             "share of non-target mass |"), "|---|---|---|---|---|---|---|"]
-
-    def span(runs: list[dict], key: str) -> str:
-        if not all(key in r for r in runs):
-            return "—"
-        first = np.nanmean([v for r in runs for v in r[key][:window]])
-        last = np.nanmean([v for r in runs for v in r[key][-window:]])
-        return f"{first:.3g} / {last:.3g}"
-
-    for system, runs in mechanism.items():
-        kept = " / ".join(f"{np.mean([v for r in runs for v in r['negatives'][part]]):.0f}" for part in
-                          (slice(0, window), slice(-window, None)))
-        pairs = " / ".join(f"{np.mean([v for r in runs for v in r['unpg_pairs'][part]]):.0f}" for part in
-                           (slice(0, window), slice(-window, None))) if all("unpg_pairs" in r for r in runs) else "—"
-        lines.append(f"| {system} | {len(runs)} | {kept} of {pairs} | {span(runs, 'unpg_upper')} | "
-                     f"{span(runs, 'unpg_kept_max')} | {span(runs, 'unpg_hardest_class_mean')} | "
-                     f"{span(runs, 'unpg_share')} |")
-    return lines
-
-
-def low_far_table(low_far: dict, complete: dict) -> list[str]:
-    """TAR at FAR 1e-3 / 1e-4 / 1e-5 with identity-bootstrap intervals, and the impostor percentiles, per key."""
-    if not low_far:
-        return []
-    halves = {}  # half -> a record's low-FAR entry (the images, identities and pair counts are the same per half)
-    for records in complete.values():
-        for record in records:
-            if "low_far" in record:
-                halves.setdefault(record["settings"]["half"], record["low_far"])
-    sizes = "; ".join(f"half {h}: {e['images']:,} images of {e['identities']:,} identities" for h, e in
-                      sorted(halves.items()))
-    resamples = next(iter(halves.values()))["resamples"]
-    lines = [(f"\nLow FAR: every pair among each half's pair images ({sizes}). TAR in %, mean over halves and seeds, "
-             f"[95 % interval, bootstrap over identities, {resamples} resamples]; p99.9 / p99.99: impostor-score "
-             "percentiles (cosine; the thresholds of FAR 1e-3 / 1e-4):")]
-    for key in next(iter(low_far.values())):
-        counts = ", ".join(f"half {h}: {e['keys'][key]['impostors']:,} impostor / {e['keys'][key]['genuine']:,} "
-                           "genuine pairs" for h, e in sorted(halves.items()) if key in e["keys"])
-        lines += ["", f"{key} ({counts})", "",
-                  "| system | seeds | TAR@1e-3 | TAR@1e-4 | TAR@1e-5 | p99.9 | p99.99 |", "|---|---|---:|---:|---:|---:|---:|"]
-        for system, m in low_far.items():
-            if key not in m:
-                continue
-            seeds = sum(1 for k in complete if k[0] == system)
-            cells = [f"{m[key]['figures'][f]:.2f} [{m[key]['ci95'][f][0]:.2f}, {m[key]['ci95'][f][1]:.2f}]"
-                     for f in LOW_FAR_TABLE_FIGURES]
-            cells += [f"{m[key]['figures'][f]:.3f}" for f in ("p99.9", "p99.99")]
-            lines.append(f"| {system} | {seeds} | " + " | ".join(cells) + " |")
-    return lines
+    return _tables.ri_log_report(RESULTS / args.mode, results)
 
 
 def low_far_significance(low_far: dict, complete: dict) -> list[dict]:
-    """Claims at low FAR: a paired bootstrap over identities (each system's resample i of a half uses the same
-    identity draws, so the mean bootstrap vectors are compared resample by resample)."""
-    from rankface.evaluation.verification import bootstrap_difference
-
-    rows = []
-    for system, reference in CLAIMS:
-        if system not in low_far or reference not in low_far:
-            continue
-        seeds = [len({k[1] for k in complete if k[0] == s}) for s in (system, reference)]
-        for key, figure in LOW_FAR_CLAIM_FIGURES:
-            a, b = low_far[system].get(key), low_far[reference].get(key)
-            if a is None or b is None:
-                continue
-            if a["pairing"] != b["pairing"]:
-                continue  # other identities, seed or resample count: the resamples do not pair
-            test = bootstrap_difference(a["boot"][figure], b["boot"][figure])
-            rows.append({"claim": f"{system} vs {reference}", "seeds": f"{seeds[0]}/{seeds[1]}",
-                         "figure": f"all-pairs {figure.replace('tar', 'TAR')} {key}",
-                         "diff": a["figures"][figure] - b["figures"][figure], "p": test["p"], "ci95": test["ci95"],
-                         "test": f"bootstrap over identities ({test['resamples']})"})
-    return rows
+    return _tables.low_far_significance(low_far, complete, CLAIMS)
 
 
 def result_values(args: argparse.Namespace, metrics: dict, low_far: dict | None = None) -> dict[str, str]:
