@@ -105,7 +105,7 @@ def test_an_interrupted_overwrite_never_mixes_two_runs_in_one_folder(collection,
     # The new run: long, no checkpoint yet when Ctrl-C comes (it has prepared its data: it is under way).
     config = write_config(tmp_path / "new.yaml", settings(collection, tiny_bert_dir, out, max_steps=100_000,
                                                           learning_rate=1e-4))
-    aside = lambda: sorted(tmp_path.glob("out.previous-run-*"))  # noqa: E731
+    aside = lambda: sorted(tmp_path.glob("out.previous-run-*"))
     interrupt_when(train_command(config, "--overwrite"), ready=lambda: new_run_started(out))
     # The folder holds the new run's files only; the old run is whole beside it, not yet deleted.
     assert sorted(p.name for p in out.iterdir()) == ["training_args.json", "training_groups_report.json"]
@@ -117,13 +117,13 @@ def test_an_interrupted_overwrite_never_mixes_two_runs_in_one_folder(collection,
 
     # Started afresh in the same folder: the runs moved aside go once the new run's first checkpoint is written.
     seen_at_first_checkpoint = []
-    import rankface.training.steps as steps
+    from rankface.training import steps
 
     real_save = steps.save_checkpoint
 
-    def save_and_look(accelerator, learners, output_dir, state, keep, *rest):
+    def save_and_look(*args, **kwargs):
         seen_at_first_checkpoint.append(len(aside()))
-        real_save(accelerator, learners, output_dir, state, keep, *rest)
+        real_save(*args, **kwargs)
         seen_at_first_checkpoint.append(len(aside()))
 
     monkeypatch.setattr(steps, "save_checkpoint", save_and_look)  # looks before and after, saves as always
@@ -153,7 +153,7 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(collection, tiny_
     assert done.returncode == 130, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
-    latest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    latest = max((out / "checkpoints").glob("step-*"))
     assert line.startswith("rankface train: training interrupted; the last checkpoint is ") and str(latest) in line
     command = line.split("resume with: ")[1]
     assert command == f"rankface train --config {config} --quiet --resume-from-checkpoint latest"
