@@ -419,7 +419,8 @@ def exclude_frozen_weights(accelerator: Accelerator, source: str) -> None:
     def leave_out_frozen(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
         entries = []
         for model, state_dict in zip(models, weights):
-            keys = [k for k in _frozen_keys(model) if k in state_dict]
+            # accelerate saves the unwrapped model's names (no DDP `module.` prefix)
+            keys = [k for k in _frozen_keys(accelerator.unwrap_model(model)) if k in state_dict]
             entries.append({"keys": keys, "sha256": _digest(state_dict, keys)})
             for key in keys:
                 del state_dict[key]
@@ -449,7 +450,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, models: list[tor
 
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     for i, (model, entry) in enumerate(zip(models, manifest["models"])):
-        state_dict = model.state_dict()
+        state_dict = accelerator.unwrap_model(model).state_dict()  # the names the checkpoint uses
         keys = entry["keys"]
         if any(k not in state_dict for k in keys) or _digest(state_dict, keys) != entry["sha256"]:
             raise UserError(f"{checkpoint}: the frozen weights of model {i} ({len(keys)} tensors) are not those it was "
