@@ -51,7 +51,14 @@ from rankface.training.face_ri import (
     ri_warmup_steps,
     wrap_recognizability,
 )
-from rankface.training.steps import Learner, check_ranks_agree, find_checkpoint, prepare_output_dir, run_steps
+from rankface.training.steps import (
+    Learner,
+    check_ranks_agree,
+    discard_previous_runs,
+    find_checkpoint,
+    prepare_output_dir,
+    run_steps,
+)
 from rankface.utils.io import save_folder_atomically, write_json
 
 
@@ -174,6 +181,7 @@ def train_face(args: FaceTrainingArguments) -> dict:
             save_folder_atomically(_EncoderWithProcessor(accelerator.unwrap_model(model).encoder),
                                    output_dir / "model")
         write_json(output_dir / "trainer_state.json", state)
+        discard_previous_runs(output_dir)  # an overwritten run goes once this one is whole
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
