@@ -135,8 +135,9 @@ class RerankerTrainingArguments:
     checkpoints_to_keep: int = _help("Older checkpoints are deleted.", default=2)
     resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder.", default=None)
     overwrite_output_dir: bool = field(default=False, metadata={"aliases": ["--overwrite"], "help": (
-        "Start a new run in a non-empty output_dir: its old checkpoints are deleted first (without this, a new run "
-        "there is refused, because its checkpoints would mix with the old run's).")})
+        "Start a new run in a non-empty output_dir: the old run is moved aside whole (to a sibling "
+        "<output_dir>.previous-run-<time>) and deleted once the new run writes its first checkpoint or final model "
+        "(without this, a new run there is refused, because its files would mix with the old run's).")})
     eval_batch_size: int = _help("Batch size for inference during evaluation.", default=64)
     quiet: bool = _help("No progress bars.", default=False)
 
