@@ -211,7 +211,7 @@ def test_cet_mlp_selection_reads_the_pooling_run_when_given(collection, tiny_ber
 def test_cet_selection_run_needs_the_mlp_selection_model(collection, tiny_bert_dir, tmp_path):
     values = settings(collection, tiny_bert_dir, tmp_path / "out", method="cet", cet_selection="same",
                       cet_selection_run=str(collection / "negatives.trec"))
-    with pytest.raises(ValueError, match="cet_selection_run is read by CET's MLP selection model only"):
+    with pytest.raises(ValueError, match="cet_selection_run is read by CET's MLP selection model or its oracle_pool propensity only"):
         parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))])
 
 
