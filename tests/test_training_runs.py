@@ -68,7 +68,11 @@ def test_the_step_0_evaluation_does_not_change_training(collection, tiny_bert_di
 def interrupt_when(command: list[str], ready: Callable[[], bool]) -> subprocess.CompletedProcess:
     """Run `command`, send it SIGINT (Ctrl-C) once `ready()` is true, and return how it ended."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background by a non-interactive shell (nohup, `cmd &`, some CI runners) inherits SIGINT
+    # ignored, and Python then never turns it into KeyboardInterrupt: give the child the default disposition, as a
+    # terminal's foreground job has, or the Ctrl-C below is silently dropped and the run goes on.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         waited = 0.0
         while not ready():
