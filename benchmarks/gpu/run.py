@@ -499,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         r2_cmd += ["--head", "random"] if "--head" in options else []
     elif has_device and args.r2 != "cpu":
         r2_cmd += ["--device", "cuda"]
+    # The sentence-transformers anchors run in two virtual environments that R2 builds with pip on first use (~3 GB):
+    # the device machine reaches no package registry, and a test must not install them either.
+    r2_cmd += ["--anchors"] if "--anchors" in options else []
     r2_root = r2_script.parent / "results" / "rerank_throughput" / ("quick" if args.tiny else "full")
     roots.append(r2_root)
     if args.r2 == "skip" or (not args.tiny and not has_device and args.r2 == "auto"):
