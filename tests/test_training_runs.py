@@ -72,7 +72,7 @@ def interrupt_when(command: list[str], ready: Callable[[], bool]) -> subprocess.
     # ignored, and Python then never turns it into KeyboardInterrupt: give the child the default disposition, as a
     # terminal's foreground job has, or the Ctrl-C below is silently dropped and the run goes on.
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 - sets one handler, no locks
     try:
         waited = 0.0
         while not ready():

@@ -479,7 +479,8 @@ def embed_uint8(model: torch.nn.Module, images: np.ndarray, batch_size: int = 25
                 backend: str = "torch") -> np.ndarray:
     """Embed `[N, S, S, 3]` uint8 RGB faces with a face encoder in eval mode -> `[N, E]` float32 (not normalised).
 
-    `backend`: `"torch"`, an ONNX Runtime graph (`"onnx"`, `"onnx-int8"`) or `"auto"` (`rankface.inference`).
+    `backend`: `"torch"`, an ONNX Runtime graph (`"onnx"`, `"onnx-int8"`), an OpenVINO one (`"openvino"`,
+    `"openvino-int8"`: calibrated on up to 300 of these images) or `"auto"` (`rankface.inference`).
     """
     device = device or next(model.parameters()).device
     run = None
@@ -487,14 +488,18 @@ def embed_uint8(model: torch.nn.Module, images: np.ndarray, batch_size: int = 25
         from rankface.inference.backends import face_runner, resolve_backend
 
         backend = resolve_backend(backend, device, "face")
-        run = face_runner(model, backend) if backend != "torch" else None
+        from rankface.inference.openvino_engine import calibration_sample
+
+        calibration = lambda: pixel_values_from_uint8(
+            images[calibration_sample(len(images))], model.config).numpy()
+        run = face_runner(model, backend, calibration=calibration) if backend != "torch" else None
     was_training = model.training
     model.eval()
     out = []
     try:
         for start in range(0, len(images), batch_size):
             pixel_values = pixel_values_from_uint8(images[start:start + batch_size], model.config)
-            if run is not None:  # an ONNX Runtime graph
+            if run is not None:  # an ONNX Runtime or OpenVINO graph
                 out.append(run(pixel_values))
                 continue
             # channels_last input makes PyTorch pick NHWC convolution kernels: ~2x faster for these depthwise-heavy

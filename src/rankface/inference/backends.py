@@ -5,6 +5,9 @@
 - `onnx-opt`: the graph fused by ONNX Runtime's transformer optimizer (attention, skip layer norm, bias GELU);
 - `onnx-int8`: the fused graph with dynamic int8 matmuls, quantised with the config of the CPU's ISA
   (`avx512_vnni`, `avx512` or `avx2`; see `quant_isa`);
+- `openvino`: the fp32 graph compiled by OpenVINO at its default precision (bf16 on CPUs with native bf16);
+- `openvino-int8`: the graph statically quantised by NNCF, calibrated on the first call's inputs
+  (`rankface.inference.openvino_engine`);
 - `auto`: per CPU class and model family, from `AUTO` (`auto_backend`).
 
 ONNX Runtime picks its kernels from the CPU itself and ignores the ATen/oneDNN/MKL/FBGEMM caps that emulate a
@@ -29,7 +32,7 @@ from torch import nn
 
 from rankface import hardware
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-opt", "onnx-int8")
+BACKENDS = ("auto", "torch", "onnx", "onnx-opt", "onnx-int8", "openvino", "openvino-int8")
 FAMILIES = ("text", "face")
 # What `auto` runs, per model family and CPU class (`hardware.CLASSES`). A path other than `torch` appears here only
 # after R2's fidelity check on NFCorpus test (325 queries, BM25 top-100) kept overlap@10 >= 0.95 and
@@ -76,13 +79,22 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def engine_available(backend: str) -> bool:
+    """Whether the optional engine a concrete backend runs on is installed."""
+    if backend.startswith("openvino"):
+        from rankface.inference.openvino_engine import available
+
+        return available(backend)
+    return backend == "torch" or onnxruntime_available()
+
+
 def resolve_backend(backend: str, device: torch.device | str = "cpu", family: str = "text",
                     info: dict | None = None) -> str:
     """The concrete backend to run (`auto` resolved for this CPU class; `torch` off CPU).
 
     Raises:
         ValueError: an unknown backend, or an ONNX backend for a model that is not on the CPU.
-        ImportError: an ONNX backend was asked for by name and onnxruntime is not installed.
+        ImportError: an ONNX or OpenVINO backend was asked for by name and its engine is not installed.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -92,15 +104,16 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu", family: st
             return "torch"
         info = hardware.cpu_class() if info is None else info
         chosen = auto_backend(family, info["class"])
-        # auto never fails for want of an optional engine: onnxruntime comes with the [face] extra only.
-        return chosen if chosen == "torch" or onnxruntime_available() else "torch"
+        # auto never fails for want of an optional engine (onnxruntime, openvino and nncf are extras).
+        return chosen if engine_available(chosen) else "torch"
     if backend != "torch":
         if device.type != "cpu":
-            raise ValueError(f"backend={backend!r} runs on CPU (ONNX Runtime), the model is on {device}; "
+            raise ValueError(f"backend={backend!r} runs on CPU, the model is on {device}; "
                              "move it with .to('cpu') or use backend='torch'")
-        if not onnxruntime_available():
-            raise ImportError(f"backend={backend!r} needs onnxruntime: pip install 'rankface[face]' "
-                              "(or onnxruntime)")
+        if not engine_available(backend):
+            needs = "openvino and nncf: pip install 'rankface[openvino]'" if backend.startswith("openvino") \
+                else "onnxruntime: pip install 'rankface[face]' (or onnxruntime)"
+            raise ImportError(f"backend={backend!r} needs {needs}")
     return backend
 
 
@@ -152,18 +165,43 @@ def text_input_names(model: nn.Module, tokenizer) -> list[str]:
     return [name for name in tokenizer.model_input_names if name in accepted]
 
 
+def samples_of(encoded: Mapping[str, list]) -> list[dict[str, list[int]]]:
+    """Up to `CALIBRATION_SAMPLES` tokenized samples spread over a call's `encoded` texts (unpadded): what
+    `openvino-int8` calibrates on."""
+    from rankface.inference.openvino_engine import calibration_sample
+
+    count = len(encoded["input_ids"])
+    return [{name: values[i] for name, values in encoded.items()} for i in calibration_sample(count)]
+
+
 def text_runner(model: nn.Module, tokenizer, kind: str, backend: str, threads: int | None = None,
+                calibration: Callable[[], list[Mapping[str, list[int]]]] | None = None,
                 ) -> Callable[[Mapping[str, torch.Tensor]], np.ndarray]:
-    """`run(batch) -> float32 ndarray`: a tokenized, padded batch through `model`'s ONNX graph.
+    """`run(batch) -> float32 ndarray`: a tokenized, padded batch through `model`'s ONNX or OpenVINO graph.
 
     Args:
         model: a Hugging Face text model (`*ForSequenceClassification` for `scores`, a bare encoder for
             `embedding`).
         tokenizer: its tokenizer (its model inputs name the graph's inputs).
         kind: `scores` (`[N]` logits) or `embedding` (`[N, H]`, unit length, mean-pooled).
-        backend: a concrete ONNX backend (`onnx`, `onnx-opt`, `onnx-int8`).
+        backend: a concrete ONNX or OpenVINO backend (`onnx`, `onnx-opt`, `onnx-int8`, `openvino`, `openvino-int8`).
+        calibration: for `openvino-int8`, `calibration()` gives tokenized samples (`{input name: ids}`, unpadded)
+            to calibrate on if its graph has to be built.
     """
     names = text_input_names(model, tokenizer)
+    if backend.startswith("openvino"):
+        from rankface.inference import openvino_engine
+
+        def feeds() -> list[dict[str, np.ndarray]]:
+            return [{name: np.asarray([sample[name]], dtype=np.int64) for name in names} for sample in calibration()]
+
+        config = model.config
+        compiled = openvino_engine.compiled_model(
+            model, kind, backend, names, (config.num_attention_heads, config.hidden_size),
+            threads or torch.get_num_threads(), feeds if calibration is not None else None)
+        wanted_ov = [port.any_name for port in compiled.inputs]
+        infer = openvino_engine.runner(compiled)
+        return lambda batch: infer({name: np.asarray(batch[name], dtype=np.int64) for name in wanted_ov})
     session = session_for(model, kind, variant_of(backend), names, threads)
     wanted = [i.name for i in session.get_inputs()]  # the fusions may drop an input the graph does not use
 
@@ -175,17 +213,36 @@ def text_runner(model: nn.Module, tokenizer, kind: str, backend: str, threads: i
     return run
 
 
-def face_runner(model: nn.Module, backend: str, threads: int | None = None) -> Callable[[torch.Tensor], np.ndarray]:
-    """`run(pixel_values [N, 3, S, S]) -> embedding float32 [N, E]` (not normalised) by the face graph."""
+def face_runner(model: nn.Module, backend: str, threads: int | None = None,
+                calibration: Callable[[], np.ndarray] | None = None) -> Callable[[torch.Tensor], np.ndarray]:
+    """`run(pixel_values [N, 3, S, S]) -> embedding float32 [N, E]` (not normalised) by the face graph.
+
+    `calibration()`: for `openvino-int8`, images `[M, 3, S, S]` to calibrate on if its graph has to be built.
+    """
+    if backend.startswith("openvino"):
+        from rankface.inference import openvino_engine
+
+        def feeds() -> list[dict[str, np.ndarray]]:
+            return [{"pixel_values": np.ascontiguousarray(image[None], dtype=np.float32)} for image in calibration()]
+
+        compiled = openvino_engine.compiled_model(model, "face", backend, None, None,
+                                                  threads or torch.get_num_threads(),
+                                                  feeds if calibration is not None else None)
+        infer, input_name = openvino_engine.runner(compiled), compiled.inputs[0].any_name
+        return lambda pixels: infer({input_name: _pixels_array(pixels)})
     session = session_for(model, "face", variant_of(backend), None, threads)
     name = session.get_inputs()[0].name
 
     def run(pixel_values: torch.Tensor | np.ndarray) -> np.ndarray:
-        pixels = pixel_values.detach().cpu().float().contiguous().numpy() if torch.is_tensor(pixel_values) \
-            else np.ascontiguousarray(pixel_values, dtype=np.float32)
-        return session.run(None, {name: pixels})[0].astype(np.float32, copy=False)
+        return session.run(None, {name: _pixels_array(pixel_values)})[0].astype(np.float32, copy=False)
 
     return run
+
+
+def _pixels_array(pixel_values: torch.Tensor | np.ndarray) -> np.ndarray:
+    if torch.is_tensor(pixel_values):
+        return pixel_values.detach().cpu().float().contiguous().numpy()
+    return np.ascontiguousarray(pixel_values, dtype=np.float32)
 
 
 def embed_faces(model: nn.Module, pixel_values: torch.Tensor | np.ndarray, batch_size: int = 256,
@@ -196,7 +253,10 @@ def embed_faces(model: nn.Module, pixel_values: torch.Tensor | np.ndarray, batch
     if backend == "torch":
         run = _torch_face_runner(model)
     else:
-        run = face_runner(model, backend)
+        from rankface.inference.openvino_engine import calibration_sample
+
+        run = face_runner(model, backend, calibration=lambda: np.asarray(
+            pixel_values[calibration_sample(len(pixel_values))], dtype=np.float32))
     out = [run(pixel_values[i:i + batch_size]) for i in range(0, len(pixel_values), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.config.embedding_size), np.float32)
 
@@ -229,6 +289,7 @@ def resolve_engine(backend: str, precision: str, device: torch.device | str, fam
         return "torch"
     backend = resolve_backend(backend, device, family)
     if backend != "torch" and precision not in ("auto", "fp32"):
-        raise ValueError(f"backend={backend!r} sets its own precision (onnx, onnx-opt: fp32; onnx-int8: int8); "
+        raise ValueError(f"backend={backend!r} sets its own precision (onnx, onnx-opt: fp32; onnx-int8 and "
+                         "openvino-int8: int8; openvino: OpenVINO's default); "
                          f"precision={precision!r} is for backend='torch'")
     return backend

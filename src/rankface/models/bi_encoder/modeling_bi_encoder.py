@@ -228,7 +228,8 @@ class BiEncoder(nn.Module):
 
         `tower` picks the weights when query and documents have towers of their own (as sentence-transformers'
         Router, plain `encode` embeds as a document); with one tower both are the same. `backend`: `"torch"`, an
-        ONNX Runtime graph (`"onnx"`, `"onnx-opt"`, `"onnx-int8"`) or `"auto"` (`rankface.inference.backends`).
+        ONNX Runtime graph (`"onnx"`, `"onnx-opt"`, `"onnx-int8"`), an OpenVINO one (`"openvino"`, `"openvino-int8"`,
+        calibrated on the first call's texts) or `"auto"` (`rankface.inference.backends`).
         """
         if tower not in ("query", "document"):
             raise ValueError(f"tower must be 'query' or 'document', got {tower!r}")
@@ -239,20 +240,21 @@ class BiEncoder(nn.Module):
         was_training = model.training
         model.eval()
         device = self.device
-        from rankface.inference.backends import resolve_engine, text_runner
+        from rankface.inference.backends import resolve_engine, samples_of, text_runner
 
         backend = resolve_engine(backend, precision, device)
-        run = None if backend == "torch" else text_runner(model, self.tokenizer, "embedding", backend)
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        run = None if backend == "torch" else text_runner(model, self.tokenizer, "embedding", backend,
+                                                          calibration=lambda: samples_of(encoded))
         precision = resolve_precision(precision, device) if run is None else "fp32"  # the graph sets its own
         quantized = self._int8[tower].get(model) if precision == "int8" else None
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         out = np.empty((len(texts), hidden), dtype=np.float32)
         batches = list(length_sorted_batches(lengths, batch_size))
         show = len(batches) > 4 if show_progress_bar is None else show_progress_bar
         for index in tqdm(batches, desc="Encoding", disable=not show, unit="batch"):
             batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
-            if run is not None:  # an ONNX Runtime graph (rankface.inference)
+            if run is not None:  # an ONNX Runtime or OpenVINO graph (rankface.inference)
                 out[index] = run(batch)
                 continue
             with autocast(device, precision):

@@ -173,8 +173,9 @@ class CrossEncoder(nn.Module):
         tokenized once, sorted by length and padded per batch, so short pairs do not pay for long ones.
         `precision="auto"` runs bf16 weights where the hardware supports bf16 natively, else fp32 (see
         `rankface.models._text.resolve_precision`); `"int8"` runs a dynamically int8-quantized copy (CPU only).
-        `backend` picks the engine: `"torch"`, or an ONNX Runtime graph (`"onnx"`, `"onnx-opt"`, `"onnx-int8"`), or
-        `"auto"` per CPU class (`rankface.inference.backends`). `activation`: None (raw logits, rankface's
+        `backend` picks the engine: `"torch"`, an ONNX Runtime graph (`"onnx"`, `"onnx-opt"`, `"onnx-int8"`), an
+        OpenVINO one (`"openvino"`, `"openvino-int8"`: calibrated on the first call's pairs), or `"auto"` per CPU
+        class (`rankface.inference.backends`). `activation`: None (raw logits, rankface's
         default; a saved model tells sentence-transformers the same), `"sigmoid"`, or a callable on the scores
         as a tensor `[N]` (e.g. `torch.sigmoid`).
         """
@@ -190,10 +191,12 @@ class CrossEncoder(nn.Module):
         if len(pairs) == 0:
             return np.zeros(0, dtype=np.float32)
         device = self.device
-        from rankface.inference.backends import resolve_engine, text_runner
+        from rankface.inference.backends import resolve_engine, samples_of, text_runner
 
         backend = resolve_engine(backend, precision, device)
-        run = None if backend == "torch" else text_runner(self.model, self.tokenizer, "scores", backend)
+        encoded = self._tokenize([p[0] for p in pairs], [p[1] for p in pairs], padding=False)
+        run = None if backend == "torch" else text_runner(self.model, self.tokenizer, "scores", backend,
+                                                          calibration=lambda: samples_of(encoded))
         precision = resolve_precision(precision, device) if run is None else "fp32"  # the graph sets its own
         # bf16 and int8 run on cached low-precision copies of the weights; fp32 on the model itself, in eval mode.
         model = self.model
@@ -203,14 +206,13 @@ class CrossEncoder(nn.Module):
             model = self._int8.get(self.model)
         was_training = self.model.training
         self.model.eval()
-        encoded = self._tokenize([p[0] for p in pairs], [p[1] for p in pairs], padding=False)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         scores = np.empty(len(pairs), dtype=np.float32)
         batches = list(length_sorted_batches(lengths, batch_size))
         show = len(batches) > 4 if show_progress_bar is None else show_progress_bar
         for index in tqdm(batches, desc="Scoring pairs", disable=not show, unit="batch"):
             batch = self.tokenizer.pad({k: [v[i] for i in index] for k, v in encoded.items()}, return_tensors="pt")
-            if run is not None:  # an ONNX Runtime graph (rankface.inference)
+            if run is not None:  # an ONNX Runtime or OpenVINO graph (rankface.inference)
                 scores[index] = run(batch)
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
