@@ -39,6 +39,22 @@ def shared():
     return path
 
 
+@pytest.fixture(scope="module")
+def unit_head_cross(tiny_bert_dir):
+    """A tiny random cross-encoder whose head has unit-scale weights (the inference backends' tests)."""
+    import torch
+
+    from rankface.models.cross_encoder import CrossEncoder
+
+    torch.manual_seed(0)
+    model = CrossEncoder.from_pretrained(tiny_bert_dir, device="cpu", allow_untrained_head=True, max_length=64)
+    # A new head's small random weights make near-constant scores (std ~1e-4): give it unit-scale weights, so
+    # the scores spread as a trained head's do and the tests' tolerances are relative to a real spread.
+    with torch.no_grad():
+        model.model.classifier.weight.normal_(0.0, 1.0)
+    return model
+
+
 @pytest.fixture(scope="session")
 def minilm_dir():
     return minilm_path()

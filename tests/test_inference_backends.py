@@ -34,19 +34,6 @@ def _cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cross(tiny_bert_dir):
-    from rankface.models.cross_encoder import CrossEncoder
-
-    torch.manual_seed(0)
-    model = CrossEncoder.from_pretrained(tiny_bert_dir, device="cpu", allow_untrained_head=True, max_length=64)
-    # A new head's small random weights make near-constant scores (std ~1e-4): give it unit-scale weights, so
-    # the scores spread as a trained head's do and the tolerances below are relative to a real spread.
-    with torch.no_grad():
-        model.model.classifier.weight.normal_(0.0, 1.0)
-    return model
-
-
-@pytest.fixture(scope="module")
 def bi(tiny_bert_dir):
     from rankface.models.bi_encoder import BiEncoder
 
@@ -54,30 +41,30 @@ def bi(tiny_bert_dir):
 
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-opt"])
-def test_cross_encoder_fp32_graphs_match_torch(cross, backend):
+def test_cross_encoder_fp32_graphs_match_torch(unit_head_cross, backend):
     pairs = list(zip(texts(40, 1), texts(40, 2), strict=True))
-    reference = cross.predict(pairs, batch_size=8, precision="fp32")
-    scores = cross.predict(pairs, batch_size=8, backend=backend)
+    reference = unit_head_cross.predict(pairs, batch_size=8, precision="fp32")
+    scores = unit_head_cross.predict(pairs, batch_size=8, backend=backend)
     assert scores.dtype == np.float32 and scores.shape == (40,)
     np.testing.assert_allclose(scores, reference, atol=1e-4, rtol=0)
 
 
-def test_cross_encoder_int8_graph_is_close_to_torch(cross):
+def test_cross_encoder_int8_graph_is_close_to_torch(unit_head_cross):
     pairs = list(zip(texts(60, 3), texts(60, 4), strict=True))
-    reference = cross.predict(pairs, batch_size=16, precision="fp32")
-    scores = cross.predict(pairs, batch_size=16, backend="onnx-int8")
-    torch_int8 = cross.predict(pairs, batch_size=16, precision="int8")
+    reference = unit_head_cross.predict(pairs, batch_size=16, precision="fp32")
+    scores = unit_head_cross.predict(pairs, batch_size=16, backend="onnx-int8")
+    torch_int8 = unit_head_cross.predict(pairs, batch_size=16, precision="int8")
     assert np.abs(scores - reference).max() <= 3 * np.abs(torch_int8 - reference).max()
     assert np.abs(scores - reference).max() <= 0.05 * np.abs(reference).mean()
     assert not np.allclose(scores, reference, atol=1e-6), "int8 scores equal fp32: the graph was not quantised"
 
 
 @pytest.mark.parametrize("isa", ["avx2", "avx512_vnni"])
-def test_both_quantisation_configs_give_int8_graphs_close_to_torch(cross, isa):
+def test_both_quantisation_configs_give_int8_graphs_close_to_torch(unit_head_cross, isa):
     import onnx
 
-    names = backends.text_input_names(cross.model, cross.tokenizer)
-    path = graphs.graph_path(cross.model, "scores", f"int8-{isa}", names, (2, 32))
+    names = backends.text_input_names(unit_head_cross.model, unit_head_cross.tokenizer)
+    path = graphs.graph_path(unit_head_cross.model, "scores", f"int8-{isa}", names, (2, 32))
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops or "QAttention" in ops, ops
     weight_type = {"avx2": onnx.TensorProto.UINT8, "avx512_vnni": onnx.TensorProto.INT8}[isa]
@@ -88,10 +75,10 @@ def test_both_quantisation_configs_give_int8_graphs_close_to_torch(cross, isa):
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     pairs = list(zip(texts(60, 5), texts(60, 6), strict=True))
-    batch = cross._tokenize([p[0] for p in pairs], [p[1] for p in pairs], padding=True, return_tensors="np")
+    batch = unit_head_cross._tokenize([p[0] for p in pairs], [p[1] for p in pairs], padding=True, return_tensors="np")
     scores = session.run(None, {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()})[0]
-    reference = cross.predict(pairs, batch_size=60, precision="fp32")
-    torch_int8 = cross.predict(pairs, batch_size=60, precision="int8")
+    reference = unit_head_cross.predict(pairs, batch_size=60, precision="fp32")
+    torch_int8 = unit_head_cross.predict(pairs, batch_size=60, precision="int8")
     assert np.abs(scores - reference).max() <= 3 * np.abs(torch_int8 - reference).max()
     assert np.abs(scores - reference).max() <= 0.05 * np.abs(reference).mean()
 
@@ -131,29 +118,29 @@ def test_face_encoder_graphs_match_torch():
         assert cosine.min() >= (0.98 if backend == "onnx-int8" else 0.9999), (backend, cosine.min())
 
 
-def test_graphs_are_cached_by_fingerprint_and_rebuilt_for_new_weights(cross, tmp_path):
-    names = backends.text_input_names(cross.model, cross.tokenizer)
-    first = graphs.graph_path(cross.model, "scores", "opt", names, (2, 32))
+def test_graphs_are_cached_by_fingerprint_and_rebuilt_for_new_weights(unit_head_cross, tmp_path):
+    names = backends.text_input_names(unit_head_cross.model, unit_head_cross.tokenizer)
+    first = graphs.graph_path(unit_head_cross.model, "scores", "opt", names, (2, 32))
     stamp = first.stat().st_mtime_ns
-    assert graphs.graph_path(cross.model, "scores", "opt", names, (2, 32)) == first
+    assert graphs.graph_path(unit_head_cross.model, "scores", "opt", names, (2, 32)) == first
     assert first.stat().st_mtime_ns == stamp, "a cached graph was rebuilt"
     assert first.is_relative_to(tmp_path / "cache")
-    changed = type(cross.model)(cross.model.config)
-    changed.load_state_dict(cross.model.state_dict())
+    changed = type(unit_head_cross.model)(unit_head_cross.model.config)
+    changed.load_state_dict(unit_head_cross.model.state_dict())
     with torch.no_grad():
         changed.classifier.bias.add_(1.0)
     second = graphs.graph_path(changed, "scores", "opt", names, (2, 32))
     assert second.parent != first.parent
     pairs = list(zip(texts(5, 8), texts(5, 9), strict=True))
     # the in-memory session follows the weights too: an in-place change is scored, not the old graph
-    before = cross.predict(pairs, backend="onnx")
+    before = unit_head_cross.predict(pairs, backend="onnx")
     with torch.no_grad():
-        cross.model.classifier.bias.add_(1.0)
+        unit_head_cross.model.classifier.bias.add_(1.0)
     try:
-        np.testing.assert_allclose(cross.predict(pairs, backend="onnx"), before + 1.0, atol=1e-4)
+        np.testing.assert_allclose(unit_head_cross.predict(pairs, backend="onnx"), before + 1.0, atol=1e-4)
     finally:
         with torch.no_grad():
-            cross.model.classifier.bias.sub_(1.0)
+            unit_head_cross.model.classifier.bias.sub_(1.0)
 
 
 # ------------------------------------------------------------------------------------ auto per CPU class

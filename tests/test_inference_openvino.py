@@ -18,40 +18,25 @@ import torch
 pytest.importorskip("openvino", reason="the OpenVINO backends need openvino (the [openvino] extra)")
 pytest.importorskip("nncf", reason="openvino-int8 needs nncf (the [openvino] extra)")
 
-from test_inference_backends import texts
+# The same cache folder as the ONNX Runtime backends' tests (an imported fixture is pytest's own).
+from test_inference_backends import _cache, texts  # noqa: F401
 
 from rankface.inference import backends, openvino_engine
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANKFACE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def cross(tiny_bert_dir):
-    from rankface.models.cross_encoder import CrossEncoder
-
-    torch.manual_seed(0)
-    model = CrossEncoder.from_pretrained(tiny_bert_dir, device="cpu", allow_untrained_head=True, max_length=64)
-    with torch.no_grad():  # unit-scale head weights: scores that spread as a trained head's do
-        model.model.classifier.weight.normal_(0.0, 1.0)
-    return model
-
-
-def test_openvino_scores_match_torch_at_openvino_precision(cross):
+def test_openvino_scores_match_torch_at_openvino_precision(unit_head_cross):
     pairs = list(zip(texts(40, 1), texts(40, 2), strict=True))
-    reference = cross.predict(pairs, batch_size=8, precision="fp32")
-    scores = cross.predict(pairs, batch_size=8, backend="openvino")
+    reference = unit_head_cross.predict(pairs, batch_size=8, precision="fp32")
+    scores = unit_head_cross.predict(pairs, batch_size=8, backend="openvino")
     assert scores.dtype == np.float32 and scores.shape == (40,)
-    bf16_error = np.abs(cross.predict(pairs, batch_size=8, precision="bf16") - reference).max()
+    bf16_error = np.abs(unit_head_cross.predict(pairs, batch_size=8, precision="bf16") - reference).max()
     assert np.abs(scores - reference).max() <= max(1e-4, 3 * bf16_error)
 
 
-def test_openvino_int8_is_calibrated_once_on_the_first_call_and_reused(cross, tmp_path):
+def test_openvino_int8_is_calibrated_once_on_the_first_call_and_reused(unit_head_cross, tmp_path):
     pairs = list(zip(texts(60, 3), texts(60, 4), strict=True))
-    reference = cross.predict(pairs, batch_size=16, precision="fp32")
-    scores = cross.predict(pairs, batch_size=16, backend="openvino-int8")
+    reference = unit_head_cross.predict(pairs, batch_size=16, precision="fp32")
+    scores = unit_head_cross.predict(pairs, batch_size=16, backend="openvino-int8")
     assert np.abs(scores - reference).max() <= 0.10 * np.abs(reference).mean()
     assert not np.allclose(scores, reference, atol=1e-6), "int8 scores equal fp32: the graph was not quantised"
     [xml] = (tmp_path / "cache").rglob("openvino-*-int8.xml")
@@ -61,7 +46,7 @@ def test_openvino_int8_is_calibrated_once_on_the_first_call_and_reused(cross, tm
     built = xml.stat().st_mtime_ns
     # Another call, other pairs, even another model object for the same weights: the saved graph, not a new one.
     openvino_engine._COMPILED.clear()
-    again = cross.predict(pairs[:10], batch_size=4, backend="openvino-int8")
+    again = unit_head_cross.predict(pairs[:10], batch_size=4, backend="openvino-int8")
     assert xml.stat().st_mtime_ns == built and len(list((tmp_path / "cache").rglob("*.xml"))) == 1
     np.testing.assert_allclose(again, scores[:10], atol=1e-5)
 
@@ -96,7 +81,7 @@ def test_bi_encoder_and_face_encoder_take_the_openvino_backends(tiny_bert_dir):
         assert np.sum(unit(embeddings) * unit(reference), axis=1).min() >= 0.95, backend
 
 
-def test_openvino_int8_without_calibration_inputs_says_so(cross):
-    names = backends.text_input_names(cross.model, cross.tokenizer)
+def test_openvino_int8_without_calibration_inputs_says_so(unit_head_cross):
+    names = backends.text_input_names(unit_head_cross.model, unit_head_cross.tokenizer)
     with pytest.raises(ValueError, match="needs calibration inputs"):
-        openvino_engine.compiled_model(cross.model, "scores", "openvino-int8", names, (2, 32), 1, None)
+        openvino_engine.compiled_model(unit_head_cross.model, "scores", "openvino-int8", names, (2, 32), 1, None)
