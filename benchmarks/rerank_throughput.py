@@ -42,10 +42,11 @@ listwise softmax): a cheap trained reranker, so the nDCG@10 of int8 and bf16 aga
 a ranking signal (a random head's scores spread less than int8's rounding). `--head random` keeps a seeded random
 head; `--model` scores a trained reranker folder instead.
 Reported: pairs/s, speed-ups, max |score difference| in fp32, nDCG@10 of each reranking (and of BM25), and the
-share of the matmul peak reached. The peak of each precision is the best GFLOP/s over several sizes (square, and
-the model's own linear shapes), kernels (`matmul` and `F.linear`, which differ) and repeats, with the same threads, measured before and after the systems; the
-model's FLOPs are counted over the real padded batches rankface ran. A share above 1 means the peak was no peak:
-the script says so and exits with status 1.
+share of the matmul peak reached. The peak of each precision is the best GFLOP/s of one product over every engine
+that runs it (torch, ONNX Runtime, OpenVINO: `_r2_peak.py`), several sizes (square, and the model's own linear
+shapes) and repeats, with the same threads, measured before and after the systems; the model's FLOPs are counted
+over the real padded batches rankface ran. A share above 1 means the peak was no peak: the script says so and exits
+with status 1.
 
     python benchmarks/rerank_throughput.py --quick     # 2,000 pairs (the first test queries, BM25 top-100)
     python benchmarks/rerank_throughput.py             # all 32,500 test pairs
@@ -73,6 +74,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import class_tag, format_spread, print_cpu_class, ratio_stats, round_orders
+from _r2_peak import measure_peaks, peak_shapes
 
 from rankface.paths import minilm_path, shared_dir
 from rankface.utils.io import write_json
@@ -84,8 +86,7 @@ SYSTEMS = ("st-fp32", "rankface-fp32", "rankface-bf16", "rankface-int8", "rankfa
 # sentence-transformers' other CPU backends, run in their own venvs (`_anchors.py`); `st-torch` repeats st-fp32
 # there (other transformers), so it is not run unless named.
 ANCHOR_SYSTEMS = ("st-onnx", "st-onnx-o3", "st-onnx-int8", "st-openvino", "st-openvino-default", "st-openvino-int8")
-# The matmul peak each rankface system is held against (ONNX Runtime's int8 against FBGEMM's: the nearest
-# measured int8 kernel, so its share is indicative only).
+# The matmul precision each rankface system is held against (its peak: the best engine's, `_r2_peak.py`).
 PEAK_OF = {"rankface-fp32": "fp32", "rankface-bf16": "bf16", "rankface-int8": "int8", "rankface-onnx": "fp32",
            "rankface-onnx-opt": "fp32", "rankface-onnx-int8": "int8", "rankface-openvino-int8": "int8"}
 
@@ -122,7 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (quick 5, full 10)")
     parser.add_argument("--bf16-sample", type=int, default=64,
                         help="pairs bf16 is timed on where the CPU has no native bf16 (0: all pairs)")
-    parser.add_argument("--force", action="store_true", help="recompute a run already saved")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute a run already saved (a full run's finished rounds are kept: delete "
+                        "its results/rerank_throughput/full/cache/rounds-* folder to time them again)")
     parser.add_argument("--fidelity", choices=["encode", "predict"], default=None,
                         help="instead of timing: judge every fast path against fp32 on all test queries (see "
                              "benchmarks/_r2_fidelity.py)")
@@ -222,69 +225,7 @@ def train_probe_head(model, args: argparse.Namespace, queries: int = 300, negati
         model.model.classifier.bias.copy_(head.bias)
 
 
-# ------------------------------------------------------------------------------------------------ the peak
-def peak_shapes(hidden: int, intermediate: int, tokens: int = 4096) -> list[tuple[int, int, int]]:
-    """`(m, k, n)` matmul shapes the peak is the best of: square sizes, and the model's own linear layers."""
-    square = [(n, n, n) for n in (512, 1024, 2048)]
-    return square + [(tokens, hidden, intermediate), (tokens, intermediate, hidden), (tokens, hidden, hidden)]
-
-
-def _matmuls(precision: str, m: int, k: int, n: int) -> list:
-    """Closures running one `[m, k] x [k, n]` product in `precision`, one per kernel the model's layers may use.
-
-    `torch.matmul` and `F.linear` are both timed: they reach different kernels (with emulated bf16 on an AVX2 CPU,
-    measured 2.3 against 25 GFLOP/s for the same product), and the model's linear layers run `F.linear`.
-    """
-    a = torch.randn(m, k)
-    if precision == "int8":  # the int8 system's kernel: a dynamically quantized linear layer (FBGEMM)
-        from rankface.models._text import quantize_linear_layers
-
-        # (quantize_linear_layers keeps the last linear layer in fp32, as the scoring head: add one, time the first)
-        layer = quantize_linear_layers(torch.nn.Sequential(torch.nn.Linear(k, n), torch.nn.Linear(n, 1)))[0]
-        return [lambda: layer(a)]
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, weight, bias = a.to(dtype), torch.randn(n, k).to(dtype), torch.randn(n).to(dtype)
-    b = weight.T.contiguous()
-    return [lambda: torch.matmul(a, b), lambda: torch.nn.functional.linear(a, weight, bias),
-            lambda: torch.nn.functional.linear(a, weight)]
-
-
-@torch.inference_mode()
-def matmul_peak(precision: str, shapes: list[tuple[int, int, int]], repeats: int = 5,
-                budget_s: float = 2.0) -> dict:
-    """Best GFLOP/s of `precision` over `shapes` x `repeats` timed runs (after a warm-up each), current threads.
-
-    A shape stops repeating after `budget_s` seconds, and larger shapes are skipped once one run takes over
-    `budget_s` (emulated bf16 runs at a few GFLOP/s: 2048^3 would take minutes).
-    """
-    best, at = 0.0, None
-    for m, k, n in sorted(shapes, key=lambda s: s[0] * s[1] * s[2]):
-        too_slow = False
-        for run in _matmuls(precision, m, k, n):
-            start = time.perf_counter()
-            run()  # warm-up: allocation, kernel choice, oneDNN's primitive cache
-            if time.perf_counter() - start > budget_s:
-                too_slow = True
-                continue
-            spent = 0.0
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                seconds = time.perf_counter() - start
-                spent += seconds
-                if 2 * m * k * n / seconds / 1e9 > best:
-                    best, at = 2 * m * k * n / seconds / 1e9, [m, k, n]
-                if spent > budget_s:
-                    break
-        if too_slow:
-            break
-    return {"gflops": best, "shape": at}
-
-
-def measure_peaks(precisions: list[str], shapes: list[tuple[int, int, int]]) -> dict:
-    return {p: matmul_peak(p, shapes) for p in precisions}
-
-
+# ------------------------------------------------------------------------------------------------ the FLOPs
 def padded_flops(model, lengths: list[int], batch_size: int) -> float:
     """Matmul FLOPs of the encoder over the batches rankface actually runs (length-sorted, padded per batch).
 
@@ -365,8 +306,16 @@ def deal(n: int, rounds: int) -> list[list[int]]:
 
 
 def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Namespace, bf16_sample: int | None,
-                 workers=None) -> dict:
-    """Interleaved scoring of every system; per system its scores (NaN where not scored) and per-round timings."""
+                 workers=None, saved: Path | None = None) -> dict:
+    """Interleaved scoring of every system; per system its scores (NaN where not scored) and per-round timings.
+
+    Each finished round is saved under `saved` (`round-<r>.json`: every system's seconds, pairs and scores), and a
+    rerun loads the saved rounds and times only the others: the full mode takes hours, longer than a session. A
+    round is whole (every system timed back to back), so rounds from two sessions compare like any two rounds; they
+    must come from the same CPU model, which each file records.
+    """
+    from rankface.hardware import cpu_model
+
     predictors = make_predictors(folder, args.systems, args, workers)
     chunks = deal(len(pairs), args.rounds)
     sampled = {}
@@ -378,6 +327,18 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
     scores = {name: np.full(len(pairs), np.nan, dtype=np.float32) for name in predictors}
     rounds = {name: {"seconds": [], "pairs": [], "index": []} for name in predictors}
     for r, order in enumerate(round_orders(list(predictors), args.rounds)):
+        done = saved / f"round-{r:03d}.json" if saved else None
+        if done and done.is_file():
+            record = json.loads(done.read_text(encoding="utf-8"))
+            if record["cpu_model"] != cpu_model() or sorted(record["systems"]) != sorted(predictors):
+                raise SystemExit(f"{done}: saved on {record['cpu_model']!r} with systems {sorted(record['systems'])}; "
+                                 f"this run is {cpu_model()!r} with {sorted(predictors)}: move that folder away")
+            for name, got in record["systems"].items():
+                scores[name][got["index"]] = np.asarray(got["scores"], dtype=np.float32)
+                for key in ("seconds", "pairs", "index"):
+                    rounds[name][key].append(got[key])
+            print(f"round {r + 1}/{args.rounds}: saved ({done})", flush=True)
+            continue
         for name in order:
             index = sampled.get(name, chunks)[r]
             start = time.perf_counter()
@@ -391,6 +352,11 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
             rounds[name]["index"].append(index)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{n} {rounds[n]['pairs'][-1] / rounds[n]['seconds'][-1]:.1f} pairs/s" for n in predictors), flush=True)
+        if done:
+            write_json(done, {"cpu_model": cpu_model(), "systems": {
+                n: {"seconds": rounds[n]["seconds"][-1], "pairs": rounds[n]["pairs"][-1],
+                    "index": rounds[n]["index"][-1],
+                    "scores": [float(v) for v in scores[n][rounds[n]["index"][-1]]]} for n in predictors}})
     return {"scores": scores, "rounds": rounds}
 
 
@@ -445,8 +411,9 @@ def fidelity(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def measure(args: argparse.Namespace, cpu: dict) -> dict:
-    """Everything R2 reports for one run: peaks before and after, the interleaved systems, FLOPs."""
+def measure(args: argparse.Namespace, cpu: dict, saved: Path | None = None) -> dict:
+    """Everything R2 reports for one run: peaks before and after, the interleaved systems (rounds saved under
+    `saved` as they finish), FLOPs."""
     from rankface.hardware import native_bf16
     from rankface.models._text import resolve_precision
     from rankface.models.cross_encoder import CrossEncoder
@@ -476,7 +443,7 @@ def measure(args: argparse.Namespace, cpu: dict) -> dict:
         for anchor, reason in anchor_errors.items():
             print(f"anchor {anchor} could not be loaded: {reason}", flush=True)
     try:
-        timed = time_systems(folder, pairs, args, bf16_sample, workers)
+        timed = time_systems(folder, pairs, args, bf16_sample, workers, saved)
     finally:
         if workers:
             workers.close()
@@ -495,6 +462,7 @@ def measure(args: argparse.Namespace, cpu: dict) -> dict:
         "pairs": len(pairs), "queries": len(qrels), "mean_length": float(np.mean(lengths)), "keys": keys,
         "peak_before": before, "peak_after": after,
         "peak": {p: max(before[p]["gflops"], after[p]["gflops"]) for p in precisions},
+        "peak_engine": {p: max(before[p], after[p], key=lambda x: x["gflops"]).get("engine") for p in precisions},
         "flops": flops,
         "rounds": {name: {k: v for k, v in r.items() if k != "index"} for name, r in timed["rounds"].items()},
         "scores": {name: [None if np.isnan(v) else float(v) for v in s] for name, s in timed["scores"].items()},
@@ -518,7 +486,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = json.loads(path.read_text(encoding="utf-8"))
         print(f"(saved run {path}; --force recomputes)")
     else:
-        result = measure(args, cpu)
+        # (git-ignored, results/**/cache/: the rounds of a run that has not finished)
+        rounds = folder / "cache" / f"rounds-{name}"
+        result = measure(args, cpu, rounds if mode == "full" else None)
         write_json(path, result)
 
     if args.anchors:
@@ -562,7 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.rounds} interleaved rounds; CPU class {cpu['class']}"
           f"{' (emulated by ' + ' '.join(f'{k}={v}' for k, v in cpu['caps'].items()) + ')' if cpu['emulated'] else ''}"
           f"; default precision {result['default_precision']}; matmul peak (best of sizes and repeats, before and "
-          f"after): " + ", ".join(f"{p} {g:.1f}" for p, g in peak.items()) + " GFLOP/s; model "
+          f"after, best engine): " + ", ".join(f"{p} {g:.1f} ({result.get('peak_engine', {}).get(p, 'torch')})"
+                                           for p, g in peak.items()) + " GFLOP/s; model "
           f"{result['flops']['rankface-fp32'] / result['pairs'] / 1e9 if 'rankface-fp32' in result['flops'] else 0:.2f}"
           f" GFLOP/pair (padded, mean length {result['mean_length']:.1f} tokens)\n")
     header = ("system", "pairs/s", "vs ST (median of rounds)", "IQR", "nDCG@10", "overlap@10 vs fp32",
@@ -609,7 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(folder / f"summary_{name}.json", {
         **summary, "default_precision": result["default_precision"], "threads": result["threads"], "cpu": cpu,
         "pairs": result["pairs"], "model": Path(args.model).name if args.model else f"MiniLM-L6, {args.head} head",
-        "peak_gflops": peak, "peak_before": result["peak_before"], "peak_after": result["peak_after"],
+        "peak_gflops": peak, "peak_engine": result.get("peak_engine"), "peak_before": result["peak_before"], "peak_after": result["peak_after"],
         "systems": stats, "bm25_ndcg10": result["bm25_ndcg10"], "ndcg10": result["ndcg10"],
         "peak_share_above_1": bugs, "anchor_errors": result.get("anchor_errors", {}),
         "anchor_versions": result.get("anchor_versions", {}), "quant_isa": result.get("quant_isa"),

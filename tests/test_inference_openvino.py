@@ -85,3 +85,32 @@ def test_openvino_int8_without_calibration_inputs_says_so(unit_head_cross):
     names = backends.text_input_names(unit_head_cross.model, unit_head_cross.tokenizer)
     with pytest.raises(ValueError, match="needs calibration inputs"):
         openvino_engine.compiled_model(unit_head_cross.model, "scores", "openvino-int8", names, (2, 32), 1, None)
+
+
+def test_openvino_precision_follows_the_class_caps_so_a_capped_cpu_still_compiles(tmp_path):
+    # OpenVINO's own default reads CPUID (bf16 on this machine class) while its oneDNN obeys ONEDNN_MAX_CPU_ISA:
+    # under the AVX2 caps that default cannot compile. rankface sets the precision from its class rule instead.
+    import os
+    import subprocess
+    import sys
+
+    from test_env import AVX2_CAPS
+
+    script = (
+        "import torch, numpy as np\n"
+        "from rankface.inference import openvino_engine\n"
+        "from rankface.models.mobilefacenet import MobileFaceNetConfig, MobileFaceNetModel\n"
+        "from rankface.inference.backends import embed_faces\n"
+        "torch.manual_seed(0)\n"
+        "face = MobileFaceNetModel(MobileFaceNetConfig(input_size=32, stem_channels=8,\n"
+        "    block_settings=[[2, 8, 1, 2]], last_channels=16, embedding_size=8)).eval()\n"
+        "out = embed_faces(face, torch.randn(4, 3, 32, 32), batch_size=4, backend='openvino')\n"
+        "[compiled] = [c for held in openvino_engine._COMPILED.values() for c in held.values()]\n"
+        "hint = compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()\n"
+        "print(openvino_engine.inference_precision(), hint, out.shape)\n"
+    )
+    environ = {**os.environ, **AVX2_CAPS, "RANKFACE_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[:2] == ["f32", "f32"] and "(4, 8)" in done.stdout

@@ -21,27 +21,63 @@ def test_share_above_one_is_reported(bench):
     assert bench.share_bugs({"rankface-fp32": 1.0}) == []
 
 
-def test_peak_is_the_best_over_shapes_and_includes_the_models_own(bench):
-    shapes = bench.peak_shapes(hidden=384, intermediate=1536)
+@pytest.fixture(scope="module")
+def peak():
+    yield from load_benchmark(BENCHMARKS / "_r2_peak.py", "r2_peak_benchmark")
+
+
+def test_peak_is_the_best_over_shapes_and_includes_the_models_own(peak):
+    shapes = peak.peak_shapes(hidden=384, intermediate=1536)
     assert (4096, 384, 1536) in shapes and (4096, 1536, 384) in shapes and (2048, 2048, 2048) in shapes
-    peak = bench.matmul_peak("fp32", [(32, 16, 8), (64, 32, 16)], repeats=2)
-    assert peak["gflops"] > 0 and peak["shape"] in ([32, 16, 8], [64, 32, 16])
+    best = peak.engine_peak("torch", "fp32", [(32, 16, 8), (64, 32, 16)], threads=1, repeats=2)
+    assert best["gflops"] > 0 and best["shape"] in ([32, 16, 8], [64, 32, 16])
 
 
-def test_int8_peak_times_a_quantized_layer(bench):
+def test_int8_peak_times_a_quantized_layer(peak, tmp_path):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    (run,) = bench._matmuls("int8", 8, 16, 4)
+    (run,) = peak._torch_runs("int8", 8, 16, 4, tmp_path, 1)
     layers = [c.cell_contents for c in run.__closure__ if isinstance(c.cell_contents, torch.nn.Module)]
     assert [type(layer) for layer in layers] == [DynamicLinear]
     assert run().shape == (8, 4)
 
 
-def test_float_peaks_time_matmul_and_linear_on_the_same_product(bench):
+def test_float_peaks_time_matmul_and_linear_on_the_same_product(peak, tmp_path):
     # The model's layers run F.linear, which reaches other kernels than torch.matmul (emulated bf16: 10x apart).
-    runs = bench._matmuls("bf16", 8, 16, 4)
+    runs = peak._torch_runs("bf16", 8, 16, 4, tmp_path, 1)
     outputs = [run() for run in runs]
     assert len(runs) == 3 and all(o.shape == (8, 4) and o.dtype == torch.bfloat16 for o in outputs)
+
+
+def test_onnx_linear_graph_computes_x_w_plus_b(peak, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    path = peak._onnx_linear(5, 7, 3, tmp_path)
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    x = np.random.default_rng(0).standard_normal((5, 7), dtype=np.float32)
+    (y,) = ReferenceEvaluator(str(path)).run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ weights["W"] + weights["b"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_every_installed_engine_is_timed_on_the_same_product(peak, tmp_path, engine, precision):
+    if not peak.installed(engine):
+        pytest.skip(f"{engine} is not installed (the [openvino] extra): its peak is left out")
+    (run,) = peak.RUNS[engine](precision, 16, 32, 8, tmp_path, 1)
+    outputs = run()
+    first = outputs[0] if isinstance(outputs, list) else next(iter(outputs.values()))
+    assert first.shape == (16, 8)
+
+
+def test_peaks_name_the_best_engine_of_each_precision(peak):
+    peaks = peak.measure_peaks(["fp32"], [(32, 16, 8)], log=lambda *_: None)
+    engines = peaks["fp32"]["engines"]
+    assert "torch" in engines and peaks["fp32"]["engine"] in engines
+    assert peaks["fp32"]["gflops"] == max(engines.values())
 
 
 def test_rounds_deal_strided_chunks_that_cover_every_pair_once(bench):
@@ -116,3 +152,46 @@ def test_auto_takes_only_paths_that_passed_the_fidelity_gate():
         else:
             key = f"onnx-int8@{backends.quant_isa(info)}" if chosen == "onnx-int8" else chosen
         assert record["paths"][key]["passes"], (name, key, record["paths"][key])
+
+
+def test_full_mode_rounds_are_saved_and_a_rerun_times_only_the_rest(bench, tmp_path, monkeypatch):
+    import argparse
+
+    import numpy as np
+
+    calls = []
+
+    def predictors(folder, systems, args, workers=None):
+        def score(name):
+            def predict(batch):
+                calls.append((name, len(batch)))
+                return [float(len(q)) for q, _ in batch]
+            return predict
+        return {name: score(name) for name in systems}
+
+    monkeypatch.setattr(bench, "make_predictors", predictors)
+    pairs = [(f"q{i}", "d") for i in range(9)]
+    args = argparse.Namespace(systems=["st-fp32", "rankface-fp32"], rounds=3, batch_size=2)
+    first = bench.time_systems(Path("unused"), pairs, args, None, saved=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000.json", "round-001.json", "round-002.json"]
+    (tmp_path / "round-001.json").unlink()  # as if the session had ended in round 2
+    calls.clear()
+    again = bench.time_systems(Path("unused"), pairs, args, None, saved=tmp_path)
+    timed = [n for n, size in calls if size == 3]  # (the warm-up scores batch_size pairs)
+    assert sorted(timed) == ["rankface-fp32", "st-fp32"]  # round 2 only, once per system
+    for name in args.systems:
+        np.testing.assert_array_equal(again["scores"][name], first["scores"][name])
+        assert again["rounds"][name]["index"] == first["rounds"][name]["index"]
+        assert again["rounds"][name]["pairs"] == [3, 3, 3]
+
+
+def test_saved_rounds_of_another_cpu_are_refused(bench, tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    monkeypatch.setattr(bench, "make_predictors",
+                        lambda folder, systems, args, workers=None: {n: (lambda b: [0.0] * len(b)) for n in systems})
+    args = argparse.Namespace(systems=["st-fp32"], rounds=1, batch_size=2)
+    (tmp_path / "round-000.json").write_text(json.dumps({"cpu_model": "another CPU", "systems": {"st-fp32": {}}}))
+    with pytest.raises(SystemExit, match="another CPU"):
+        bench.time_systems(Path("unused"), [("q", "d")], args, None, saved=tmp_path)

@@ -4,7 +4,8 @@ Both start from the fp32 ONNX graph rankface already exports (`graphs.graph_path
 reads directly:
 
 - `openvino`: that graph compiled by OpenVINO at its default inference precision for the CPU: bf16 where the CPU
-  has native bf16 (AVX-512 BF16, AMX), f32 elsewhere; the same rule as rankface's `precision="auto"`;
+  has native bf16 (AVX-512 BF16, AMX), f32 elsewhere; the same rule as rankface's `precision="auto"`, set
+  explicitly (`inference_precision`) so that it follows the CPU class caps as well;
 - `openvino-int8`: the graph statically quantised to int8 by NNCF (`nncf.quantize`, the engine behind optimum-intel's
   and sentence-transformers' `export_static_quantized_openvino_model`), with NNCF's transformer scheme for text
   models (no quantisation of the softmax and layer-norm inputs; their fp values stay). Static quantisation needs
@@ -71,10 +72,21 @@ def compiled_model(model: nn.Module, kind: str, backend: str, input_names: list[
     if key not in held:
         path = _graph(model, kind, backend, input_names, attention, calibration)
         # One inference request on `threads` threads, as ONNX Runtime's sequential session and torch run.
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_PRECISION_HINT": inference_precision()}
         held.clear()  # older weights' graphs are stale
         held[key] = ov.Core().compile_model(str(path), "CPU", config)
     return held[key]
+
+
+def inference_precision() -> str:
+    """The precision OpenVINO runs fp32 layers in: bf16 where rankface's class rule says the CPU has it natively
+    (`hardware.native_bf16`), f32 elsewhere. OpenVINO's own default reads CPUID alone; under the caps that emulate
+    a smaller class it would still pick bf16, and its oneDNN, capped by `ONEDNN_MAX_CPU_ISA`, then fails to compile
+    the model (measured: `RuntimeError` from core.cpp under the AVX2 caps). Int8 graphs keep their int8 layers."""
+    from rankface.hardware import native_bf16
+
+    return "bf16" if native_bf16() else "f32"
 
 
 def runner(compiled, output_dtype=np.float32) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
