@@ -71,14 +71,24 @@ def load_anchor(name: str, job: dict):
         if name == "st-onnx-int8":
             from sentence_transformers import export_dynamic_quantized_onnx_model
 
+            from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
             isa = job["isa"]
-            file = onnx_dir / f"model_qint8_{isa}.onnx"
+            # The file sentence-transformers writes is named by the config's weight type: qint8 (avx512*), but
+            # quint8 for avx2 (`model_quint8_avx2.onnx`).
+            weights = getattr(AutoQuantizationConfig, isa)(is_static=False).weights_dtype.name.lower()
+            file = onnx_dir / f"model_{weights}_{isa}.onnx"
             if not file.is_file():
                 export_dynamic_quantized_onnx_model(base, isa, str(folder))
             return CrossEncoder(str(folder), backend="onnx", **common,
-                                model_kwargs={**kwargs, "file_name": f"onnx/model_qint8_{isa}.onnx"})
+                                model_kwargs={**kwargs, "file_name": f"onnx/{file.name}"})
     if name.startswith("st-openvino"):
         ov_config = {"INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"}
+        if not job["native_bf16"]:
+            # Under the caps that emulate a class without native bf16, OpenVINO's own default precision (read from
+            # CPUID: bf16) does not compile (its oneDNN obeys ONEDNN_MAX_CPU_ISA); on a real machine of that class
+            # the default is f32, so that is what every emulated OpenVINO anchor gets.
+            ov_config["INFERENCE_PRECISION_HINT"] = "f32"
         kwargs = {"ov_config": ov_config}
         folder = copy_checkpoint(Path(job["checkpoint"]), work / "openvino-model")
         ov_dir = folder / "openvino"

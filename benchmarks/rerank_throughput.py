@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import class_tag, format_spread, print_cpu_class, ratio_stats, round_orders
+from _r2_fidelity import OVERLAP_MIN as OVERLAP_GATE  # the overlap@10 against fp32 that `auto` requires of a path
 from _r2_peak import measure_peaks, peak_shapes
 
 from rankface.paths import minilm_path, shared_dir
@@ -134,6 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="judge on the first N test queries only (a partial check; the gate needs all)")
     parser.add_argument("--bi-model", default=None,
                         help="bi-encoder for --fidelity encode (default: the demo's, trained here if absent)")
+    parser.add_argument("--readme", action="store_true",
+                        help="print README's table from the saved summaries of both CPU classes (same settings), "
+                        "timing nothing")
     args = parser.parse_args(argv)
     if args.quick and args.max_pairs is None:
         args.max_pairs = 2000
@@ -411,6 +415,14 @@ def fidelity(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def auto_system(cpu: dict, default_precision: str) -> str:
+    """The system `backend="auto"` is on a CPU of class `cpu` (`rankface.inference.backends.AUTO`)."""
+    from rankface.inference.backends import resolve_backend
+
+    auto = resolve_backend("auto", "cpu", "text", cpu)
+    return f"rankface-{default_precision if auto == 'torch' else auto}"
+
+
 def measure(args: argparse.Namespace, cpu: dict, saved: Path | None = None) -> dict:
     """Everything R2 reports for one run: peaks before and after, the interleaved systems (rounds saved under
     `saved` as they finish), FLOPs."""
@@ -437,7 +449,8 @@ def measure(args: argparse.Namespace, cpu: dict, saved: Path | None = None) -> d
         # OpenVINO's static int8 calibrates on 300 NFCorpus documents that are not among the timed pairs
         calibration = [doc for _, doc in calibration_pairs(args)]
         job = {"checkpoint": str(folder), "batch_size": args.batch_size, "max_length": args.max_length,
-               "threads": torch.get_num_threads(), "isa": quant_isa(), "calibration": calibration}
+               "threads": torch.get_num_threads(), "isa": quant_isa(), "native_bf16": native_bf16(),
+               "calibration": calibration}
         workers = AnchorWorkers(args.anchors, job, RESULTS / "cache" / "anchors" / folder.name)
         anchor_errors, versions = workers.errors, workers.versions
         for anchor, reason in anchor_errors.items():
@@ -452,12 +465,11 @@ def measure(args: argparse.Namespace, cpu: dict, saved: Path | None = None) -> d
     lengths = [len(ids) for ids in reranker._tokenize([p[0] for p in pairs], [p[1] for p in pairs])["input_ids"]]
     flops = {name: sum(padded_flops(reranker.model, [lengths[i] for i in index], args.batch_size)
                        for index in r["index"]) for name, r in timed["rounds"].items()}
-    from rankface.inference.backends import quant_isa, resolve_backend
+    from rankface.inference.backends import quant_isa
 
-    auto = resolve_backend("auto", "cpu", "text", cpu)
     return {
         "cpu": cpu, "threads": torch.get_num_threads(), "default_precision": default, "bf16_sample": bf16_sample,
-        "auto_system": f"rankface-{default if auto == 'torch' else auto}", "quant_isa": quant_isa(),
+        "auto_system": auto_system(cpu, default), "quant_isa": quant_isa(),
         "anchor_errors": anchor_errors, "anchor_versions": versions,
         "pairs": len(pairs), "queries": len(qrels), "mean_length": float(np.mean(lengths)), "keys": keys,
         "peak_before": before, "peak_after": after,
@@ -471,6 +483,57 @@ def measure(args: argparse.Namespace, cpu: dict, saved: Path | None = None) -> d
     }
 
 
+CLASSES = {"avx512-bf16": "AVX-512 + native bf16", "avx2-emulated": "AVX2 only (emulated)"}
+LABELS = {
+    "st-fp32": "sentence-transformers, PyTorch fp32 (its default)",
+    "st-onnx": "sentence-transformers, ONNX", "st-onnx-o3": "sentence-transformers, ONNX O3",
+    "st-onnx-int8": "sentence-transformers, ONNX dynamic int8 (ISA config)",
+    "st-openvino": "sentence-transformers, OpenVINO f32",
+    "st-openvino-default": "sentence-transformers, OpenVINO default precision",
+    "st-openvino-int8": "sentence-transformers, OpenVINO static int8",
+    "rankface-fp32": "rankface torch fp32", "rankface-bf16": "rankface torch bf16",
+    "rankface-int8": "rankface torch int8 (dynamic)", "rankface-onnx": "rankface `onnx`",
+    "rankface-onnx-opt": "rankface `onnx-opt`", "rankface-onnx-int8": "rankface `onnx-int8`",
+    "rankface-openvino": "rankface `openvino`", "rankface-openvino-int8": "rankface `openvino-int8`",
+}
+
+
+def readme_table(folder: Path, key: str) -> dict:
+    """README's R2 table: every system of both CPU classes' saved summaries (`summary_<class>-<key>.json`)."""
+    summaries = {tag: json.loads((folder / f"summary_{tag}-{key}.json").read_text(encoding="utf-8"))
+                 for tag in CLASSES if (folder / f"summary_{tag}-{key}.json").is_file()}
+    if not summaries:
+        raise SystemExit(f"no saved summary with these settings ({key}) under {folder}: run the timing first")
+    header = ["system"]
+    for tag in summaries:
+        header += [f"{CLASSES[tag]}: pairs/s", "vs ST (IQR)", "overlap@10 vs fp32", "share of peak"]
+    rows = [header, ["---"] + ["---:"] * (len(header) - 1)]
+    for system, label in LABELS.items():
+        row = [label]
+        for summary in summaries.values():
+            s = summary["systems"].get(system)
+            if s is None:
+                why = summary.get("anchor_errors", {}).get(system, "not run")
+                row += [f"not loaded: {why.split(':')[0]}" if system in summary.get("anchor_errors", {}) else why,
+                        "", "", ""]
+                continue
+            mark = " **auto**" if system == summary.get("auto_system") else ""
+            mark += " (default)" if system == f"rankface-{summary['default_precision']}" else ""
+            speed = s["speedup"]
+            row += [f"{s['rate']:.1f}{mark}", f"{speed['median']:.2f}× ({speed['q1']:.2f}–{speed['q3']:.2f})",
+                    f"{s['overlap10_vs_fp32']:.3f}" if s["overlap10_vs_fp32"] is not None else "–",
+                    f"{s['share']:.0%}" if s["share"] else "–"]
+        rows.append(row)
+    print("\n".join("| " + " | ".join(r) + " |" for r in rows))
+    for tag, summary in summaries.items():
+        peaks = ", ".join(f"{p} {g:.0f} ({(summary.get('peak_engine') or {}).get(p, 'torch')})"
+                          for p, g in summary["peak_gflops"].items())
+        print(f"\n{CLASSES[tag]}: {summary['pairs']} pairs, {summary['threads']} threads; matmul peak GFLOP/s {peaks}; "
+              f"auto {summary['auto_system']} vs the fastest anchor with overlap@10 >= {OVERLAP_GATE} "
+              f"({summary.get('best_faithful_anchor')}): {summary.get('speedup_vs_best_faithful_anchor') or 0:.2f}×")
+    return summaries
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -480,6 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
         return fidelity(args)
     mode = "quick" if args.quick else "full"
     folder = RESULTS / mode
+    if args.readme:
+        return readme_table(folder, run_key(args))
     name = f"{class_tag(cpu)}-{run_key(args)}"
     path = folder / f"run_{name}.json"
     if path.is_file() and not args.force:
@@ -491,6 +556,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = measure(args, cpu, rounds if mode == "full" else None)
         write_json(path, result)
 
+    # auto as this rankface chooses it: AUTO may have changed since the run was timed (every system was timed)
+    result["auto_system"] = auto_system(result["cpu"], result["default_precision"])
     if args.anchors:
         print("anchors: " + ", ".join(a for a in args.anchors if a in result["rounds"]) + " loaded"
               + "".join(f"; {a} NOT loaded: {why}" for a, why in result.get("anchor_errors", {}).items()))
@@ -557,12 +624,22 @@ def main(argv: list[str] | None = None) -> dict:
     vs_best = ratio_stats(auto["rates"], anchors[best_anchor]["rates"]) if auto and best_anchor else None
     if vs_best:
         print(f"auto ({result['auto_system']}) vs the fastest anchor ({best_anchor}): {format_spread(vs_best)}")
+    # The goal compares at fidelity: the fastest anchor whose top 10 agree with fp32's as auto's must (>= 0.95 here,
+    # on these pairs; the full fidelity check is --fidelity).
+    faithful = {a: s for a, s in anchors.items() if (s["overlap10_vs_fp32"] or 0) >= OVERLAP_GATE}
+    best_faithful = max(faithful, key=lambda a: faithful[a]["rate"]) if faithful else None
+    vs_faithful = ratio_stats(auto["rates"], faithful[best_faithful]["rates"]) if auto and best_faithful else None
+    if vs_faithful:
+        print(f"auto vs the fastest anchor with overlap@10 >= {OVERLAP_GATE} on these pairs ({best_faithful}): "
+              f"{format_spread(vs_faithful)}")
     summary = {
         "speedup_default": default["speedup"]["median"] if default else None,
         "speedup_auto": auto["speedup"]["median"] if auto else None,
         "auto_system": result.get("auto_system"),
         "speedup_vs_best_anchor": vs_best["median"] if vs_best else None,
         "best_anchor": best_anchor,
+        "speedup_vs_best_faithful_anchor": vs_faithful["median"] if vs_faithful else None,
+        "best_faithful_anchor": best_faithful,
         "overlap10_default": default["overlap10_vs_fp32"] if default else None,
         "overlap10_auto": auto["overlap10_vs_fp32"] if auto else None,
         "anchors_failed": len(result.get("anchor_errors", {})),
