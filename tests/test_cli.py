@@ -119,11 +119,19 @@ def test_rerank_prints_the_precision_it_runs_and_quiet_silences_every_bar(collec
     capfd.readouterr()
     assert main([*args, "--precision", "fp32"]) == 0
     err = capfd.readouterr().err
-    assert f"scoring with the CrossEncoder in {reranker_dir}, precision fp32\n" in err
+    assert f"scoring with the CrossEncoder in {reranker_dir}, backend torch, precision fp32\n" in err
     assert "Loading weights" in err  # the bar --quiet must silence
-    assert main(args) == 0
+    assert main([*args, "--backend", "torch"]) == 0
     expected = "bf16" if hardware.native_bf16() else "fp32"  # auto: bf16 only where the CPU runs it natively
-    assert f"precision {expected} (auto on cpu)\n" in capfd.readouterr().err
+    assert f"backend torch, precision {expected} (auto on cpu)\n" in capfd.readouterr().err
+    assert main(args) == 0  # --backend auto: this CPU class's fast path
+    from rankface.inference.backends import resolve_backend
+
+    auto = resolve_backend("auto", "cpu", "text")
+    note = f"backend {auto} (auto on cpu)" if auto != "torch" else f"backend torch, precision {expected} (auto on cpu)"
+    assert note + "\n" in capfd.readouterr().err
+    assert main([*args, "--backend", "onnx", "--precision", "int8", "--quiet"]) == 2
+    assert "--backend onnx --precision int8: backend='onnx' sets its own precision" in capfd.readouterr().err
     assert main([*args, "--quiet"]) == 0
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "precision" not in err and "%|" not in err

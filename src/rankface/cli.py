@@ -43,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32", "int8"), default="auto",
                    help="auto: bf16 where the CPU/GPU runs it natively, else fp32 (see `rankface env`); int8: "
                         "dynamic int8 quantization, CPU only")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx", "onnx-opt", "onnx-int8", "openvino", "openvino-int8"),
+                   default="auto",
+                   help="engine on CPU: auto (default) runs the fastest path that kept R2's ranking fidelity on this "
+                        "CPU class (rankface.inference.backends.AUTO; torch on GPU, or with --precision other than "
+                        "auto); the others by name (onnx*: ONNX Runtime; openvino*: the [openvino] extra)")
     p.add_argument("--output", required=True, help="TREC run to write")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_rerank)
@@ -212,9 +217,9 @@ def _rerank(args, _rest) -> None:
     if args.quiet:
         _silence_progress_bars()
     model = _load_scorer(args)  # first: a wrong --model or --encoder fails before the first stage runs
+    engine = _engine_note(args.backend, args.precision, model.device)  # (a contradictory pair fails here too)
     if not args.quiet:
-        print(f"scoring with the {type(model).__name__} in {args.model}, "
-              f"{_precision_note(args.precision, model.device)}", file=sys.stderr)
+        print(f"scoring with the {type(model).__name__} in {args.model}, {engine}", file=sys.stderr)
     if args.first_stage_run:
         queries = _read_topics(args.topics)
         hits = _read_first_stage_run(args.first_stage_run, queries, args.topics)
@@ -222,7 +227,8 @@ def _rerank(args, _rest) -> None:
     else:
         queries, retriever, hits = _bm25_hits(args)
     reranked = rerank(hits, queries, retriever.doc_text, model, top_k=args.hits, batch_size=args.batch_size,
-                      show_progress_bar=not args.quiet, predict_kwargs={"precision": args.precision})
+                      show_progress_bar=not args.quiet,
+                      predict_kwargs={"precision": args.precision, "backend": args.backend})
     write_run(args.output, hits_to_run(reranked), tag="rankface")
     print(f"wrote {args.output}")
 
@@ -241,6 +247,19 @@ def _precision_note(requested: str, device) -> str:
 
     used = resolve_precision(requested, device)
     return f"precision {used}" + (f" (auto on {device.type})" if requested == "auto" else "")
+
+
+def _engine_note(backend: str, precision: str, device) -> str:
+    """`backend openvino (auto on cpu)` or, on the PyTorch path, its precision note."""
+    from rankface.inference.backends import resolve_engine
+
+    try:
+        used = resolve_engine(backend, precision, device)
+    except (ValueError, ImportError) as error:
+        raise UserError(f"--backend {backend} --precision {precision}: {error}") from None
+    if used == "torch":
+        return "backend torch, " + _precision_note(precision, device)
+    return f"backend {used}" + (f" (auto on {device.type})" if backend == "auto" else "")
 
 
 def _silence_progress_bars() -> None:
