@@ -7,7 +7,7 @@ A path passes, and `auto` may take it, at mean overlap@10 >= 0.95 and |delta nDC
 
 Two rankers:
 - `encode` (`BiEncoder.encode`, cosine of the query and document embeddings): the demo's trained bi-encoder
-  (`rankface demo`'s defaults; NFCorpus test nDCG@10 0.358 against BM25's 0.330);
+  (`rankface demo`'s defaults; NFCorpus test nDCG@10 0.354 against BM25's 0.330; the JSON has the figures);
 - `predict` (`CrossEncoder.predict`): R2's cross-encoder checkpoint (MiniLM-L6 + a linear-probe head), unless
   `--cross-model` names a better one. No cross-encoder better than BM25 can be trained on this 2-core machine in a
   session, so the `predict` figures judge int8 on a ranker whose nDCG@10 is below BM25's: the JSON says so.

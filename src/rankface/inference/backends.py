@@ -37,9 +37,13 @@ FAMILIES = ("text", "face")
 # What `auto` runs, per model family and CPU class (`hardware.CLASSES`). A path other than `torch` appears here only
 # after R2's fidelity check on NFCorpus test (325 queries, BM25 top-100) kept overlap@10 >= 0.95 and
 # |delta nDCG@10| <= 0.005 against rankface fp32: benchmarks/results/rerank_throughput/fidelity/*.json.
-# `torch` on the AVX-512 + bf16 class means rankface's bf16 weights (precision="auto" picks them there).
+# The fastest path that passed, per class, from R2 with sentence-transformers' backends beside it: on AVX-512 + bf16,
+# `openvino` (OpenVINO in bf16: 4.5x sentence-transformers' PyTorch default, 1.4x rankface's own torch bf16);
+# `onnx-opt` on the AVX2 class (2.2x; OpenVINO f32 1.8x there). No int8 path is taken: `openvino-int8` passes the
+# gate with the bi-encoder (overlap@10 0.964) but not on the cross-encoder pairs R2 times (0.934), and `auto` serves
+# both. The `avx512` class without bf16 was not measured on its own; it keeps ONNX Runtime's fp32 graph.
 AUTO = {
-    "text": {"baseline": "torch", "avx2": "onnx-opt", "avx512": "onnx-opt", "avx512-bf16": "torch"},
+    "text": {"baseline": "torch", "avx2": "onnx-opt", "avx512": "onnx-opt", "avx512-bf16": "openvino"},
     "face": {"baseline": "torch", "avx2": "torch", "avx512": "torch", "avx512-bf16": "torch"},
 }
 
