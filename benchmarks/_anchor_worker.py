@@ -69,9 +69,8 @@ def load_anchor(name: str, job: dict):
             return CrossEncoder(str(folder), backend="onnx", **common,
                                 model_kwargs={**kwargs, "file_name": "onnx/model_O3.onnx"})
         if name == "st-onnx-int8":
-            from sentence_transformers import export_dynamic_quantized_onnx_model
-
             from optimum.onnxruntime.configuration import AutoQuantizationConfig
+            from sentence_transformers import export_dynamic_quantized_onnx_model
 
             isa = job["isa"]
             # The file sentence-transformers writes is named by the config's weight type: qint8 (avx512*), but
