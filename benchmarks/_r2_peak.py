@@ -73,19 +73,13 @@ def _onnx_linear(m: int, k: int, n: int, folder: Path) -> Path:
 def _onnxruntime_runs(precision: str, m: int, k: int, n: int, folder: Path, threads: int) -> list[Callable]:
     if precision == "bf16":
         return []  # ONNX Runtime's CPU provider has no bf16 MatMul kernel
-    import onnxruntime as ort
-
-    from rankface.inference.backends import quant_isa
+    from rankface.inference.backends import cpu_session, quant_isa
     from rankface.inference.graphs import quantise
 
     path = _onnx_linear(m, k, n, folder)
     if precision == "int8":
         path = quantise(path, path.with_name(path.stem + "-int8.onnx"), quant_isa(), op_types=("MatMul",))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(path, threads)  # as the model's sessions are made
     feed = {"x": np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)}
     return [lambda: session.run(None, feed)]
 
@@ -94,26 +88,22 @@ def _openvino_runs(precision: str, m: int, k: int, n: int, folder: Path, threads
     import openvino as ov
 
     from rankface.hardware import native_bf16
+    from rankface.inference.openvino_engine import compile_config
 
     if precision == "bf16" and not native_bf16():
         return []  # OpenVINO runs bf16 only where the CPU has it natively
     core = ov.Core()
     model = core.read_model(str(_onnx_linear(m, k, n, folder)))
     feed = {"x": np.random.default_rng(1).standard_normal((m, k), dtype=np.float32)}
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     if precision == "int8":
         import nncf
 
         rng = np.random.default_rng(2)
         samples = [{"x": rng.standard_normal((m, k), dtype=np.float32)} for _ in range(2)]
         model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
-        # (what stays in floating point runs at rankface's class precision, as the openvino-int8 backend's does)
-        from rankface.inference.openvino_engine import inference_precision
-
-        config["INFERENCE_PRECISION_HINT"] = inference_precision()
-    else:
-        config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
-    request = core.compile_model(model, "CPU", config).create_infer_request()
+    # int8: what stays in floating point runs at rankface's class precision, as the openvino-int8 backend's does
+    hint = {"bf16": "bf16", "fp32": "f32"}.get(precision)
+    request = core.compile_model(model, "CPU", compile_config(threads, hint)).create_infer_request()
     return [lambda: request.infer(feed)]
 
 

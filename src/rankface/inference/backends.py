@@ -139,8 +139,6 @@ _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def session_for(model: nn.Module, kind: str, variant: str, input_names: list[str] | None = None,
                 threads: int | None = None):
     """An ONNX Runtime session of `model`'s graph `variant`, cached per model, weights version and threads."""
-    import onnxruntime as ort
-
     from rankface.inference.graphs import graph_path
 
     threads = threads or torch.get_num_threads()
@@ -151,14 +149,22 @@ def session_for(model: nn.Module, kind: str, variant: str, input_names: list[str
         config = getattr(model, "config", None)
         attention = (config.num_attention_heads, config.hidden_size) if kind != "face" else None
         path = graph_path(model, kind, variant, input_names, attention)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         held.clear()  # older weights' sessions are stale
-        held[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        held[key] = cpu_session(path, threads)
     return held[key]
+
+
+def cpu_session(path, threads: int):
+    """An ONNX Runtime CPU session of the graph at `path` on `threads` threads, run sequentially (one operator at a
+    time, as torch runs), with all of ONNX Runtime's session-time graph optimisations."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def text_input_names(model: nn.Module, tokenizer) -> list[str]:

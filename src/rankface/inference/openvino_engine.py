@@ -71,12 +71,16 @@ def compiled_model(model: nn.Module, kind: str, backend: str, input_names: list[
     held = _COMPILED.setdefault(model, {})
     if key not in held:
         path = _graph(model, kind, backend, input_names, attention, calibration)
-        # One inference request on `threads` threads, as ONNX Runtime's sequential session and torch run.
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                  "INFERENCE_PRECISION_HINT": inference_precision()}
         held.clear()  # older weights' graphs are stale
-        held[key] = ov.Core().compile_model(str(path), "CPU", config)
+        held[key] = ov.Core().compile_model(str(path), "CPU", compile_config(threads))
     return held[key]
+
+
+def compile_config(threads: int, precision: str | None = None) -> dict:
+    """OpenVINO's CPU settings: one inference request on `threads` threads, as ONNX Runtime's sequential session and
+    torch run, at `precision` (default: `inference_precision()`)."""
+    return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": precision or inference_precision()}
 
 
 def inference_precision() -> str:
