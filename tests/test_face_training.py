@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from launch import launch_two_processes
 from safetensors.torch import load_file
 
 from rankface.training.face import train_face
@@ -360,15 +359,9 @@ def test_two_process_training_is_one_synchronised_job(lfw_like, tiny_encoders, t
     out = tmp_path / "out"
     # UNPG (global-batch negatives) inside the RI objective (UI-centre buffers all-reduced): both cross-rank paths.
     config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], out, unpg=True,
-                                                        ri=True, ri_warmup_ratio=0.5, max_steps=2, eval_at_end=False))
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(RECIPE), "--config", str(config),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+                                                        ri=True, ri_warmup_ratio=0.5, max_steps=2, eval_at_end=False,
+                                                        ddp_timeout=120))
+    launch_two_processes(RECIPE, config)
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 2
     assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1

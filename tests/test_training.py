@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from launch import launch_two_processes
 from safetensors.torch import load_file
 from tiny_models import WORDS
 
@@ -215,22 +214,10 @@ def test_cet_selection_run_needs_the_mlp_selection_model(collection, tiny_bert_d
         parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", values))])
 
 
-def launch_two_processes(config: Path) -> None:
-    """The recipe under `accelerate launch` with 2 real CPU processes (gloo DDP); fails with its output."""
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(RECIPE), "--config", str(config),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir, tmp_path):
-    launch_two_processes(write_config(tmp_path / "c.yaml", settings(collection, tiny_bert_dir, tmp_path / "out",
-                                                                    max_steps=4)))
+    launch_two_processes(RECIPE, write_config(tmp_path / "c.yaml", settings(
+        collection, tiny_bert_dir, tmp_path / "out", max_steps=4, ddp_timeout=120)), timeout=600)
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
     assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1

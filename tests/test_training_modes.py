@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from launch import launch_two_processes
 from safetensors.torch import load_file
-from test_training import launch_two_processes, settings, write_collection, write_config
+from test_training import RECIPE, settings, write_collection, write_config
 
 from rankface.losses.ranking import ranking_loss
 from rankface.models.bi_encoder import BiEncoder
@@ -181,8 +182,8 @@ def test_query_side_resume_reproduces_the_uninterrupted_run(collection, tiny_ber
 def test_query_side_two_processes_stay_synchronised(collection, tiny_bert_dir, tmp_path):
     # With corpus negatives (the demo's setting): each process scores its queries against the whole cached corpus.
     values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side", max_steps=4,
-                      loss="listwise", corpus_negatives=True)
-    launch_two_processes(write_config(tmp_path / "c.yaml", values))
+                      loss="listwise", corpus_negatives=True, ddp_timeout=120)
+    launch_two_processes(RECIPE, write_config(tmp_path / "c.yaml", values), timeout=600)
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 4
     assert len(set(state["rank_fingerprints"])) == 1

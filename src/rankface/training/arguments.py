@@ -122,6 +122,9 @@ class RerankerTrainingArguments:
         default=None,
     )
     seed: int = _help("Seed for sampling, initialisation and shuffling.", default=42)
+    ddp_timeout: int = _help(
+        "Seconds a multi-process collective may wait for the other processes before the run stops with an error "
+        "(as transformers' Trainer; a lost or stalled process otherwise holds the rest for this long).", default=1800)
     # ----------------------------------------------------------------- robust fine-tuning (training/robust.py)
     wise_ft_alpha: float | None = _help(
         "WiSE-FT: save the final model as (1 - alpha) * start + alpha * trained weights (encoder only; 1 or None: "
@@ -144,6 +147,8 @@ class RerankerTrainingArguments:
     def __post_init__(self):
         if self.eval_split in ("", "none", "None"):  # "no evaluation" spelled on a command line
             self.eval_split = None
+        if self.ddp_timeout <= 0:
+            raise ValueError(f"ddp_timeout must be > 0 seconds, got {self.ddp_timeout}")
         choices = {
             "encoder": ("cross", "bi"),
             "method": ("plain", "cet"),
@@ -233,6 +238,7 @@ def _allow_empty_lists(parser: argparse.ArgumentParser, argv: list[str]) -> list
 RESUMABLE_SETTINGS = frozenset({
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "eval_split", "eval_steps", "eval_max_queries",
     "eval_depth", "eval_batch_size", "checkpoint_steps", "checkpoints_to_keep", "quiet", "cache_dir", "document_cache",
+    "ddp_timeout",
 })
 
 

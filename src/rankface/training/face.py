@@ -57,6 +57,7 @@ from rankface.training.steps import (
     discard_previous_runs,
     find_checkpoint,
     prepare_output_dir,
+    process_group_timeout,
     run_steps,
 )
 from rankface.utils.io import save_folder_atomically, write_json
@@ -195,7 +196,7 @@ def make_accelerator(args: FaceTrainingArguments) -> Accelerator:
         mixed_precision="bf16" if resolve_face_precision(args.precision) == "bf16" else "no",
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=ddp_kwargs,
+        kwargs_handlers=[*ddp_kwargs, process_group_timeout(args.ddp_timeout)],
     )
 
 

@@ -124,6 +124,9 @@ class FaceTrainingArguments:
         "MobileFaceNet's depthwise convolutions on CPU (benchmarks/face_step_options.py). Saved weights are "
         "contiguous either way.", default=True)
     seed: int = _help("Seed for sampling, initialisation, shuffling and augmentation.", default=42)
+    ddp_timeout: int = _help(
+        "Seconds a multi-process collective may wait for the other processes before the run stops with an error "
+        "(as transformers' Trainer; a lost or stalled process otherwise holds the rest for this long).", default=1800)
     num_workers: int = _help(
         "DataLoader worker processes that decode and degrade the training images while the model steps (0: in the "
         "training process, between steps).", default=0)
@@ -203,6 +206,8 @@ class FaceTrainingArguments:
                              "'non_pair' (or drop 'validation' from eval_sets)")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.ddp_timeout <= 0:
+            raise ValueError(f"ddp_timeout must be > 0 seconds, got {self.ddp_timeout}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (BatchNorm and in-batch negatives), got {self.batch_size}")
         if self.min_images_per_class < 1 or self.head_init_images_per_class < 1:

@@ -39,6 +39,7 @@ from rankface.training.steps import (
     isolated_rng,
     load_checkpoint,
     prepare_output_dir,
+    process_group_timeout,
     run_settings,
     run_steps,
 )
@@ -65,6 +66,7 @@ def _train(args: RerankerTrainingArguments) -> dict:
         mixed_precision=resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[process_group_timeout(args.ddp_timeout)],
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import InitProcessGroupKwargs, gather_object
 from tqdm.auto import tqdm
 
 from rankface.errors import UserError
@@ -185,6 +186,15 @@ def _clip_and_check_gradients(accelerator: Accelerator, learner: Learner, max_gr
     if not math.isfinite(float(norm)):
         raise FloatingPointError(f"step {step}: the gradient norm of {learner.name!r} is {float(norm)} "
                                  "(lower the learning rate?); the weights were not updated with it")
+
+
+def process_group_timeout(seconds: int) -> InitProcessGroupKwargs:
+    """The Accelerator handler that bounds every collective's wait (torch's default is 30 min for gloo).
+
+    A process that stalls or dies mid-step otherwise holds the others silently; with this they stop with an error
+    that names the collective they waited in.
+    """
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=seconds))
 
 
 def check_ranks_agree(accelerator: Accelerator, learners: list[Learner]) -> list[str]:
