@@ -45,6 +45,9 @@ SETTINGS = {
     "l2sp-1": {"l2sp_weight": 1.0},
     "l2sp-0.1+wise-ft-0.5": {"from": "l2sp-0.1", "alpha": 0.5},
     "freeze-emb": {"freeze_embeddings": True},
+    # Is the out-of-domain loss the corpus negatives' (NFCorpus's own documents as negatives), or the training's?
+    "no-corpus-neg": {"corpus_negatives": False},
+    "lora-8": {"lora_rank": 8, "learning_rate": 1e-3},  # query-side: LoRA on the query tower only (LoRA's usual lr)
 }
 QUICK = ("old-default", "wise-ft-0.75", "wise-ft-0.5", "wise-ft-0.25")
 # Settings recorded without training, as the training fingerprint says nothing about them.
