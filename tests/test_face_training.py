@@ -361,7 +361,7 @@ def test_two_process_training_is_one_synchronised_job(lfw_like, tiny_encoders, t
     config = write_config(tmp_path / "c.yaml", settings(lfw_like, tiny_encoders["mobilefacenet"], out, unpg=True,
                                                         ri=True, ri_warmup_ratio=0.5, max_steps=2, eval_at_end=False,
                                                         ddp_timeout=120))
-    launch_two_processes(RECIPE, config)
+    launch_two_processes(RECIPE, config, timeout=180, output_dir=out)
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 2
     assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1

@@ -217,7 +217,8 @@ def test_cet_selection_run_needs_the_mlp_selection_model(collection, tiny_bert_d
 @pytest.mark.slow
 def test_two_process_training_is_one_synchronised_job(collection, tiny_bert_dir, tmp_path):
     launch_two_processes(RECIPE, write_config(tmp_path / "c.yaml", settings(
-        collection, tiny_bert_dir, tmp_path / "out", max_steps=4, ddp_timeout=120)), timeout=600)
+        collection, tiny_bert_dir, tmp_path / "out", max_steps=4, ddp_timeout=120)), timeout=300,
+        output_dir=tmp_path / "out")
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
     assert len(state["rank_fingerprints"]) == 2 and len(set(state["rank_fingerprints"])) == 1

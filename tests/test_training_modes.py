@@ -183,7 +183,7 @@ def test_query_side_two_processes_stay_synchronised(collection, tiny_bert_dir, t
     # With corpus negatives (the demo's setting): each process scores its queries against the whole cached corpus.
     values = settings(collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side", max_steps=4,
                       loss="listwise", corpus_negatives=True, ddp_timeout=120)
-    launch_two_processes(RECIPE, write_config(tmp_path / "c.yaml", values), timeout=600)
+    launch_two_processes(RECIPE, write_config(tmp_path / "c.yaml", values), timeout=300, output_dir=tmp_path / "out")
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 4
     assert len(set(state["rank_fingerprints"])) == 1
