@@ -79,7 +79,8 @@ def test_every_setting_is_a_valid_training_configuration(bench):
     for name, spec in bench.SETTINGS.items():
         for mode in ("full", "quick"):
             args = bench.training_args(name, mode)
-            assert args.training_mode == "query_side" and args.corpus_negatives
+            # every setting is the demo's query-side default; only `no-corpus-neg` drops the corpus negatives
+            assert args.training_mode == "query_side" and args.corpus_negatives == (name != "no-corpus-neg")
             assert args.wise_ft_alpha is None  # WiSE-FT settings interpolate a base run after training
         if "from" not in spec:
             prints[name] = repr(sorted(bench.fingerprint(bench.training_args(name, "full")).items()))
