@@ -41,15 +41,19 @@ def launch_two_processes(recipe: Path, config: Path, timeout: float = 300.0, out
     assert not hung, output[-6000:]
 
 
+def two_process_command(script: Path, *args: str) -> list[str]:
+    """`accelerate launch` of `script args` as 2 CPU processes (gloo), on a free port."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(script), *args,
+    ]
+
+
 def _run_once(recipe: Path, config: Path, timeout: float) -> tuple[str | None, str]:
     """One launch: (`None` on success, `"hang"`, or `"collective timeout"`; its output). Fails on other errors."""
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(recipe), "--config", str(config),
-    ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(two_process_command(recipe, "--config", str(config)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -65,7 +69,8 @@ def _run_once(recipe: Path, config: Path, timeout: float) -> tuple[str | None, s
     if process.returncode == 0:
         return None, output
     # gloo's words for a collective that waited longer than the process group's timeout
-    if "timed out" in output.lower() or ("timeout" in output.lower() and "gloo" in output.lower()):
+    lowered = output.lower()
+    if "timed out" in lowered or ("timeout" in lowered and "gloo" in lowered):
         return "collective timeout", output
     raise AssertionError(output[-6000:])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import pytest
+from launch import two_process_command
 
 from rankface.training import parse_training_args
 from rankface.training.face_arguments import parse_face_training_args
@@ -29,11 +29,8 @@ dist.all_reduce(torch.ones(1))
 def test_a_stalled_rank_stops_the_run_after_ddp_timeout(tmp_path):
     script = tmp_path / "stalled_rank.py"
     script.write_text(STALLED_RANK)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(script), "3"]
     started = time.perf_counter()
-    done = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "true"},
+    done = subprocess.run(two_process_command(script, "3"), env={**os.environ, "ACCELERATE_USE_CPU": "true"},
                           capture_output=True, text=True, timeout=100, check=False)
     assert done.returncode != 0
     assert "timed out" in (done.stdout + done.stderr).lower(), done.stderr[-3000:]

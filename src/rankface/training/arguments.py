@@ -17,6 +17,11 @@ def _help(text: str, **kwargs):
     return field(metadata={"help": text}, **kwargs)
 
 
+# Shared by the reranker and face recipes.
+DDP_TIMEOUT_HELP = ("Seconds a multi-process collective may wait for the other processes before the run stops with an "
+                    "error (as transformers' Trainer; a lost or stalled process otherwise holds the rest for this long).")
+
+
 @dataclass
 class RerankerTrainingArguments:
     # ----------------------------------------------------------------- data
@@ -122,9 +127,7 @@ class RerankerTrainingArguments:
         default=None,
     )
     seed: int = _help("Seed for sampling, initialisation and shuffling.", default=42)
-    ddp_timeout: int = _help(
-        "Seconds a multi-process collective may wait for the other processes before the run stops with an error "
-        "(as transformers' Trainer; a lost or stalled process otherwise holds the rest for this long).", default=1800)
+    ddp_timeout: int = _help(DDP_TIMEOUT_HELP, default=1800)
     # ----------------------------------------------------------------- robust fine-tuning (training/robust.py)
     wise_ft_alpha: float | None = _help(
         "WiSE-FT: save the final model as (1 - alpha) * start + alpha * trained weights (encoder only; 1 or None: "

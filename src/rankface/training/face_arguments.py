@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from rankface.training.arguments import parse_settings
+from rankface.training.arguments import DDP_TIMEOUT_HELP, parse_settings
 
 PRETRAINED_MOBILEFACENET = "mobilefacenet-pretrained"
 
@@ -124,9 +124,7 @@ class FaceTrainingArguments:
         "MobileFaceNet's depthwise convolutions on CPU (benchmarks/face_step_options.py). Saved weights are "
         "contiguous either way.", default=True)
     seed: int = _help("Seed for sampling, initialisation, shuffling and augmentation.", default=42)
-    ddp_timeout: int = _help(
-        "Seconds a multi-process collective may wait for the other processes before the run stops with an error "
-        "(as transformers' Trainer; a lost or stalled process otherwise holds the rest for this long).", default=1800)
+    ddp_timeout: int = _help(DDP_TIMEOUT_HELP, default=1800)
     num_workers: int = _help(
         "DataLoader worker processes that decode and degrade the training images while the model steps (0: in the "
         "training process, between steps).", default=0)
