@@ -110,6 +110,8 @@ SYSTEMS = {  # name -> recipe config (None: no training)
     "ri-fix": "lfw_vlr_ri.yaml",
     "ri-fix-150": "lfw_vlr_ri.yaml",
     "ri-log-150": "lfw_vlr_ri.yaml",
+    # the fixed target read from the pooled feature map instead of v (ri-fix's xi_hat flattened as training went on)
+    "ri-fix-fmap": "lfw_vlr_ri.yaml",
     # issue 21: UNPG where its premise holds, a random head (the authors' setting), and the k sweep
     "arcface-rh": "lfw_vlr_arcface.yaml",
     "arcface+unpg-rh-k1": "lfw_vlr_arcface_unpg.yaml",
@@ -124,6 +126,8 @@ SYSTEM_OVERRIDES = {
     "ri-fix": ["--ri_target_prototypes", "initial", "--ri_form", "product_clamped", "--ri_log_steps", "150"],
     "ri-fix-150": ["--ri_target_prototypes", "initial", "--ri_form", "product_clamped", "--ri_log_steps", "50"],
     "ri-log-150": ["--ri_log_steps", "50"],
+    "ri-fix-fmap": ["--ri_target_prototypes", "initial", "--ri_form", "product_clamped", "--ri_log_steps", "150",
+                    "--ri_quality_input", "feature_map"],
     "arcface-rh": ["--head_init", "random"],
     "arcface+unpg-rh-k1": ["--head_init", "random", "--unpg_wisk", "1.0"],
     "arcface+unpg-rh": ["--head_init", "random"],  # k = 1.5, the config's
@@ -133,7 +137,7 @@ SYSTEM_OVERRIDES = {
 SYSTEM_STEPS = {"ri-fix-150": 150, "ri-log-150": 150}  # the full mode's budget of the short runs
 UNPG_SWEEP = ["arcface+unpg-rh-k1", "arcface+unpg-rh", "arcface+unpg-rh-k3", "arcface+unpg-rh-nofilter"]
 BEST_UNPG = "best:arcface+unpg-rh"  # in a plan: the sweep's best k on the validation pairs (`best_unpg_system`)
-RI_FAMILY = {"ri", "ri+reg", "ri+reg+id", "ri-headlr", "ri-fix", "ri-fix-150", "ri-log-150"}
+RI_FAMILY = {"ri", "ri+reg", "ri+reg+id", "ri-headlr", "ri-fix", "ri-fix-150", "ri-log-150", "ri-fix-fmap"}
 # (system, seeds[, halves]) in the order the full mode runs them (issue 21 item 5: ~25 models on 2 cores, where they
 # decide): the RI target's short iterations with their xi / xi_hat logs; the fixed RI, 3 seeds, both halves; the UNPG
 # k sweep with a random head (half A, seed 0); the deciding pair, arcface vs the best k (chosen on the validation

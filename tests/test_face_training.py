@@ -413,12 +413,18 @@ def test_head_init_random_leaves_the_class_weights_off_the_centroids(lfw_like, t
 
 def test_ri_with_the_fixed_target_logs_xi_per_resolution_bucket(lfw_like, tiny_encoders, tmp_path):
     """Issue 21: `ri_target_prototypes: initial` + the clamped product train, and the xi / xi_hat log is taken at
-    steps 0, 2 and 4 (every `ri_log_steps`) for every resolution bucket."""
+    steps 0, 2 and 4 (every `ri_log_steps`) for every resolution bucket; the regressor reads the feature map when
+    told to, and the saved model says so."""
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.yaml", settings(
         lfw_like, tiny_encoders["mobilefacenet"], out, ri=True, ri_warmup_ratio=0.0, max_steps=4, eval_at_end=False,
-        eval_steps=2, ri_log_steps=2, ri_log_images=12, ri_target_prototypes="initial", ri_form="product_clamped"))
+        eval_steps=2, ri_log_steps=2, ri_log_images=12, ri_target_prototypes="initial", ri_form="product_clamped",
+        ri_quality_input="feature_map"))
     run(config)
+    saved = [json.loads(p.read_text()) for p in out.rglob("config.json")]
+    assert saved and all(c["quality_input"] == "feature_map" for c in saved if c.get("model_type") ==
+                         "rankface-recognizability")
+    assert any(c.get("model_type") == "rankface-recognizability" for c in saved)
     state = json.loads((out / "trainer_state.json").read_text())
     logs = [e for e in state["log"] if "ri_buckets" in e]
     assert [e["step"] for e in logs] == [0, 2, 4]
@@ -432,3 +438,5 @@ def test_ri_with_the_fixed_target_logs_xi_per_resolution_bucket(lfw_like, tiny_e
     assert all(e["ri_xi"] >= 0.0 and e["ri_diversion"] >= 0.0 for e in steps)
     with pytest.raises(ValueError, match="ri_log_steps .* must be a multiple of eval_steps"):
         parse_face_training_args(["--ri", "true", "--ri_log_steps", "3", "--eval_steps", "2"])
+    with pytest.raises(ValueError, match="ri_quality_input must be one of"):
+        parse_face_training_args(["--ri", "true", "--ri_quality_input", "pixels"])

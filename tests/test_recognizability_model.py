@@ -100,6 +100,31 @@ def test_perceptibility_attention_matches_loop_reference():
         np.testing.assert_allclose(out[n].detach().numpy(), y * sp[None], rtol=1e-5, atol=1e-6)
 
 
+def test_quality_read_from_the_pooled_feature_map(tmp_path):
+    import onnxruntime as ort
+
+    from rankface.models.face_export import export_onnx
+
+    model = tiny(quality_input="feature_map").eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model(x, output_feature_map=True)
+        pooled = out.feature_map.mean(dim=(2, 3))  # [N, C]: the regressor's input, written out here
+        expected = pooled @ model.quality_head.weight[0] + model.quality_head.bias[0]
+    assert model.quality_head.in_features == model.config.backbone_config().feature_channels
+    torch.testing.assert_close(out.quality, expected)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.quality_input == "feature_map"
+    torch.testing.assert_close(loaded(x).quality, out.quality)
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "ri.onnx")), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"pixel_values": x.numpy()})[1], out.quality.numpy(),
+                               rtol=1e-4, atol=1e-4)
+    assert tiny().config.quality_input == "embedding"  # a saved model without the key reads v, as before
+    with pytest.raises(ValueError, match="quality_input"):
+        RecognizabilityConfig(quality_input="pixels")
+
+
 @pytest.mark.numerics
 def test_save_load_keeps_ui_buffers_exactly(tmp_path):
     model = tiny().eval()

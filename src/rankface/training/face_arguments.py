@@ -96,6 +96,9 @@ class FaceTrainingArguments:
     ri_diversion_on: str = _help("RI: hinge on 'xi' (the embedding's RI) or 'xi_hat' (the regressed one).",
                                  default="xi")
     ri_match_with: str = _help("RI: matching embedding 'v' or 'v+att'.", default="v")
+    ri_quality_input: str = _help("RI: what the regressor reads: 'embedding' (v) or 'feature_map' (the backbone's "
+                                  "last feature map averaged over space; see RecognizabilityConfig).",
+                                  default="embedding")
     ri_ui_size_min: int = _help("RI: smallest side (px) of the unrecognizable images.", default=4)
     ri_ui_size_max: int = _help("RI: largest side (px) of the unrecognizable images.", default=6)
     ri_head_learning_rate: float | None = _help(
@@ -176,6 +179,7 @@ class FaceTrainingArguments:
             "ri_target_prototypes": ("classifier", "initial"),
             "ri_diversion_on": ("xi", "xi_hat"),
             "ri_match_with": ("v", "v+att"),
+            "ri_quality_input": ("embedding", "feature_map"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -36,7 +36,7 @@ def wrap_recognizability(backbone: nn.Module, args: Any) -> nn.Module:
     # (the loss and the UI statistics get it from the recipe), so the saved config says "product" for it
     form = "product" if args.ri_form == "product_clamped" else args.ri_form
     config = RecognizabilityConfig(backbone=backbone.config, attention=args.ri_attention, ri_form=form,
-                                   match_with=args.ri_match_with)
+                                   match_with=args.ri_match_with, quality_input=args.ri_quality_input)
     model = RecognizabilityModel(config)
     model.backbone.load_state_dict(backbone.state_dict(), strict=True)
     return model.train()

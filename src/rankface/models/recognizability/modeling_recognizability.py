@@ -87,7 +87,8 @@ class RecognizabilityModel(RecognizabilityPreTrainedModel):
         else:
             self.attention = self.attention_proj = None
         self.quality_dropout = nn.Dropout(config.quality_dropout)
-        self.quality_head = nn.Linear(embedding_size, 1)
+        quality_features = channels if config.quality_input == "feature_map" else embedding_size
+        self.quality_head = nn.Linear(quality_features, 1)
         self.quality_head._rankface_ri_head = True
         self.ui_centre = UICentre(embedding_size, momentum=config.ui_momentum)
         self.post_init()
@@ -108,7 +109,8 @@ class RecognizabilityModel(RecognizabilityPreTrainedModel):
         """
         backbone_out = self.backbone(pixel_values, output_feature_map=True)
         v, fmap = backbone_out.embedding, backbone_out.feature_map
-        quality = self.quality_head(self.quality_dropout(v)).squeeze(1)
+        quality_features = fmap.mean(dim=(2, 3)) if self.config.quality_input == "feature_map" else v
+        quality = self.quality_head(self.quality_dropout(quality_features)).squeeze(1)
         attention_map = attended = None
         if self.attention is not None:
             attended_map, attention_map = self.attention(fmap)
