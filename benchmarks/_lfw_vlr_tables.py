@@ -127,3 +127,39 @@ def low_far_significance(low_far: dict, complete: dict, claims: list[tuple[str, 
                          "diff": a["figures"][figure] - b["figures"][figure], "p": test["p"], "ci95": test["ci95"],
                          "test": f"bootstrap over identities ({test['resamples']})"})
     return rows
+
+
+def one_half_low_far_table(results: dict, partial: list, reference: str, keys=("lr-lr@16", "lr-lr@8"),
+                           far: str = "tar@0.0001") -> list[str]:
+    """TAR at one FAR of the runs that have one half only (the UNPG k sweep, the RI iterations), each against
+    `reference`'s run of the same seed and half: a paired bootstrap over identities (the resamples draw the same
+    identities for every run of a half, so resample i of one run pairs with resample i of the other)."""
+    from rankface.evaluation.verification import bootstrap_difference
+
+    refs = {(seed, r["settings"]["half"]): r["low_far"] for (s, seed), records in results.items() if s == reference
+            for r in records if r.get("low_far", {}).get("keys")}
+    rows = []
+    for system, seed in partial:
+        for record in results[(system, seed)]:
+            half, low_far = record["settings"]["half"], record.get("low_far", {})
+            if not low_far.get("keys"):
+                continue
+            ref = refs.get((seed, half))
+            cells = []
+            for key in keys:
+                entry = low_far["keys"][key]
+                cell = (f"{100 * entry['figures'][far]:.2f} [{100 * entry['ci95'][far][0]:.2f}, "
+                        f"{100 * entry['ci95'][far][1]:.2f}]")
+                if ref is not None and system != reference:
+                    diff = bootstrap_difference(np.asarray(entry["boot"][far]), np.asarray(ref["keys"][key]["boot"][far]))
+                    delta = 100 * (entry["figures"][far] - ref["keys"][key]["figures"][far])
+                    cell += f" ({delta:+.2f}, p = {diff['p']:.3g})"
+                cells.append(cell)
+            rows.append(f"| {system} | {seed} | {half} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    label = far.replace("tar@", "TAR@")
+    return [(f"\nOne-half runs at low FAR: {label} in % [95 % identity-bootstrap interval] (Δ against {reference}, "
+             "same seed and half, points; paired bootstrap p):\n"),
+            "| system | seed | half | " + " | ".join(f"LR-LR {k.split('@')[1]} px" for k in keys) + " |",
+            "|---|---|---|" + "---:|" * len(keys), *rows]

@@ -38,16 +38,18 @@ def test_issue11_plan_runs_the_headline_and_f2_models_first(bench):
 
 
 def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench, tmp_path, monkeypatch):
-    """Issue 21 item 5: RI iterations (150 steps, half A) first, then the fixed RI, the k sweep on half A, the deciding
-    pair with the best k on the validation pairs, arcface seeds 1-2; a rerun continues it."""
+    """Issue 21 item 5: RI iterations (150 steps, half A) first, then the fixed target and its feature-map regressor,
+    the k sweep on half A, the feature-map RI over 3 seeds, the deciding pair with the best k on the validation pairs,
+    arcface seeds 1-2; a rerun continues it."""
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
     base = bench.resolve_plan(bench.FULL_PLAN, "full")  # nothing saved: the deciding UNPG system waits
     plan = bench.make_plan([e[:2] for e in base], None, None)
     assert plan[:4] == [("pretrained", 0), ("ri-log-150", 0), ("ri-fix-150", 0), ("ri-fix", 0)]
+    assert plan.index(("arcface+unpg-rh-nofilter", 0)) < plan.index(("ri-fix-fmap", 0)) < plan.index(("ri-fix-fmap", 1))
     assert len(plan) == len(set(plan)) and not any(s.startswith("best:") for s, _ in plan)
     halves = bench.plan_halves(base)
     assert halves[("ri-fix-150", 0)] == ["A"] and halves[("arcface+unpg-rh-k3", 0)] == ["A"]
-    assert halves[("arcface-rh", 0)] == ["A", "B"] and halves[("ri-fix", 2)] == ["A", "B"]
+    assert halves[("arcface-rh", 0)] == ["A", "B"] and halves[("ri-fix-fmap", 2)] == ["A", "B"]
     args = bench.parse_args([])
     assert bench.system_steps(args, "ri-fix-150") == 150 and bench.system_steps(args, "ri-fix") == 600
     assert bench.system_steps(bench.parse_args(["--steps", "40"]), "ri-fix-150") == 40
