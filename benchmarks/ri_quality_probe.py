@@ -15,6 +15,8 @@ image from an 8 px one (xi's own AUC beside them). If `probe v` reads xi well wh
 training is what fails; if neither reading of v does but `probe fmap` does, v no longer holds the signal.
 
     python benchmarks/ri_quality_probe.py --model benchmarks/results/lfw_vlr/full/runs/ri-fix-fmap-seed0-halfA/model
+
+The table is printed and saved as benchmarks/results/ri_quality_probe/<run>.md (<run>: the model's run folder).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from rankface.evaluation.verification import roc_auc
 from rankface.training.face import prepare_face_data
 from rankface.training.face_arguments import parse_face_training_args
 from rankface.training.face_ri import build_target_prototypes
+from rankface.utils.io import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "ri_quality_probe"
 RESOLUTIONS = (8, 12, 16, 24, 32, 112)
 HALF_FOLDS = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
 
@@ -117,17 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     n = len(index)
     at = {r: slice(i * n, (i + 1) * n) for i, r in enumerate(RESOLUTIONS)}
     held = ~fit
-    print(f"\nmodel {args.model} (regressor reads its {model.config.quality_input}); "
-          f"{held.sum()} held-out images of {len(classes) - len(fit_classes)} identities at each of "
-          f"{list(RESOLUTIONS)} px (probes fitted on the other {fit.sum()} images' identities)\n")
-    print("| read-out | Pearson r with xi | AUC 24 vs 8 px | mean at 8 / 16 / 24 / 112 px |")
-    print("|---|---:|---:|---|")
+    lines = [(f"model {args.model} (regressor reads its {model.config.quality_input}); "
+             f"{held.sum()} held-out images of {len(classes) - len(fit_classes)} identities at each of "
+             f"{list(RESOLUTIONS)} px (probes fitted on the other {fit.sum()} images' identities)\n"),
+             "| read-out | Pearson r with xi | AUC 24 vs 8 px | mean at 8 / 16 / 24 / 112 px |",
+             "|---|---:|---:|---|"]
     for name, pred in predictions.items():
         r = np.corrcoef(pred[~fit_all], stack["xi"][~fit_all])[0, 1]
         p24, p8 = pred[at[24]][held], pred[at[8]][held]
         auc = roc_auc(np.concatenate([p24, p8]), np.concatenate([np.ones(len(p24), bool), np.zeros(len(p8), bool)]))
         means = " / ".join(f"{pred[at[res]][held].mean():.3f}" for res in (8, 16, 24, 112))
-        print(f"| {name} | {r:.3f} | {auc:.3f} | {means} |")
+        lines.append(f"| {name} | {r:.3f} | {auc:.3f} | {means} |")
+    print("\n" + "\n".join(lines))
+    out = RESULTS / f"{args.model.parent.name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"\nsaved {out.relative_to(ROOT)}")
     return 0
 
 

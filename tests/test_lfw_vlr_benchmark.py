@@ -282,3 +282,19 @@ def test_ri_log_report_tabulates_xi_and_xi_hat_per_resolution_and_plots_them(ben
     assert "| 150 | 0.000 / 0.000 | 0.100 / 0.050 | 0.200 / 0.100 | 0.300 / 0.150 | 0.900 | 0.800 |" in lines
     assert (tmp_path / "t" / "ri_index.png").is_file()
     assert bench.ri_log_report(bench.parse_args([]), {("arcface", 0): [{"settings": {"half": "A"}, "train": {}}]}) == []
+
+
+def test_ri_quality_probe_ridge_reads_a_linear_signal_and_rejects_a_missing_model(tmp_path):
+    """The probe's ridge: with a tiny penalty it recovers an exact linear relation on unseen rows (standardised
+    features, unpenalised intercept); with a huge one it predicts the fitted mean."""
+    probe = next(load_benchmark(BENCHMARKS / "ri_quality_probe.py", "ri_quality_probe_benchmark"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) * [1, 10, 0.1, 3, 1] + [0, 5, -2, 0, 1]
+    w = np.array([0.5, -0.02, 3.0, 0.1, 0.0])
+    y = x @ w + 0.7
+    pred = probe.ridge_fit_predict(x[:150], y[:150], x[150:], penalty=1e-9)
+    np.testing.assert_allclose(pred, y[150:], rtol=1e-6, atol=1e-6)
+    flat = probe.ridge_fit_predict(x[:150], y[:150], x[150:], penalty=1e9)
+    np.testing.assert_allclose(flat, np.full(50, y[:150].mean()), atol=1e-6)
+    with pytest.raises(SystemExit):
+        probe.parse_args(["--model", str(tmp_path / "absent")])
