@@ -34,9 +34,10 @@ class RecognizabilityConfig(PretrainedConfig):
         quality_input: what the RI regressor reads: "embedding" (the backbone embedding v, default) or
             "feature_map" (the backbone's last feature map, averaged over space). Why the second: ArcFace
             normalises v, so training is free to remove any direction of v that tells a blurred face from a sharp
-            one, and a linear read-out of v loses the resolution signal the target holds (issue 21: xi_hat's 24 vs
-            8 px AUC fell from 0.96 at step 50 to 0.68 at step 600); the pooled activations keep how much detail
-            the face showed, which the margin loss does not normalise away.
+            one, and a linear read-out of v loses the resolution signal the target holds (issue 21, F1 half A: the
+            head on v told 24 px from 8 px with AUC 0.68 at step 600 while its target stayed at 0.95; read from the
+            feature map, 0.996); the pooled activations keep how much detail the face showed, which the margin
+            loss does not normalise away.
         match_with: embedding used for matching: "v" (the backbone embedding, default) or "v+att"
             (`normalise(normalise(v) + v_att)`).
         ri_form: RI form used for the UI statistics and by the training loss ("product" or "ratio").
