@@ -483,7 +483,8 @@ def measure(args: argparse.Namespace, cpu: dict, saved: Path | None = None) -> d
     }
 
 
-CLASSES = {"avx512-bf16": "AVX-512 + native bf16", "avx2-emulated": "AVX2 only (emulated)"}
+CLASSES = {"avx512-bf16": "AVX-512 + native bf16", "avx2-emulated": "AVX2 only (emulated)",
+           "avx2": "AVX2 only (real EPYC)"}
 LABELS = {
     "st-fp32": "sentence-transformers, PyTorch fp32 (its default)",
     "st-onnx": "sentence-transformers, ONNX", "st-onnx-o3": "sentence-transformers, ONNX O3",
@@ -499,7 +500,7 @@ LABELS = {
 
 
 def readme_table(folder: Path, key: str) -> dict:
-    """README's R2 table: every system of both CPU classes' saved summaries (`summary_<class>-<key>.json`)."""
+    """README's R2 table: every system of every CPU class's saved summaries (`summary_<class>-<key>.json`)."""
     summaries = {tag: json.loads((folder / f"summary_{tag}-{key}.json").read_text(encoding="utf-8"))
                  for tag in CLASSES if (folder / f"summary_{tag}-{key}.json").is_file()}
     if not summaries:
