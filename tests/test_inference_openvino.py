@@ -43,6 +43,9 @@ def test_openvino_int8_is_calibrated_once_on_the_first_call_and_reused(unit_head
     assert xml.with_suffix(".bin").is_file()
     sidecar = json.loads(xml.with_suffix(".json").read_text())
     assert sidecar["calibration_samples"] == 60 and sidecar["scheme"].endswith("transformer")
+    # Without VNNI, 8-bit weights saturate x86's int16 pair sums (pmaddubsw): NNCF's overflow fix must be on there.
+    vnni = backends.quant_isa() == "avx512_vnni"
+    assert sidecar["overflow_fix"] == ("first_layer_only" if vnni else "enable") and sidecar["overflow_fix"] in xml.name
     built = xml.stat().st_mtime_ns
     # Another call, other pairs, even another model object for the same weights: the saved graph, not a new one.
     openvino_engine._COMPILED.clear()
