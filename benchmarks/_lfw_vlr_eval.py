@@ -18,6 +18,8 @@ ANCHOR = {  # lfw112 README, LR-LR 10-fold accuracy (%) and HR-LR
     ("hr-lr", 24): 95.00, ("hr-lr", 16): 79.65, ("hr-lr", 12): 66.50, ("hr-lr", 8): 55.95,
 }
 FARS = (1e-2, 1e-3)
+# F1's identity-disjoint halves: the View-2 folds each half holds out of training and is evaluated on.
+HALVES = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
 SCORE_DECIMALS = 5  # cosine scores to 1e-5: far below any threshold difference that changes a decision
 
 
@@ -81,6 +83,11 @@ def record_pairs(record: dict, all_pairs) -> np.ndarray:
     return half_pairs(all_pairs, record["settings"]["eval_folds"], record["settings"].get("pairs_per_fold", 600))
 
 
+def at_resolution(images: np.ndarray, r: int) -> np.ndarray:
+    """uint8 faces `[N, H, W, 3]` degraded to r px (`degrade_exact`); as stored when r is their size or more."""
+    return images if r >= images.shape[1] else np.stack([degrade_exact(img, r) for img in images])
+
+
 def embed_images(embed: Embedder, dataset, rows: np.ndarray, resolutions: list[int]) -> tuple[dict, float]:
     """`{r: [N, E]}` embeddings of the dataset rows `rows` degraded to each r (`degrade_exact`; 112 = as stored),
     and the seconds spent embedding: computed once per (model, resolution), for the pair scores and the low FAR."""
@@ -88,8 +95,7 @@ def embed_images(embed: Embedder, dataset, rows: np.ndarray, resolutions: list[i
     embeddings: dict[int, np.ndarray] = {}
     started = time.perf_counter()
     for r in sorted(resolutions, reverse=True):
-        batch = images if r >= images.shape[1] else np.stack([degrade_exact(img, r) for img in images])
-        embeddings[r] = embed(batch)
+        embeddings[r] = embed(at_resolution(images, r))
     return embeddings, time.perf_counter() - started
 
 

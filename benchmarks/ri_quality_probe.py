@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _lfw_vlr_eval import load_encoder
+from _lfw_vlr_eval import HALVES, at_resolution, load_encoder
 
 from rankface.evaluation.verification import roc_auc
 from rankface.training.face import prepare_face_data
@@ -37,13 +37,12 @@ from rankface.utils.io import atomic_write
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ri_quality_probe"
 RESOLUTIONS = (8, 12, 16, 24, 32, 112)
-HALF_FOLDS = {"A": [0, 1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a saved RI model folder (lfw_vlr's runs/.../model)")
-    parser.add_argument("--half", default="A", choices=list(HALF_FOLDS), help="the F1 half the model trained on")
+    parser.add_argument("--half", default="A", choices=list(HALVES), help="the F1 half the model trained on")
     parser.add_argument("--images", type=int, default=1200, help="training images sampled (each at every resolution)")
     parser.add_argument("--ridge", type=float, default=1.0, help="ridge penalty on standardised features")
     parser.add_argument("--threads", type=int, default=1)
@@ -67,7 +66,6 @@ def ridge_fit_predict(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, 
 @torch.no_grad()
 def read_outs(model, prototypes, train_set, index: np.ndarray, batch_size: int = 64) -> dict[int, dict]:
     """Per resolution: `{"xi", "head", "v", "fmap", "norm"}` arrays over the sampled images."""
-    from rankface.data.faces import degrade_exact
     from rankface.evaluation.verification import pixel_values_from_uint8
     from rankface.losses.recognizability import recognizability_index
 
@@ -78,7 +76,7 @@ def read_outs(model, prototypes, train_set, index: np.ndarray, batch_size: int =
         parts: dict[str, list] = {k: [] for k in ("xi", "head", "v", "fmap", "norm")}
         for start in range(0, len(raw), batch_size):
             part = slice(start, start + batch_size)
-            images = np.stack([img if r >= img.shape[0] else degrade_exact(img, r) for img in raw[part]])
+            images = at_resolution(np.stack(raw[part]), r)
             res = model(pixel_values_from_uint8(images, model.config), output_feature_map=True)
             v = res.embedding.float()
             cos = prototypes.target_cos(v, labels[part], torch.as_tensor(index[part]))
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     config = ROOT / "recipes" / "configs" / "lfw_vlr_ri.yaml"
     face_args = parse_face_training_args(["--config", str(config), "--heldout_folds",
-                                          *map(str, HALF_FOLDS[args.half])])
+                                          *map(str, HALVES[args.half])])
     data = prepare_face_data(face_args)
     print(f"half {args.half}: {len(data.train_set)} training images of {data.num_classes} classes; prototypes from "
           "the pretrained encoder at 112 px ...", flush=True)
