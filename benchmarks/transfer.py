@@ -48,6 +48,9 @@ SETTINGS = {
     # Is the out-of-domain loss the corpus negatives' (NFCorpus's own documents as negatives), or the training's?
     "no-corpus-neg": {"corpus_negatives": False},
     "lora-8": {"lora_rank": 8, "learning_rate": 1e-3},  # query-side: LoRA on the query tower only (LoRA's usual lr)
+    # With the out-of-domain queries held by a gate, the in-domain side can learn more: larger steps.
+    "l2sp-0.1-lr2e-4": {"l2sp_weight": 0.1, "learning_rate": 2e-4},
+    "l2sp-0.1-lr4e-4": {"l2sp_weight": 0.1, "learning_rate": 4e-4},
 }
 QUICK = ("old-default", "wise-ft-0.75", "wise-ft-0.5", "wise-ft-0.25")
 # Settings recorded without training, as the training fingerprint says nothing about them.
@@ -69,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--gate-sweep", metavar="SETTING", choices=sorted(SETTINGS),
+                        help="score the query-domain gate's grid (_t1_gate.GRID) on SETTING's trained model and save "
+                             "gate-sweep-SETTING.json: the gate's settings are chosen from it on dev + Cranfield")
     args = parser.parse_args(argv)
     args.mode = "quick" if args.quick else "full"
     args.out = RESULTS / args.mode
@@ -80,7 +86,7 @@ def training_args(name: str, mode: str):
     from rankface.paths import resolve_collection
     from rankface.training.arguments import RerankerTrainingArguments
 
-    values = base_settings() | {k: v for k, v in SETTINGS[name].items() if k not in ("from", "alpha")}
+    values = base_settings() | {k: v for k, v in SETTINGS[name].items() if k not in ("from", "alpha", "gate")}
     if mode == "quick":
         values |= {"max_steps": 150, "eval_steps": None}
     return RerankerTrainingArguments(**values | {
@@ -96,13 +102,19 @@ def trained_model(name: str, mode: str, log) -> tuple[Path, dict]:
     """Train `name` (or reuse a finished run with the same settings); WiSE-FT interpolates its base run's model.
     Returns the model folder and what to record about how it was made."""
     from rankface.training import train
-    from rankface.training.robust import interpolate_folders
+    from rankface.training.robust import gate_folder, interpolate_folders
 
     spec = SETTINGS[name]
     if "from" in spec:
         base, made = trained_model(spec["from"], mode, log)
         folder = RUNS / mode / name / "model"
-        interpolate_folders(training_args(spec["from"], mode).model_name_or_path, base, spec["alpha"], folder)
+        base_args = training_args(spec["from"], mode)
+        if "gate" in spec:
+            gate = spec["gate"]
+            queries = training_queries_of(base_args)
+            gate_folder(base, queries.values(), gate["threshold"], gate["temperature"], gate["k"], folder)
+            return folder, {**made, "domain_gate": gate, "from": spec["from"]}
+        interpolate_folders(base_args.model_name_or_path, base, spec["alpha"], folder)
         return folder, {**made, "wise_ft_alpha": spec["alpha"], "from": spec["from"]}
     args = training_args(name, mode)
     out = Path(args.output_dir)
@@ -116,6 +128,16 @@ def trained_model(name: str, mode: str, log) -> tuple[Path, dict]:
     state = json.loads((out / "trainer_state.json").read_text())
     return out / "model", {"training": fingerprint(args), "steps": state["step"],
                            "train_seconds": state.get("train_seconds")}
+
+
+def training_queries_of(args) -> dict[str, str]:
+    """The queries a setting trains on (its domain gate's bank)."""
+    from rankface.data.ir import load_collection
+    from rankface.paths import resolve_collection
+    from rankface.training.data import training_queries
+
+    return training_queries(load_collection(resolve_collection(args.collection)), args.train_split,
+                            args.exclude_queries_in, args.max_train_queries, args.seed)
 
 
 def saved_args(values: dict):
@@ -247,6 +269,36 @@ def load_records(out: Path) -> dict:
     return records
 
 
+def run_gate_sweep(args, start: dict, log) -> dict:
+    """Every grid point of the query-domain gate on one trained setting's model (`_t1_gate`), saved with its T1
+    figures (no per-query values: the chosen point is checked as a setting of its own, through the model)."""
+    import _t1_gate
+
+    from rankface.utils.io import write_json
+
+    path = args.out / f"gate-sweep-{args.gate_sweep}.json"
+    if path.is_file():
+        log(f"gate sweep on {args.gate_sweep}: saved, skipped")
+        return json.loads(path.read_text())
+    folder, made = trained_model(args.gate_sweep, args.mode, log)
+    log(f"gate sweep on {args.gate_sweep}: embedding NFCorpus test, dev and Cranfield once")
+    base_args = training_args(args.gate_sweep, args.mode)
+    embedded = _t1_gate.embed_evaluations(folder, list(training_queries_of(base_args).values()), base_args,
+                                          EVALUATIONS, args.depth)
+    points = {}
+    for name, found in _t1_gate.sweep(embedded, EVALUATIONS).items():
+        points[name] = {"gate": found["gate"], **t1_keys(found, start, args.mode),
+                        "mean_alpha": {e: found[e]["mean_alpha"] for e in EVALUATIONS}}
+    chosen = choose(points)
+    record = {"base": args.gate_sweep, "grid": _t1_gate.GRID, "chosen": chosen, "points": points, **made}
+    write_json(path, record)
+    for name, r in points.items():
+        log(f"  {name}{' (chosen)' if name == chosen else ''}: test {r['indomain_gain']:+.4f}, dev "
+            f"{r['dev_gain']:+.4f}, Cranfield {r['ood_change']:+.4f} (p {r['p_ood']:.2g}); mean alpha "
+            + " ".join(f"{e} {a:.2f}" for e, a in r["mean_alpha"].items()))
+    return record
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -285,6 +337,8 @@ def main(argv=None) -> int:
             log(f"{name}: test {record['indomain_gain']:+.4f} (p {record['p_indomain']:.2g}), dev "
                 f"{record['dev_gain']:+.4f} (p {record['p_dev']:.2g}), Cranfield {record['ood_change']:+.4f} "
                 f"(p {record['p_ood']:.2g})")
+    if args.gate_sweep and not args.report_only:
+        run_gate_sweep(args, start, log)
     records = load_records(args.out)
     if not records:
         print("nothing saved yet")

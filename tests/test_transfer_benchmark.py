@@ -84,7 +84,48 @@ def test_every_setting_is_a_valid_training_configuration(bench):
             assert args.wise_ft_alpha is None  # WiSE-FT settings interpolate a base run after training
         if "from" not in spec:
             prints[name] = repr(sorted(bench.fingerprint(bench.training_args(name, "full")).items()))
+        elif "gate" in spec:  # a query-domain gate attached to a base run's model
+            assert spec["from"] in bench.SETTINGS and "from" not in bench.SETTINGS[spec["from"]]
+            assert set(spec["gate"]) == {"threshold", "temperature", "k"}
         else:
             assert spec["from"] in bench.SETTINGS and 0 < spec["alpha"] < 1
     assert len(set(prints.values())) == len(prints), "two trained settings train the same thing"
     assert bench.training_args("old-default", "quick").max_steps == 150
+
+
+def test_the_gate_sweep_scores_each_point_as_its_gated_encoder_would(bench):
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARK.parent))
+    import _t1_gate
+
+    from rankface.models.bi_encoder.domain_gate import QueryDomainGate
+
+    rng = np.random.default_rng(0)
+
+    def unit(n):
+        rows = rng.normal(size=(n, 6)).astype(np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    docs = {f"d{i}": v for i, v in enumerate(unit(12))}
+    embedded = {"bank": unit(20), "home": {
+        "qids": ["q0", "q1", "q2"], "start": unit(3), "trained": unit(3), "docs": docs,
+        "candidates": {"q0": list(docs)[:8], "q1": list(docs)[4:], "q2": []},
+        "qrels": {"q0": {"d1": 2, "d5": 1}, "q1": {"d6": 1}, "q2": {"d0": 1}}}}
+    results = _t1_gate.sweep(embedded, ["home"])
+    assert len(results) == 1 + len(_t1_gate.grid_points())
+    point = {"k": 5, "threshold": 0.4, "temperature": 0.05}
+    found = results[_t1_gate.point_name(**point)]
+    gate = QueryDomainGate(embedded["bank"], point["threshold"], point["temperature"], point["k"])
+    mixed = gate.mix(embedded["home"]["start"], embedded["home"]["trained"])
+    for row, qid in enumerate(["q0", "q1"]):  # nDCG@10 written out: linear gains (trec_eval), log2(rank + 1)
+        ranked = sorted(embedded["home"]["candidates"][qid], key=lambda d: -float(docs[d] @ mixed[row]))
+        grades = embedded["home"]["qrels"][qid]
+        dcg = sum(grades.get(d, 0) / np.log2(i + 2) for i, d in enumerate(ranked[:10]))
+        ideal = sum(g / np.log2(i + 2) for i, g in enumerate(sorted(grades.values(), reverse=True)))
+        assert found["home"]["per_query"][qid] == pytest.approx(dcg / ideal, abs=1e-6), qid
+    assert found["home"]["per_query"]["q2"] == 0.0  # no candidate: a query that counts as 0
+    assert found["home"]["mean_alpha"] == pytest.approx(float(gate.weights(embedded["home"]["start"]).mean()))
+    assert results["ungated"]["home"]["mean_alpha"] == 1.0

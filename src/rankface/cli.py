@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             add_help=False)
     p.set_defaults(handler=_interpolate)
 
+    p = commands.add_parser("gate", help="Query-domain gate: a query-side model falls back to its start off its "
+                                         "training queries' domain.", add_help=False)
+    p.set_defaults(handler=_gate)
+
     p = commands.add_parser("pool-labels", help="Simulate pooled (sparse) labels from dense qrels and a run.",
                             add_help=False)
     p.set_defaults(handler=_pool_labels)
@@ -105,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Commands that parse their own arguments when they run, so that `rankface --help` imports none of their modules
 # (torch, transformers: seconds).
-_OWN_PARSERS = ("train", "demo", "interpolate", "pool-labels", "convert-mobilefacenet")
+_OWN_PARSERS = ("train", "demo", "interpolate", "gate", "pool-labels", "convert-mobilefacenet")
 
 # Errors that bad input causes (a file, a folder, a setting): one line and exit status 2, the traceback only with
 # --debug. Anything else is a fault in rankface and keeps its traceback.
@@ -370,6 +374,17 @@ def _interpolate(_args, rest) -> int:
     parser = argparse.ArgumentParser(prog="rankface interpolate",
                                      description="WiSE-FT: write (1 - alpha) * start + alpha * fine-tuned weights.")
     add_interpolate_arguments(parser)  # sets the handler
+    args = parser.parse_args(rest)
+    return args.handler(args, [])
+
+
+def _gate(_args, rest) -> int:
+    from rankface.training.robust import add_gate_arguments
+
+    parser = argparse.ArgumentParser(prog="rankface gate", description=(
+        "Write a query-side bi-encoder that uses its trained query tower on queries like its training queries and "
+        "its starting tower on the others (models/bi_encoder/domain_gate.py)."))
+    add_gate_arguments(parser)  # sets the handler
     args = parser.parse_args(rest)
     return args.handler(args, [])
 

@@ -134,6 +134,14 @@ class RerankerTrainingArguments:
         "the trained model). `rankface interpolate` does the same after training.", default=None)
     l2sp_weight: float = _help("L2-SP: add weight * ||theta - theta_start||^2 over the trainable weights to the loss.",
                                default=0.0)
+    domain_gate_threshold: float | None = _help(
+        "Query-domain gate (query-side bi-encoder only): the saved model uses its trained query tower on queries whose "
+        "mean cosine to their domain_gate_k nearest training queries (starting-model embeddings) is above this, and "
+        "its starting tower on the others, mixed by sigmoid((s - threshold) / domain_gate_temperature). None: no gate.",
+        default=None)
+    domain_gate_temperature: float = _help("Query-domain gate: the sigmoid's width, in cosine.", default=0.05)
+    domain_gate_k: int = _help("Query-domain gate: how many nearest training queries a query is compared with.",
+                               default=5)
     # ----------------------------------------------------------------- bookkeeping
     output_dir: str = _help("Where checkpoints, the final model and reports go.", default="runs/reranker")
     eval_steps: int | None = _help("Evaluate every this many steps (None: only at the end).", default=None)
@@ -242,6 +250,8 @@ RESUMABLE_SETTINGS = frozenset({
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "eval_split", "eval_steps", "eval_max_queries",
     "eval_depth", "eval_batch_size", "checkpoint_steps", "checkpoints_to_keep", "quiet", "cache_dir", "document_cache",
     "ddp_timeout",
+    # applied to the model once training ends, so a resumed run may set them differently
+    "domain_gate_threshold", "domain_gate_temperature", "domain_gate_k",
 })
 
 

@@ -100,16 +100,25 @@ class TrainingData:
         return queries, documents
 
 
+def training_queries(collection: IRCollection, split: str, exclude_queries_in: Sequence[str] = (),
+                     max_queries: int | None = None, seed: int = 42) -> dict[str, str]:
+    """`{qid: text}` that a run trains on: `split`'s queries less those whose text is also a query of one of the
+    `exclude_queries_in` splits, then at most `max_queries` of them (drawn with `seed`)."""
+    queries = dict(collection.queries(split))
+    excluded = _texts_of_other_splits(collection, exclude_queries_in)
+    queries = {q: t for q, t in queries.items() if t not in excluded}
+    if max_queries is not None and max_queries < len(queries):
+        chosen = random.Random(seed).sample(sorted(queries), max_queries)
+        queries = {q: queries[q] for q in sorted(chosen)}
+    return queries
+
+
 def prepare_training_data(args) -> TrainingData:
     """Load the collection, mine negatives, build groups and the evaluation candidates, as `args` says."""
     collection = load_collection(resolve_collection(args.collection))
     docs = collection.docs()
-    train_queries = dict(collection.queries(args.train_split))
-    excluded = _texts_of_other_splits(collection, args.exclude_queries_in)
-    train_queries = {q: t for q, t in train_queries.items() if t not in excluded}
-    if args.max_train_queries is not None and args.max_train_queries < len(train_queries):
-        chosen = random.Random(args.seed).sample(sorted(train_queries), args.max_train_queries)
-        train_queries = {q: train_queries[q] for q in sorted(chosen)}
+    train_queries = training_queries(collection, args.train_split, args.exclude_queries_in, args.max_train_queries,
+                                     args.seed)
     qrels = read_qrels(args.train_qrels) if args.train_qrels else collection.qrels(args.train_split)
     if args.negatives_run:
         run = read_run(args.negatives_run)

