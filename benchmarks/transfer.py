@@ -48,9 +48,15 @@ SETTINGS = {
     # Is the out-of-domain loss the corpus negatives' (NFCorpus's own documents as negatives), or the training's?
     "no-corpus-neg": {"corpus_negatives": False},
     "lora-8": {"lora_rank": 8, "learning_rate": 1e-3},  # query-side: LoRA on the query tower only (LoRA's usual lr)
+    # The query-domain gate on the chosen run (its settings chosen on dev + Cranfield by `--gate-sweep l2sp-0.1`,
+    # benchmarks/results/transfer/full/gate-sweep-l2sp-0.1.json), checked here through the gated model itself.
+    "l2sp-0.1+gate": {"from": "l2sp-0.1", "gate": {"k": 5, "threshold": 0.4, "temperature": 0.02}},
     # With the out-of-domain queries held by a gate, the in-domain side can learn more: larger steps.
     "l2sp-0.1-lr2e-4": {"l2sp_weight": 0.1, "learning_rate": 2e-4},
     "l2sp-0.1-lr4e-4": {"l2sp_weight": 0.1, "learning_rate": 4e-4},
+    # ... or longer: the dev curve of l2sp-0.1 still rises at its last evaluation
+    "l2sp-0.1-10ep": {"l2sp_weight": 0.1, "epochs": 10.0},
+    "l2sp-0.1-freeze-emb-10ep": {"l2sp_weight": 0.1, "epochs": 10.0, "freeze_embeddings": True},
 }
 QUICK = ("old-default", "wise-ft-0.75", "wise-ft-0.5", "wise-ft-0.25")
 # Settings recorded without training, as the training fingerprint says nothing about them.
@@ -224,6 +230,26 @@ def report(records: dict, out: Path) -> str:
     return text
 
 
+def gate_sweep_summary(out: Path) -> str:
+    """One table per saved gate sweep: the chosen grid point and, for comparison, the ungated model and the
+    points next to the chosen one (the same k and temperature)."""
+    text = []
+    for path in sorted(out.glob("gate-sweep-*.json")):
+        sweep = json.loads(path.read_text())
+        points, chosen = sweep["points"], sweep["chosen"]
+        gate = points[chosen]["gate"] or {}
+        shown = ["ungated", *(n for n, r in points.items() if r["gate"] and r["gate"]["k"] == gate.get("k")
+                              and r["gate"]["temperature"] == gate.get("temperature"))]
+        rows = [f"| {n}{' **(chosen)**' if n == chosen else ''} | {r['indomain_gain']:+.4f} ({r['p_indomain']:.2g}) | "
+                f"{r['dev_gain']:+.4f} ({r['p_dev']:.2g}) | {r['ood_change']:+.4f} ({r['p_ood']:.2g}) | "
+                + " / ".join(f"{a:.2f}" for a in r["mean_alpha"].values()) + " |" for n, r in points.items()
+                if n in shown]
+        text.append(f"gate sweep on {sweep['base']} ({len(points) - 1} grid points; {path.name}), chosen on dev + "
+                    f"Cranfield: {chosen}\n\n| gate | NFCorpus test gain (p) | dev gain (p) | Cranfield change (p) | "
+                    "mean alpha test / dev / Cranfield |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows))
+    return "\n\n".join(text)
+
+
 def plot_tradeoff(records: dict, chosen: str | None, path: Path) -> None:
     import matplotlib
 
@@ -344,6 +370,9 @@ def main(argv=None) -> int:
         print("nothing saved yet")
         return 1
     print(report(records, args.out))
+    sweeps = gate_sweep_summary(args.out)
+    if sweeps:
+        print("\n" + sweeps)
     return 0
 
 
