@@ -104,3 +104,21 @@ def test_the_setting_is_refused_off_query_side_training(collection, tiny_bert_di
         parse_training_args(["--collection", str(collection), "--model_name_or_path", str(tiny_bert_dir),
                              "--encoder", "bi", "--training_mode", "full", "--domain_gate_threshold", "0.5",
                              "--output_dir", str(tmp_path / "x")])
+
+
+def test_the_gate_command_writes_a_gated_copy(collection, tuned, tmp_path, capsys):  # noqa: F811
+    from rankface.cli import main
+    from rankface.data.ir import load_collection
+    from rankface.training.data import training_queries
+
+    out = tmp_path / "gated"
+    assert main(["gate", "--model", str(tuned), "--collection", str(collection), "--threshold", "0.3",
+                 "--k", "2", "--output", str(out)]) == 0
+    assert main(["gate", "--model", str(tuned), "--collection", str(collection), "--exclude-queries-in", "test",
+                 "--threshold", "0.3", "--output", str(tmp_path / "bad")]) == 2  # no such split: named, nothing written
+    assert not (tmp_path / "bad").exists()
+    assert "gated over" in capsys.readouterr().out
+    gate = BiEncoder.from_pretrained(out, device="cpu").domain_gate
+    expected = training_queries(load_collection(collection), "train")
+    assert gate.settings() == {"threshold": 0.3, "temperature": 0.05, "k": 2, "queries": len(expected)}
+    assert BiEncoder.from_pretrained(tuned, device="cpu").domain_gate is None  # the source model is left as it was

@@ -262,8 +262,9 @@ def add_gate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a query-side fine-tuned bi-encoder folder")
     p.add_argument("--collection", required=True, help="the collection it was trained on (folder or ir_datasets id)")
     p.add_argument("--split", default="train", help="the split it was trained on (default: train)")
-    p.add_argument("--exclude-queries-in", nargs="*", default=["test", "dev"],
-                   help="as the training setting: leave out queries whose text is in these splits (default: test dev)")
+    p.add_argument("--exclude-queries-in", nargs="*", default=[],
+                   help="as the training setting exclude_queries_in: leave out queries whose text is in these splits "
+                        "(the demo's runs: test dev)")
     p.add_argument("--threshold", type=float, required=True,
                    help="mean cosine to the k nearest training queries at which the trained tower gets weight 0.5")
     p.add_argument("--temperature", type=float, default=0.05, help="the sigmoid's width (default 0.05)")
