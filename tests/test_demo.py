@@ -86,6 +86,7 @@ def test_built_in_settings_with_any_override_are_valid(cuda, flags):
     settings = demo_settings(parser.parse_args(flags), cuda=cuda)
     RerankerTrainingArguments(**settings)  # raises on a contradiction (e.g. corpus negatives without a corpus cache)
     assert settings["corpus_negatives"] == (not cuda and not flags)
+    assert (settings["domain_gate_threshold"] is not None) == (not cuda and flags in ([], ["--method", "cet"]))
 
 
 def single_split_copy(collection, folder):

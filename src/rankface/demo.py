@@ -58,6 +58,11 @@ CPU_DEFAULTS = {
     "eval_max_queries": 150,
     "eval_steps": 100,
     "l2sp_weight": 0.1,
+    # the query-domain gate: the saved model falls back to its start on queries unlike NFCorpus's training queries
+    # (chosen on NFCorpus dev + Cranfield by benchmarks/transfer.py --gate-sweep)
+    "domain_gate_threshold": 0.4,
+    "domain_gate_temperature": 0.02,
+    "domain_gate_k": 5,
 }
 GPU_DEFAULTS = CPU_DEFAULTS | {
     "encoder": "cross",
@@ -68,6 +73,7 @@ GPU_DEFAULTS = CPU_DEFAULTS | {
     "cet_selection": "same",
     "cet_weights_from": "eval_forward",
     "cet_temperature": 10.0,
+    "domain_gate_threshold": None,  # a query-side bi-encoder's
     "num_negatives": 7,
     "max_length": 256,
     "batch_size": 32,
@@ -110,6 +116,8 @@ def demo_settings(args: argparse.Namespace, cuda: bool) -> dict:
     settings = settings | {k: v for k, v in overrides.items() if v is not None}
     if not args.config and (settings["training_mode"], settings["method"]) != ("query_side", "plain"):
         settings["corpus_negatives"] = False  # the built-in query-side extra: other modes and CET have no corpus cache
+    if not args.config and (settings["encoder"], settings["training_mode"]) != ("bi", "query_side"):
+        settings["domain_gate_threshold"] = None  # the gate falls back to a query-side model's document tower
     return settings
 
 
