@@ -87,3 +87,16 @@ def sweep(embedded: dict, evaluations) -> dict:
                 "mean_alpha": float(gate.weights(embedded[e]["start"]).mean())}
             for e in evaluations}}
     return results
+
+
+def similarity_percentiles(embedded: dict, evaluations, percentiles=(10, 50, 90)) -> dict:
+    """`{k: {evaluation: {percentile: s}}}`: how near each collection's queries are to the training queries, the
+    gate's input, for every k of the grid."""
+    from rankface.models.bi_encoder.domain_gate import QueryDomainGate
+
+    found = {}
+    for k in GRID["k"]:
+        gate = QueryDomainGate(embedded["bank"], threshold=0.0, k=k)
+        found[str(k)] = {e: {str(q): float(np.percentile(gate.similarity(embedded[e]["start"]), q))
+                             for q in percentiles} for e in evaluations}
+    return found

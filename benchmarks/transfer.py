@@ -247,9 +247,13 @@ def gate_sweep_summary(out: Path) -> str:
                 f"{r['dev_gain']:+.4f} ({r['p_dev']:.2g}) | {r['ood_change']:+.4f} ({r['p_ood']:.2g}) | "
                 + " / ".join(f"{a:.2f}" for a in r["mean_alpha"].values()) + " |" for n, r in points.items()
                 if n in shown]
+        spread = sweep.get("similarity_percentiles", {}).get(str(gate.get("k")), {})
+        spread_line = (f"\ns at k {gate.get('k')} (10th / 50th / 90th percentile): " + "; ".join(
+            f"{e} " + " / ".join(f"{v:.2f}" for v in q.values()) for e, q in spread.items())) if spread else ""
         text.append(f"gate sweep on {sweep['base']} ({len(points) - 1} grid points; {path.name}), chosen on dev + "
-                    f"Cranfield: {chosen}\n\n| gate | NFCorpus test gain (p) | dev gain (p) | Cranfield change (p) | "
-                    "mean alpha test / dev / Cranfield |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows))
+                    f"Cranfield: {chosen}{spread_line}\n\n| gate | NFCorpus test gain (p) | dev gain (p) | "
+                    "Cranfield change (p) | mean alpha test / dev / Cranfield |\n|---|---:|---:|---:|---:|\n"
+                    + "\n".join(rows))
     return "\n\n".join(text)
 
 
@@ -319,7 +323,8 @@ def run_gate_sweep(args, start: dict, log) -> dict:
         points[name] = {"gate": found["gate"], **t1_keys(found, start, args.mode),
                         "mean_alpha": {e: found[e]["mean_alpha"] for e in EVALUATIONS}}
     chosen = choose(points)
-    record = {"base": args.gate_sweep, "grid": _t1_gate.GRID, "chosen": chosen, "points": points, **made}
+    record = {"base": args.gate_sweep, "grid": _t1_gate.GRID, "chosen": chosen, "points": points,
+              "similarity_percentiles": _t1_gate.similarity_percentiles(embedded, EVALUATIONS), **made}
     write_json(path, record)
     for name, r in points.items():
         log(f"  {name}{' (chosen)' if name == chosen else ''}: test {r['indomain_gain']:+.4f}, dev "
