@@ -60,6 +60,9 @@ SETTINGS = {
     # ... and each epoch another of the query's best-graded positives (NFCorpus judges many per query)
     "l2sp-0.1-freeze-emb-10ep-resampled": {"l2sp_weight": 0.1, "epochs": 10.0, "freeze_embeddings": True,
                                            "positives": "sampled", "resample_each_epoch": True},
+    # ... or all of a query's judged documents as graded targets of its softmax over the corpus, every step
+    "l2sp-0.1-corpus-pos": {"l2sp_weight": 0.1, "corpus_positives": True},
+    "l2sp-0.1-corpus-pos+gate": {"from": "l2sp-0.1-corpus-pos", "gate": {"k": 5, "threshold": 0.4, "temperature": 0.02}},
 }
 QUICK = ("old-default", "wise-ft-0.75", "wise-ft-0.5", "wise-ft-0.25")
 # Settings recorded without training, as the training fingerprint says nothing about them.
@@ -71,7 +74,8 @@ def base_settings() -> dict:
     """The demo's CPU default before issue 18 (robust settings off): what every setting here changes."""
     from rankface.demo import CPU_DEFAULTS
 
-    return {k: v for k, v in CPU_DEFAULTS.items() if k not in ("wise_ft_alpha", "l2sp_weight")}
+    robust = ("wise_ft_alpha", "l2sp_weight", "domain_gate_threshold", "domain_gate_temperature", "domain_gate_k")
+    return {k: v for k, v in CPU_DEFAULTS.items() if k not in robust}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from launch import launch_two_processes
 from safetensors.torch import load_file
 from test_training import RECIPE, settings, write_collection, write_config
 
-from rankface.losses.ranking import ranking_loss
+from rankface.losses.ranking import graded_listwise_loss, ranking_loss
 from rankface.models.bi_encoder import BiEncoder
 from rankface.models.bi_encoder.document_cache import (
     DocumentEmbeddings,
@@ -254,6 +255,43 @@ def test_corpus_negatives_train_and_exclude_the_query_s_relevant_documents(colle
     assert (tmp_path / "out" / "model" / "router_config.json").is_file()
 
 
+def test_corpus_positives_make_every_relevant_document_a_graded_target(collection, tiny_bert_dir, tmp_path):
+    from rankface.training.data import prepare_training_data
+    from rankface.training.loop import GroupCollator, load_text_model
+
+    args = parse_training_args(["--config", str(write_config(tmp_path / "c.yaml", settings(
+        collection, tiny_bert_dir, tmp_path / "out", encoder="bi", training_mode="query_side", loss="listwise",
+        corpus_negatives=True, corpus_positives=True)))])
+    data = prepare_training_data(args)
+    model = load_text_model(args, data.docs)
+    batch = GroupCollator(model, data, corpus_negatives=True, corpus_positives=True)([0, 1])
+    ids = model.document_cache.doc_ids
+    size = 1 + len(data.groups[0].negative_docids)
+    for row, group in enumerate(data.groups[:2]):
+        judged = data.train_qrels[group.qid]
+        excluded = {ids[j] for j in torch.nonzero(batch["corpus_exclude"][row]).flatten().tolist()}
+        assert excluded == {group.positive_docid, *group.negative_docids}  # the relevant ones now stay in
+        grades = batch["grades"][row]
+        assert grades[0] == max(judged.get(group.positive_docid, 0), 1) and not grades[1:size].any()
+        targets = {ids[j]: float(grades[size + j]) for j in torch.nonzero(grades[size:]).flatten().tolist()}
+        assert targets == {d: float(g) for d, g in judged.items() if g > 0 and d not in excluded}
+
+    # The loss, written out: -sum over the targets of (2^g - 1) / Z * log softmax over the columns not left out.
+    model.eval()
+    scores = model(batch).float()
+    expected = 0.0
+    for row in range(2):
+        kept = torch.isfinite(scores[row])
+        log_p = torch.log_softmax(scores[row][kept], 0)
+        gains = 2.0 ** batch["grades"][row][kept] - 1
+        expected += -(gains / gains.sum() * log_p).sum() / 2
+    torch.testing.assert_close(graded_listwise_loss(scores, batch["grades"]), expected, rtol=1e-5, atol=1e-5)
+    train(args)  # the whole run trains with them (finite loss, a saved model)
+    assert (tmp_path / "out" / "model" / "router_config.json").is_file()
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert all(math.isfinite(entry["loss"]) for entry in state["log"] if "loss" in entry)
+
+
 # ---------------------------------------------------------------------------------------------- settings
 def test_mode_settings_are_checked(collection, tiny_bert_dir, tmp_path):
     base = settings(collection, tiny_bert_dir, tmp_path / "out")
@@ -267,6 +305,9 @@ def test_mode_settings_are_checked(collection, tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="corpus_negatives needs training_mode 'query_side'"):
         parse_training_args(["--config", str(write_config(tmp_path / "d.yaml", base | {
             "encoder": "bi", "training_mode": "query_side", "loss": "pairwise", "corpus_negatives": True}))])
+    with pytest.raises(ValueError, match="corpus_positives needs corpus_negatives"):
+        parse_training_args(["--config", str(write_config(tmp_path / "e.yaml", base | {
+            "encoder": "bi", "training_mode": "query_side", "loss": "listwise", "corpus_positives": True}))])
 
 
 def test_one_process_trains_twice_with_different_precisions(collection, tiny_bert_dir, tmp_path):

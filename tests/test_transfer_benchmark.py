@@ -81,7 +81,8 @@ def test_every_setting_is_a_valid_training_configuration(bench):
             args = bench.training_args(name, mode)
             # every setting is the demo's query-side default; only `no-corpus-neg` drops the corpus negatives
             assert args.training_mode == "query_side" and args.corpus_negatives == (name != "no-corpus-neg")
-            assert args.wise_ft_alpha is None  # WiSE-FT settings interpolate a base run after training
+            # WiSE-FT and gate settings change a base run's model after training
+            assert args.wise_ft_alpha is None and args.domain_gate_threshold is None
         if "from" not in spec:
             prints[name] = repr(sorted(bench.fingerprint(bench.training_args(name, "full")).items()))
         elif "gate" in spec:  # a query-domain gate attached to a base run's model

@@ -77,7 +77,10 @@ def graded_listwise_loss(scores: torch.Tensor, grades: torch.Tensor) -> torch.Te
     totals = gains.sum(dim=1, keepdim=True)
     if bool((totals <= 0).any()):
         raise ValueError("every query needs at least one candidate of grade >= 1 for the graded listwise loss")
-    return -(gains / totals * F.log_softmax(scores, dim=1)).sum(dim=1).mean()
+    # A column may score -inf (left out of the softmax, e.g. a corpus document already in the group): its gain is 0,
+    # and 0 * -inf would be nan, so such terms are zeroed rather than multiplied.
+    terms = torch.where(gains > 0, gains / totals * F.log_softmax(scores, dim=1), torch.zeros_like(scores))
+    return -terms.sum(dim=1).mean()
 
 
 def ranking_loss(name: str, scores: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -81,6 +81,13 @@ class RerankerTrainingArguments:
         "cheap because the document embeddings are fixed).",
         default=False,
     )
+    corpus_positives: bool = _help(
+        "With corpus_negatives: every corpus document the training qrels judge relevant (grade >= "
+        "min_positive_grade) is a target of the query's softmax too, with the group's positive, weighted by nDCG's "
+        "gain 2^grade - 1 (the graded_listwise loss over the corpus), instead of being left out of it. NFCorpus judges "
+        "dozens of documents per query; one positive per group sees one of them.",
+        default=False,
+    )
     # ----------------------------------------------------------------- objective
     method: str = _help("'plain' or 'cet' (relevance + selection model, see methods.md §1).", default="plain")
     loss: str = _help(
@@ -190,6 +197,9 @@ class RerankerTrainingArguments:
             raise ValueError("corpus_negatives needs training_mode 'query_side' (the corpus embeddings are cached "
                              "there), loss 'listwise' and method 'plain'; got training_mode "
                              f"{self.training_mode!r}, loss {self.loss!r}, method {self.method!r}")
+        if self.corpus_positives and not self.corpus_negatives:
+            raise ValueError("corpus_positives needs corpus_negatives (the relevant documents are read from the same "
+                             "cached corpus scores)")
         if self.cet_selection_run and (self.method != "cet" or self.cet_selection not in ("mlp", "oracle_pool")):
             raise ValueError("cet_selection_run is read by CET's MLP selection model or its oracle_pool propensity only "
                              f"(method 'cet', cet_selection 'mlp' or 'oracle_pool'); got method {self.method!r}, "

@@ -85,7 +85,8 @@ def _train(args: RerankerTrainingArguments) -> dict:
     l2sp = make_l2sp(models[0], args)  # anchored at the starting weights, before a checkpoint is loaded
     collate = GroupCollator(models[0], data, with_rank_features=args.method == "cet" and args.cet_selection in (
                                 "mlp", "oracle_pool"),
-                            corpus_negatives=args.corpus_negatives)
+                            corpus_negatives=args.corpus_negatives, corpus_positives=args.corpus_positives,
+                            min_positive_grade=args.min_positive_grade)
     loader = DataLoader(list(range(len(data.groups))), batch_size=args.batch_size, shuffle=True, collate_fn=collate)
     optimizers = [make_optimizer(m, args) for m in models]
     prepared = accelerator.prepare(*models, *optimizers, loader)
@@ -221,13 +222,18 @@ class GroupCollator:
     light selection model (first-stage rank and score of every document of each group). With `corpus_negatives`
     (a query-side bi-encoder), it also holds `corpus_exclude`, `bool [Q, N]` over the cached corpus: the documents
     that must not count as a query's negatives, i.e. those its qrels judge relevant and those already in its group.
+    With `corpus_positives`, the relevant ones stay in and `grades` `[Q, 1 + K + N]` holds every column's qrels grade
+    (the group's positive, 0 for its negatives, the corpus documents'), for the graded listwise loss.
     """
 
-    def __init__(self, model, data: TrainingData, with_rank_features: bool = False, corpus_negatives: bool = False):
+    def __init__(self, model, data: TrainingData, with_rank_features: bool = False, corpus_negatives: bool = False,
+                 corpus_positives: bool = False, min_positive_grade: int = 1):
         self.model = model
         self.data = data
         self.rank_table = rank_table(data.selection_features_run) if with_rank_features else None
         self.corpus_negatives = corpus_negatives
+        self.corpus_positives = corpus_positives
+        self.min_positive_grade = min_positive_grade
         if corpus_negatives and getattr(model, "document_cache", None) is None:
             raise ValueError("corpus_negatives needs a bi-encoder with a document cache (training_mode 'query_side')")
 
@@ -238,6 +244,8 @@ class GroupCollator:
             features["grades"] = torch.tensor([g.grades for g in groups], dtype=torch.float32)
         if self.corpus_negatives:
             features["corpus_exclude"] = self.corpus_exclusions(groups)
+        if self.corpus_positives:
+            features["grades"] = self.corpus_grades(groups, features["corpus_exclude"])
         if self.rank_table is None:
             return features
         from rankface.models.cet import RankFeatureSelector
@@ -251,11 +259,29 @@ class GroupCollator:
         exclude = torch.zeros(len(groups), len(cache.doc_ids), dtype=torch.bool)
         for i, group in enumerate(groups):
             relevant = [d for d, grade in self.data.train_qrels.get(group.qid, {}).items() if grade > 0]
+            if self.corpus_positives:  # the targets: only those below min_positive_grade stay out of the softmax
+                relevant = [d for d in relevant if self.data.train_qrels[group.qid][d] < self.min_positive_grade]
             for docid in (*relevant, group.positive_docid, *group.negative_docids):
                 row = cache.row_of_id.get(docid)
                 if row is not None:
                     exclude[i, row] = True
         return exclude
+
+
+    def corpus_grades(self, groups: list, exclude: torch.Tensor) -> torch.Tensor:
+        """`[Q, 1 + K + N]`: the group's positive's grade, 0 for its K negatives, and each corpus document's grade
+        where it is in the softmax (0 where excluded: the group's own documents, grades below the threshold)."""
+        cache = self.model.document_cache
+        size = 1 + len(groups[0].negative_docids)
+        grades = torch.zeros(len(groups), size + len(cache.doc_ids))
+        for i, group in enumerate(groups):
+            judged = self.data.train_qrels.get(group.qid, {})
+            grades[i, 0] = max(judged.get(group.positive_docid, 0), 1)  # a mined positive is at least grade 1
+            for docid, grade in judged.items():
+                row = cache.row_of_id.get(docid)
+                if row is not None and grade >= self.min_positive_grade and not exclude[i, row]:
+                    grades[i, size + row] = grade
+        return grades
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -268,7 +294,7 @@ def make_step_function(args: RerankerTrainingArguments, accelerator: Accelerator
 
     def plain_step(learners: list[Learner], features: dict) -> dict[str, float]:
         scores = learners[0].model(features)
-        if args.loss == "graded_listwise":
+        if args.loss == "graded_listwise" or args.corpus_positives:
             loss = graded_listwise_loss(scores.float(), features["grades"])
         else:
             loss = ranking_loss(args.loss, scores.float())
