@@ -105,7 +105,7 @@ def test_the_demo_checks_another_collection_with_the_trained_model_and_its_start
     from test_training import write_collection
 
     other = single_split_copy(write_collection(tmp_path / "other-source", seed=1), tmp_path / "other")
-    config = demo_config(tmp_path, tiny_bert_dir)
+    config = demo_config(tmp_path, tiny_bert_dir, domain_gate_threshold=0.5, domain_gate_temperature=0.05)
     record_path = tmp_path / "record.json"
     code = main(["demo", "--collection", str(collection), "--config", str(config), "--test-split", "dev",
                  "--output-dir", str(tmp_path / "demo"), "--ood-collection", str(other), "--quiet",
@@ -119,6 +119,9 @@ def test_the_demo_checks_another_collection_with_the_trained_model_and_its_start
     assert {"indomain_gain", "p_indomain", "ood_change", "p_ood", "setting", "mode"} <= set(record)
     assert record["setting"] == "demo" and record["ood"]["queries"] == 20 and record["ood_collection"] == "other"
     assert record["ood_change"] == pytest.approx(record["ood"]["trained"] - record["ood"]["zero_shot"])
+    # the gate's mechanism, logged: its mean weight on each side, and its settings
+    assert 0 <= record["gate"]["mean_alpha_indomain"] <= 1 and 0 <= record["gate"]["mean_alpha_ood"] <= 1
+    assert record["gate"]["threshold"] == 0.5 and "query-domain gate: mean weight of the trained query tower" in out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["transfer"]["indomain_gain"] == pytest.approx(
         results["comparisons"]["trained vs zero-shot"]["delta_ndcg10"])

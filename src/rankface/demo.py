@@ -168,7 +168,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if ood_spec and (single_split or train_args.encoder != "bi"):
         print("no out-of-domain check: it compares a bi-encoder with its zero-shot start, after one training run")
     elif ood_spec:
-        ood = out_of_domain_check(train_args, folds[0][2] / "model", ood_spec, args.depth, args.quiet)
+        ood = out_of_domain_check(train_args, folds[0][2] / "model", ood_spec, args.depth, args.quiet, test_queries)
     report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, train_args, steps, output, started,
            ood)
     return 0
@@ -219,14 +219,36 @@ def rerank_split(train_args: RerankerTrainingArguments, models: dict, spec: str,
     return runs | {"BM25": bm25}, collection.qrels(split)
 
 
-def out_of_domain_check(train_args, trained_model: Path, spec: str, depth: int, quiet: bool) -> dict:
-    """The trained model and its zero-shot start on every query of another collection (no training on it)."""
+def out_of_domain_check(train_args, trained_model: Path, spec: str, depth: int, quiet: bool,
+                        home_queries: dict | None = None) -> dict:
+    """The trained model and its zero-shot start on every query of another collection (no training on it); with
+    `home_queries` (the in-domain test queries), also the query-domain gate's mean weights, when there is a gate."""
     from rankface.evaluation.ranking import evaluate
 
     print(f"\nout-of-domain check: reranking {Path(spec).name} (every query, BM25 top-{depth}) with the trained model "
           "and its zero-shot start")
     runs, qrels = rerank_split(train_args, {"zero-shot": None, "trained": trained_model}, spec, None, depth, quiet)
-    return {"spec": spec, **{name: evaluate(run, qrels, MEASURES) for name, run in runs.items()}}
+    found = {"spec": spec, **{name: evaluate(run, qrels, MEASURES) for name, run in runs.items()}}
+    return found | {"gate": gate_weights(trained_model, home_queries, spec)} if home_queries else found
+
+
+def gate_weights(model_folder: Path, home_queries: dict, spec: str) -> dict | None:
+    """The query-domain gate's mechanism: mean α (1: the trained tower, 0: the start) over the in-domain test
+    queries and over every query of the collection `spec`; None when the model has no gate."""
+    from rankface.data.ir import load_collection
+    from rankface.models.bi_encoder import BiEncoder
+
+    model = BiEncoder.from_pretrained(model_folder, device="cpu")
+    if model.domain_gate is None:
+        return None
+    other = load_collection(spec).queries()
+
+    def mean_alpha(queries: dict) -> float:
+        start = model.encode(list(queries.values()), show_progress_bar=False, precision="fp32", tower="document")
+        return float(model.domain_gate.weights(start).mean())
+
+    return {"mean_alpha_indomain": mean_alpha(home_queries), "mean_alpha_ood": mean_alpha(other),
+            **model.domain_gate.settings()}
 
 
 def transfer_record(in_trained, in_start, ood_trained, ood_start, setting: str, mode: str,
@@ -371,6 +393,11 @@ def report(args, spec, test_split, test_qrels, bm25, zero_shot, trained, logs, t
                    "ood_collection": Path(ood["spec"]).name}
         print(f"trained vs zero-shot out of domain: nDCG@10 {record['ood_change']:+.4f}, paired t-test over queries "
               f"p = {record['p_ood']:.3g} (in domain: {record['indomain_gain']:+.4f}, p = {record['p_indomain']:.3g})")
+        if ood.get("gate"):
+            record["gate"] = ood["gate"]
+            print(f"query-domain gate: mean weight of the trained query tower {ood['gate']['mean_alpha_indomain']:.2f} "
+                  f"on the {test_split} queries, {ood['gate']['mean_alpha_ood']:.2f} on {record['ood_collection']}'s "
+                  "(0: the starting model)")
     curve = output / "learning_curve.png"
     plot_learning_curve(logs, curve, eval_label=train_args.eval_split or "(no dev split)",
                         title=f"rankface demo on {Path(spec).name}: {train_args.training_mode} {train_args.method}")
