@@ -87,9 +87,9 @@ class QueryDomainGate:
                    int(settings["k"]))
 
 
-def check_gate_settings(threshold: float | None, temperature: float, k: int) -> None:
+def check_gate_settings(threshold: float, temperature: float, k: int) -> None:
     """The gate's settings, each named in the error: threshold a cosine in [-1, 1], temperature > 0, k >= 1."""
-    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+    if not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
         raise ValueError(f"domain_gate_threshold must be a cosine in [-1, 1], got {threshold}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"domain_gate_temperature must be > 0, got {temperature}")
