@@ -37,12 +37,11 @@ def test_issue11_plan_runs_the_headline_and_f2_models_first(bench):
     assert bench.make_plan(bench.ISSUE11_PLAN, ["ri-headlr"], None) == [("ri-headlr", 0)]  # outside the plan
 
 
-def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench, tmp_path, monkeypatch):
+def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench, tmp_path):
     """Issue 21 item 5: RI iterations (150 steps, half A) first, then the fixed target and its feature-map regressor,
     the k sweep on half A, the feature-map RI over 3 seeds, the deciding pair with the best k on the validation pairs,
     arcface seeds 1-2; a rerun continues it."""
-    monkeypatch.setattr(bench, "RESULTS", tmp_path)
-    base = bench.resolve_plan(bench.FULL_PLAN, "full")  # nothing saved: the deciding UNPG system waits
+    base = bench.resolve_plan(bench.FULL_PLAN, tmp_path / "full")  # nothing saved: the deciding UNPG system waits
     plan = bench.make_plan([e[:2] for e in base], None, None)
     assert plan[:4] == [("pretrained", 0), ("ri-log-150", 0), ("ri-fix-150", 0), ("ri-fix", 0)]
     assert plan.index(("arcface+unpg-rh-nofilter", 0)) < plan.index(("ri-fix-fmap", 0)) < plan.index(("ri-fix-fmap", 1))
@@ -62,9 +61,9 @@ def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench,
         last = {"lr-lr@16": 90.0 + (k == 2), "lr-lr@8": 80.0}
         record = {"train": {"curve": [[0, {"lr-lr@16": 99.0, "lr-lr@8": 99.0}], [600, last]]}}
         (tmp_path / "full" / f"{system.replace('+', '_')}-seed0-halfA.json").write_text(json.dumps(record))
-    best, scores = bench.best_unpg_system("full")
+    best, scores = bench.best_unpg_system(tmp_path / "full")
     assert best == bench.UNPG_SWEEP[2] and len(scores) == 4
-    base = bench.resolve_plan(bench.FULL_PLAN, "full")
+    base = bench.resolve_plan(bench.FULL_PLAN, tmp_path / "full")
     plan = bench.make_plan([e[:2] for e in base], None, None)
     assert (best, 2) in plan and plan.index((best, 0)) > plan.index(("arcface-rh", 0))
     assert bench.plan_halves(base)[(best, 0)] == ["A", "B"]  # seed 0 of the deciding pair adds half B
