@@ -122,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--anchors", nargs="*", choices=[*ANCHOR_SYSTEMS, "st-torch"], default=list(ANCHOR_SYSTEMS),
                         help="sentence-transformers backends run in the anchor venvs (none: --anchors with no name)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (quick 5, full 10)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="full mode: time at most N rounds not saved yet, then stop (a rerun continues): bounds "
+                        "the quiet window a session can give it")
     parser.add_argument("--bf16-sample", type=int, default=64,
                         help="pairs bf16 is timed on where the CPU has no native bf16 (0: all pairs)")
     parser.add_argument("--force", action="store_true",
@@ -330,6 +333,7 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
         predict(pairs[: 4 if name in sampled else args.batch_size])  # emulated bf16: a short warm-up
     scores = {name: np.full(len(pairs), np.nan, dtype=np.float32) for name in predictors}
     rounds = {name: {"seconds": [], "pairs": [], "index": []} for name in predictors}
+    timed_now = 0
     for r, order in enumerate(round_orders(list(predictors), args.rounds)):
         done = saved / f"round-{r:03d}.json" if saved else None
         if done and done.is_file():
@@ -343,6 +347,10 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
                     rounds[name][key].append(got[key])
             print(f"round {r + 1}/{args.rounds}: saved ({done})", flush=True)
             continue
+        if args.stop_after is not None and timed_now >= args.stop_after:
+            raise SystemExit(f"stopped after {timed_now} new round(s) (--stop-after); {r} of {args.rounds} are saved "
+                             f"under {saved}: rerun the same command to continue")
+        timed_now += 1
         for name in order:
             index = sampled.get(name, chunks)[r]
             start = time.perf_counter()

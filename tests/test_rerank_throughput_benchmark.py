@@ -171,7 +171,7 @@ def test_full_mode_rounds_are_saved_and_a_rerun_times_only_the_rest(bench, tmp_p
 
     monkeypatch.setattr(bench, "make_predictors", predictors)
     pairs = [(f"q{i}", "d") for i in range(9)]
-    args = argparse.Namespace(systems=["st-fp32", "rankface-fp32"], rounds=3, batch_size=2)
+    args = argparse.Namespace(systems=["st-fp32", "rankface-fp32"], rounds=3, batch_size=2, stop_after=None)
     first = bench.time_systems(Path("unused"), pairs, args, None, saved=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000.json", "round-001.json", "round-002.json"]
     (tmp_path / "round-001.json").unlink()  # as if the session had ended in round 2
@@ -183,6 +183,15 @@ def test_full_mode_rounds_are_saved_and_a_rerun_times_only_the_rest(bench, tmp_p
         np.testing.assert_array_equal(again["scores"][name], first["scores"][name])
         assert again["rounds"][name]["index"] == first["rounds"][name]["index"]
         assert again["rounds"][name]["pairs"] == [3, 3, 3]
+    # --stop-after bounds one session's share: one new round is timed and saved, then it stops, naming the folder
+    for name in ("round-001.json", "round-002.json"):
+        (tmp_path / name).unlink()
+    calls.clear()
+    args.stop_after = 1
+    with pytest.raises(SystemExit, match="stopped after 1 new round"):
+        bench.time_systems(Path("unused"), pairs, args, None, saved=tmp_path)
+    assert sorted(n for n, size in calls if size == 3) == ["rankface-fp32", "st-fp32"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000.json", "round-001.json"]
 
 
 def test_saved_rounds_of_another_cpu_are_refused(bench, tmp_path, monkeypatch):
@@ -191,7 +200,7 @@ def test_saved_rounds_of_another_cpu_are_refused(bench, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "make_predictors",
                         lambda folder, systems, args, workers=None: {n: (lambda b: [0.0] * len(b)) for n in systems})
-    args = argparse.Namespace(systems=["st-fp32"], rounds=1, batch_size=2)
+    args = argparse.Namespace(systems=["st-fp32"], rounds=1, batch_size=2, stop_after=None)
     (tmp_path / "round-000.json").write_text(json.dumps({"cpu_model": "another CPU", "systems": {"st-fp32": {}}}))
     with pytest.raises(SystemExit, match="another CPU"):
         bench.time_systems(Path("unused"), [("q", "d")], args, None, saved=tmp_path)
