@@ -100,6 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "rankface folder or a MobileFaceNet .pt state_dict")
     parser.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-image resolution draw")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="paired bootstrap resamples of the pairs for RI's share minus each other quality's")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--mode", default=None, help="results folder name (default: quick / full)")
@@ -445,6 +447,36 @@ def attainable_share(curves: Mapping[str, ERCCurve]) -> dict[str, float]:
             for name, c in curves.items() if name not in ("random", "error oracle")}
 
 
+def share_differences(scores: np.ndarray, same: np.ndarray, slot_quality: Mapping[str, np.ndarray],
+                      resolutions: np.ndarray, reference: str = "ri", resamples: int = 1000, seed: int = 0
+                      ) -> dict[str, dict[str, float]]:
+    """`reference`'s share of the attainable improvement minus each other quality's (and the resolution oracle's),
+    with a 95 % interval and a two-sided p from a paired bootstrap over pairs: every resample draws the pairs once and
+    recomputes all curves on them (threshold, random and error-oracle references included), so the two shares of a
+    difference always come from the same pairs.
+
+    Returns:
+        `{other: {"difference", "low", "high", "p"}}`; the difference is the one on all pairs.
+    """
+    def differences(index: np.ndarray | None, tie_seed: int) -> dict[str, float]:
+        pick = (lambda a: a) if index is None else (lambda a: a[index])
+        curves = system_curves(pick(scores), pick(same), {k: pick(v) for k, v in slot_quality.items()},
+                               pick(resolutions), tie_seed)
+        shares = attainable_share(curves)
+        return {name: shares[reference] - value for name, value in shares.items() if name != reference}
+
+    observed = differences(None, seed)
+    rng = np.random.default_rng(seed)
+    draws = [differences(rng.integers(0, len(scores), len(scores)), seed + b) for b in range(resamples)]
+    out = {}
+    for name, difference in observed.items():
+        values = np.array([d[name] for d in draws])
+        p = min(1.0, 2 * min(np.mean(values <= 0), np.mean(values >= 0)))
+        out[name] = {"difference": float(difference), "low": float(np.quantile(values, 0.025)),
+                     "high": float(np.quantile(values, 0.975)), "p": float(p)}
+    return out
+
+
 def headline(curves: Mapping[str, ERCCurve], fnmr_d0: float, mix: str, mode: str) -> dict[str, str]:
     """The RESULT values of one mix; `nan` for a quality that was not scored."""
     shares = attainable_share(curves)
@@ -657,6 +689,12 @@ def run_mix(mix: str, args, context: dict, stores: dict, out_dir: Path) -> tuple
         share = shares.get(name, 0.0 if name == "random" else 1.0)
         lines.append(f"| {name} | {curve.pauc(UPTO):.5f} | {share:.3f} |")
     lines.append("\n" + goal_line(shares))
+    differences = share_differences(scores, same, slot_quality, res, resamples=args.bootstrap, seed=args.seed)
+    lines += ["", (f"RI's share minus each other's (paired bootstrap over pairs, {args.bootstrap} resamples, 95 % "
+                   "interval; one seed of the models):"), "", "| RI minus | difference | 95 % interval | p |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {d['difference']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p']:.3f} |"
+              for name, d in differences.items()]
     lines += ["", "| separation (ROC AUC) | 24 px image above 8 px | " + " | ".join(
         f"within {r} px: accepted above failed" for r in sorted(next(iter(sep["within"].values())))) + " |",
         "|---|---:|" + "---:|" * len(next(iter(sep["within"].values())))]
@@ -688,7 +726,9 @@ def run_mix(mix: str, args, context: dict, stores: dict, out_dir: Path) -> tuple
     lines.append(f"\nplots: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}, "
                  f"{hist.relative_to(ROOT) if hist.is_relative_to(ROOT) else hist}")
     values = headline(curves, fnmr_d0, mix, args.mode)
-    record = {"mix": mix, "how": how, "fnmr_d0": fnmr_d0, "values": values, "shares": shares, "separation": sep,
+    record = {"mix": mix, "how": how, "fnmr_d0": fnmr_d0, "values": values, "shares": shares,
+              "share_differences": {"reference": "ri", "resamples": args.bootstrap, "of": differences},
+              "separation": sep,
               "pauc": {n: c.pauc(UPTO) for n, c in curves.items()},
               "curves": {n: {"discard": rounded(c.discard), "fnmr": [None if not np.isfinite(v) else round(float(v), 5)
                                                                       for v in c.fnmr]} for n, c in curves.items()},

@@ -286,6 +286,26 @@ def test_attainable_share_and_goal_line(bench):
     assert bench.goal_line({**shares, "ri": 0.6, "magface norm": 0.7}).endswith("-> NOT met.")  # a rival above it
 
 
+def test_share_differences_pair_the_resamples_and_find_a_real_gap(bench):
+    rng = np.random.default_rng(4)
+    n = 600
+    same = np.arange(n) % 2 == 0
+    res = bench.draw_resolutions(n, seed=2)
+    scores = np.where(same, 0.3, 0.0) + rng.normal(0, 0.3, n)
+    errors = same & (scores < np.quantile(scores[~same], 0.99))
+    knows = np.stack([np.where(errors, 0.0, 1.0)] * 2, 1) + rng.normal(0, 1e-3, (n, 2))
+    slot = {"ri": knows, "copy": knows.copy(), "noise": rng.random((n, 2))}
+    got = bench.share_differences(scores, same, slot, res, resamples=200, seed=0)
+    assert set(got) == {"copy", "noise", "resolution oracle"}
+    # the same quality under another name: every paired resample gives a difference of exactly 0
+    assert got["copy"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+    # a quality that knows the errors against one that knows nothing: the difference is the shares' and it is real
+    shares = bench.attainable_share(bench.system_curves(scores, same, slot, res, 0))
+    assert got["noise"]["difference"] == pytest.approx(shares["ri"] - shares["noise"])
+    assert got["noise"]["low"] > 0.5 and got["noise"]["p"] < 0.01
+    assert got["noise"]["low"] <= got["noise"]["difference"] <= got["noise"]["high"]
+
+
 @pytest.mark.parametrize("match_with", ["v", "v+att"])
 def test_ers_quality_is_one_minus_cos_to_the_saved_ui_centre_and_old_caches_gain_it(bench, tmp_path, match_with):
     """Issue 21: the ERS-style score 1 - cos(v, UI centre) of the RI model's backbone embedding, and its product
