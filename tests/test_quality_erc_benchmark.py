@@ -266,13 +266,20 @@ def test_rates_by_resolution(bench):
     assert rates[112]["tar"] == 0.0 and math.isnan(rates[112]["fmr"]) and rates[112]["genuine"] == 2
 
 
-def test_attainable_share_and_goal_line(bench):
-    rng = np.random.default_rng(2)
-    n = 400
+def pairs_with_known_errors(bench, n: int, seed: int, resolution_seed: int):
+    """Synthetic pairs (alternately genuine and impostor, scores 0.3 apart in N(0, 0.3) noise), their resolutions and
+    their false non-matches at FMR 1e-2 (roughly): what a perfect quality would discard first."""
+    rng = np.random.default_rng(seed)
     same = np.arange(n) % 2 == 0
-    res = bench.draw_resolutions(n, seed=1)
+    res = bench.draw_resolutions(n, seed=resolution_seed)
     scores = np.where(same, 0.3, 0.0) + rng.normal(0, 0.3, n)
-    errors = same & (scores < np.quantile(scores[~same], 0.99))  # the false non-matches at FMR 1e-2, roughly
+    errors = same & (scores < np.quantile(scores[~same], 0.99))
+    return rng, same, res, scores, errors
+
+
+def test_attainable_share_and_goal_line(bench):
+    n = 400
+    rng, same, res, scores, errors = pairs_with_known_errors(bench, n, seed=2, resolution_seed=1)
     slot = {"ri": np.stack([np.where(errors, 0.0, 1.0)] * 2, 1) + rng.normal(0, 1e-3, (n, 2)),  # knows the errors
             "norm": rng.random((n, 2))}  # knows nothing
     curves = bench.system_curves(scores, same, slot, res, seed=0)
@@ -287,12 +294,8 @@ def test_attainable_share_and_goal_line(bench):
 
 
 def test_share_differences_pair_the_resamples_and_find_a_real_gap(bench):
-    rng = np.random.default_rng(4)
     n = 600
-    same = np.arange(n) % 2 == 0
-    res = bench.draw_resolutions(n, seed=2)
-    scores = np.where(same, 0.3, 0.0) + rng.normal(0, 0.3, n)
-    errors = same & (scores < np.quantile(scores[~same], 0.99))
+    rng, same, res, scores, errors = pairs_with_known_errors(bench, n, seed=4, resolution_seed=2)
     knows = np.stack([np.where(errors, 0.0, 1.0)] * 2, 1) + rng.normal(0, 1e-3, (n, 2))
     slot = {"ri": knows, "copy": knows.copy(), "noise": rng.random((n, 2))}
     got = bench.share_differences(scores, same, slot, res, resamples=200, seed=0)
