@@ -63,7 +63,9 @@ RI_FAMILY = {"ri", "ri+reg", "ri+reg+id", "ri-headlr", "ri-fix", "ri-fix-150", "
 # decide): the RI target's short iterations with their xi / xi_hat logs; the fixed target, seed 0; the UNPG k sweep
 # with a random head (half A, seed 0); the fixed target read from the feature map (ri-fix-fmap: the index no longer
 # flattens), 3 seeds, both halves; the deciding pair, arcface vs the best k (chosen on the validation
-# pairs, never the test pairs), random head, 3 seeds, both halves; then arcface's seeds 1-2 (centroid head).
+# pairs, never the test pairs), random head, 3 seeds, both halves; a MagFace model of this budget for F2's MagFace row
+# (seed 0's models were not kept: seed 1 supplies one, and a second MagFace seed for F1); then arcface's seeds 1-2
+# (centroid head).
 FULL_PLAN = [
     ("pretrained", [0]),
     ("ri-log-150", [0], ["A"]), ("ri-fix-150", [0], ["A"]),
@@ -71,6 +73,7 @@ FULL_PLAN = [
     ("arcface-rh", [0], ["A"]), *[(s, [0], ["A"]) for s in UNPG_SWEEP],
     ("ri-fix-fmap", [0, 1, 2]),
     ("arcface-rh", [0, 1, 2]), (BEST_UNPG, [0, 1, 2]),
+    ("magface", [1]),
     ("arcface", [1, 2]),
 ]
 # issue 11's plan (the records of seed 0 are saved): kept to continue it by name, `--plan issue11`

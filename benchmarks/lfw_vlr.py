@@ -39,7 +39,8 @@ memory-bounded blocks, exactly (see there). A record saved before this gains it 
 The full plan (`FULL_PLAN`, issue 21): the RI target's short iterations (150 steps, half A) with their xi / xi_hat logs;
 the fixed target (`ri-fix`, seed 0); the UNPG k sweep with a random head (half A, seed 0); the fixed target with its
 regressor on the feature map (`ri-fix-fmap`), 3 seeds, both halves; the deciding pair
-arcface-rh vs the best k (chosen on the validation pairs), 3 seeds, both halves; arcface seeds 1-2. `--plan issue11`
+arcface-rh vs the best k (chosen on the validation pairs), 3 seeds, both halves; magface seed 1 (F2's MagFace
+model); arcface seeds 1-2. `--plan issue11`
 continues the earlier plan (seed 0 of pretrained, arcface, arcface+unpg, ri, magface; seeds 1-2 of arcface,
 arcface+unpg, ri; cosface, cosface+unpg, ri+reg, ri+reg+id).
 """

@@ -66,6 +66,7 @@ def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench,
     base = bench.resolve_plan(bench.FULL_PLAN, tmp_path / "full")
     plan = bench.make_plan([e[:2] for e in base], None, None)
     assert (best, 2) in plan and plan.index((best, 0)) > plan.index(("arcface-rh", 0))
+    assert plan.index((best, 2)) < plan.index(("magface", 1)) < plan.index(("arcface", 1))  # F2's MagFace model
     assert bench.plan_halves(base)[(best, 0)] == ["A", "B"]  # seed 0 of the deciding pair adds half B
 
 
