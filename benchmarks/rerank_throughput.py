@@ -49,7 +49,7 @@ over the real padded batches rankface ran. A share above 1 means the peak was no
 with status 1.
 
     python benchmarks/rerank_throughput.py --quick     # 2,000 pairs (the first test queries, BM25 top-100)
-    python benchmarks/rerank_throughput.py             # all 32,500 test pairs
+    python benchmarks/rerank_throughput.py             # all 21,701 test pairs (BM25 top-100 of 325 queries)
     python benchmarks/rerank_throughput.py --fidelity encode    # fast paths against fp32, all test queries
 
 The CPU class is printed and keys the results: run under instruction-set caps to measure the AVX2 class on an
@@ -125,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="full mode: time at most N rounds not saved yet, then stop (a rerun continues): bounds "
                         "the quiet window a session can give it")
+    parser.add_argument("--rounds-report", action="store_true",
+                        help="full mode, timing nothing: the table of the rounds saved so far (a run that has not "
+                        "finished), also written without scores to results/rerank_throughput/full/rounds_<run>.json")
     parser.add_argument("--bf16-sample", type=int, default=64,
                         help="pairs bf16 is timed on where the CPU has no native bf16 (0: all pairs)")
     parser.add_argument("--force", action="store_true",
@@ -372,6 +375,33 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
     return {"scores": scores, "rounds": rounds}
 
 
+def rounds_report(saved: Path, out: Path) -> dict:
+    """The rounds of an unfinished full run, from their files under `saved`: per system the pairs/s over the rounds
+    and the per-round ratios against sentence-transformers' PyTorch default (median, spread). No scores: the fidelity
+    figures wait for the whole run. Written to `out` (small, committed: the partial result of a run that spans
+    sessions) and printed as a table."""
+    files = sorted(saved.glob("round-*.json"))
+    if not files:
+        raise SystemExit(f"no saved rounds under {saved}: nothing to report (run the full mode with --stop-after N)")
+    records = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    st = [r["systems"]["st-fp32"]["pairs"] / r["systems"]["st-fp32"]["seconds"] for r in records]
+    systems = {}
+    for name in records[0]["systems"]:
+        pairs = [r["systems"][name]["pairs"] for r in records]
+        seconds = [r["systems"][name]["seconds"] for r in records]
+        systems[name] = {"pairs": pairs, "seconds": seconds, "rate": sum(pairs) / sum(seconds),
+                         "speedup": ratio_stats([p / s for p, s in zip(pairs, seconds, strict=True)], st)}
+    report = {"cpu_model": records[0]["cpu_model"], "rounds_saved": [f.stem for f in files], "systems": systems}
+    write_json(out, report)
+    print(f"\n{len(files)} saved round(s) of {saved.name} ({report['cpu_model']}); pairs/s over them and the median of "
+          "the per-round ratios against st-fp32 (min-max):\n\n| system | pairs timed | pairs/s | vs ST | min-max |\n"
+          "|---|---:|---:|---:|---:|")
+    for name, s in sorted(systems.items(), key=lambda kv: -kv[1]["rate"]):
+        print(f"| {name} | {sum(s['pairs'])} | {s['rate']:.1f} | {s['speedup']['median']:.2f}x | "
+              f"{s['speedup']['min']:.2f}-{s['speedup']['max']:.2f} |")
+    return report
+
+
 def run_key(args: argparse.Namespace) -> str:
     settings = [Path(args.collection).name, args.split, args.depth, args.max_pairs, args.batch_size, args.max_length,
                 args.seed, torch.get_num_threads(), args.rounds, args.systems, args.bf16_sample, args.head,
@@ -556,6 +586,8 @@ def main(argv: list[str] | None = None) -> dict:
         return readme_table(folder, run_key(args))
     name = f"{class_tag(cpu)}-{run_key(args)}"
     path = folder / f"run_{name}.json"
+    if args.rounds_report:
+        return rounds_report(folder / "cache" / f"rounds-{name}", folder / f"rounds_{name}.json")
     if path.is_file() and not args.force:
         result = json.loads(path.read_text(encoding="utf-8"))
         print(f"(saved run {path}; --force recomputes)")

@@ -156,6 +156,7 @@ def test_auto_takes_only_paths_that_passed_the_fidelity_gate():
 
 def test_full_mode_rounds_are_saved_and_a_rerun_times_only_the_rest(bench, tmp_path, monkeypatch):
     import argparse
+    import json
 
     import numpy as np
 
@@ -192,6 +193,17 @@ def test_full_mode_rounds_are_saved_and_a_rerun_times_only_the_rest(bench, tmp_p
         bench.time_systems(Path("unused"), pairs, args, None, saved=tmp_path)
     assert sorted(n for n, size in calls if size == 3) == ["rankface-fp32", "st-fp32"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000.json", "round-001.json"]
+    # the rounds saved so far are reported alone: pairs/s over them, per-round ratios to st-fp32, no scores
+    report = bench.rounds_report(tmp_path, tmp_path / "report" / "rounds.json")
+    records = [json.loads((tmp_path / f"round-00{r}.json").read_text()) for r in (0, 1)]
+    for name in args.systems:
+        got = report["systems"][name]
+        assert got["pairs"] == [3, 3]
+        assert got["rate"] == pytest.approx(6 / sum(r["systems"][name]["seconds"] for r in records))
+    assert report["systems"]["st-fp32"]["speedup"]["median"] == pytest.approx(1.0)
+    assert "scores" not in json.dumps(json.loads((tmp_path / "report" / "rounds.json").read_text()))
+    with pytest.raises(SystemExit, match="no saved rounds"):
+        bench.rounds_report(tmp_path / "empty", tmp_path / "x.json")
 
 
 def test_saved_rounds_of_another_cpu_are_refused(bench, tmp_path, monkeypatch):
