@@ -375,6 +375,11 @@ def time_systems(folder: Path, pairs: list[tuple[str, str]], args: argparse.Name
     return {"scores": scores, "rounds": rounds}
 
 
+def round_rates(r: dict) -> list[float]:
+    """Pairs/s of each round of one system (`{"pairs": [...], "seconds": [...]}`)."""
+    return [p / s for p, s in zip(r["pairs"], r["seconds"], strict=True)]
+
+
 def rounds_report(saved: Path, out: Path) -> dict:
     """The rounds of an unfinished full run, from their files under `saved`: per system the pairs/s over the rounds
     and the per-round ratios against sentence-transformers' PyTorch default (median, spread). No scores: the fidelity
@@ -384,13 +389,11 @@ def rounds_report(saved: Path, out: Path) -> dict:
     if not files:
         raise SystemExit(f"no saved rounds under {saved}: nothing to report (run the full mode with --stop-after N)")
     records = [json.loads(f.read_text(encoding="utf-8")) for f in files]
-    st = [r["systems"]["st-fp32"]["pairs"] / r["systems"]["st-fp32"]["seconds"] for r in records]
-    systems = {}
-    for name in records[0]["systems"]:
-        pairs = [r["systems"][name]["pairs"] for r in records]
-        seconds = [r["systems"][name]["seconds"] for r in records]
-        systems[name] = {"pairs": pairs, "seconds": seconds, "rate": sum(pairs) / sum(seconds),
-                         "speedup": ratio_stats([p / s for p, s in zip(pairs, seconds, strict=True)], st)}
+    rounds = {name: {key: [r["systems"][name][key] for r in records] for key in ("pairs", "seconds")}
+              for name in records[0]["systems"]}
+    systems = {name: {**r, "rate": sum(r["pairs"]) / sum(r["seconds"]),
+                      "speedup": ratio_stats(round_rates(r), round_rates(rounds["st-fp32"]))}
+               for name, r in rounds.items()}
     report = {"cpu_model": records[0]["cpu_model"], "rounds_saved": [f.stem for f in files], "systems": systems}
     write_json(out, report)
     print(f"\n{len(files)} saved round(s) of {saved.name} ({report['cpu_model']}); pairs/s over them and the median of "
@@ -606,20 +609,19 @@ def main(argv: list[str] | None = None) -> dict:
     fp32_scores = np.asarray([np.nan if v is None else v for v in result["scores"].get("rankface-fp32", [])],
                              dtype=np.float32)
     st = result["rounds"]["st-fp32"]
-    st_rates = [p / s for p, s in zip(st["pairs"], st["seconds"], strict=True)]
+    st_rates = round_rates(st)
     st_scores = np.asarray(result["scores"]["st-fp32"], dtype=np.float32)
     rows, stats = [], {}
     for system, r in result["rounds"].items():
         precision = peak_of(system)
         rate = sum(r["pairs"]) / sum(r["seconds"])
-        speedup = ratio_stats([p / s for p, s in zip(r["pairs"], r["seconds"], strict=True)], st_rates)
+        speedup = ratio_stats(round_rates(r), st_rates)
         mine = np.asarray([np.nan if v is None else v for v in result["scores"][system]], dtype=np.float32)
         scored = ~np.isnan(mine)
         achieved = result["flops"][system] / sum(r["seconds"]) / 1e9 if system.startswith("rankface") else None
         share = achieved / result["peak"][precision] if achieved and precision in result["peak"] else None
         stats[system] = {"rate": rate, "speedup": speedup, "achieved_gflops": achieved, "share": share,
-                         "ndcg10": result["ndcg10"].get(system), "rates": [
-                             p / t for p, t in zip(r["pairs"], r["seconds"], strict=True)],
+                         "ndcg10": result["ndcg10"].get(system), "rates": round_rates(r),
                          "overlap10_vs_fp32": overlap10([tuple(k) for k in keys], mine, fp32_scores)
                          if keys and len(fp32_scores) else None,
                          "max_abs_diff": float(np.max(np.abs(mine[scored] - st_scores[scored])))}
