@@ -119,6 +119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             if getattr(args, f"{kind}_model") is None:
                 setattr(args, f"{kind}_model", [F1_RESULTS / args.from_f1 / "runs" / f"{kind}-seed{args.f1_seed}-half"
                                                 f"{h}" / "model" for h in ("A", "B")])
+    if args.bootstrap < 1:
+        parser.error(f"--bootstrap must be >= 1 (resamples of the share differences), got {args.bootstrap}")
     if args.ri_model is None:
         parser.error("give --ri-model (or --from-f1 MODE): the RI model's scores are the ones every quality ranks")
     for kind in ("ri_model", "magface_model", "norm_model"):

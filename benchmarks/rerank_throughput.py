@@ -148,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick and args.max_pairs is None:
         args.max_pairs = 2000
     args.rounds = args.rounds or (5 if args.quick else 10)
+    if args.stop_after is not None and args.stop_after < 0:
+        parser.error(f"--stop-after must be >= 0 (new rounds to time), got {args.stop_after}")
     args.systems = ["st-fp32", *[s for s in SYSTEMS[1:] if s in args.systems]]
     args.anchors = [a for a in (*ANCHOR_SYSTEMS, "st-torch") if a in args.anchors]
     return args

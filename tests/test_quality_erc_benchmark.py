@@ -340,3 +340,9 @@ def test_ers_quality_is_one_minus_cos_to_the_saved_ui_centre_and_old_caches_gain
     store = bench.ViewStore(model, lambda w: images[w], cache)
     assert len(store) == (2 if match_with == "v" else 0)
     np.testing.assert_allclose(store.get(views)["ers"], old["ers"], atol=1e-5)
+
+
+def test_bootstrap_needs_a_resample(bench, tmp_path):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ri-model", str(tmp_path), "--bootstrap", "0"])
+    assert bench.parse_args(["--ri-model", str(tmp_path)]).bootstrap == 1000

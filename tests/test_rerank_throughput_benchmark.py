@@ -216,3 +216,9 @@ def test_saved_rounds_of_another_cpu_are_refused(bench, tmp_path, monkeypatch):
     (tmp_path / "round-000.json").write_text(json.dumps({"cpu_model": "another CPU", "systems": {"st-fp32": {}}}))
     with pytest.raises(SystemExit, match="another CPU"):
         bench.time_systems(Path("unused"), [("q", "d")], args, None, saved=tmp_path)
+
+
+def test_stop_after_below_zero_is_refused(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--stop-after", "-1"])
+    assert bench.parse_args(["--stop-after", "0"]).stop_after == 0
