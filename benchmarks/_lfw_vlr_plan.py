@@ -63,7 +63,8 @@ RI_FAMILY = {"ri", "ri+reg", "ri+reg+id", "ri-headlr", "ri-fix", "ri-fix-150", "
 # decide): the RI target's short iterations with their xi / xi_hat logs; the fixed target, seed 0; the UNPG k sweep
 # with a random head (half A, seed 0); the fixed target read from the feature map (ri-fix-fmap: the index no longer
 # flattens), 3 seeds, both halves; the deciding pair, arcface vs the best k (chosen on the validation
-# pairs, never the test pairs), random head, 3 seeds, both halves; a MagFace model of this budget for F2's MagFace row
+# pairs, never the test pairs), random head, 3 seeds, both halves, seed by seed (a run cut short still holds whole
+# pairs); a MagFace model of this budget for F2's MagFace row
 # (seed 0's models were not kept: seed 1 supplies one, and a second MagFace seed for F1); then arcface's seeds 1-2
 # (centroid head).
 FULL_PLAN = [
@@ -72,7 +73,7 @@ FULL_PLAN = [
     ("ri-fix", [0]),
     ("arcface-rh", [0], ["A"]), *[(s, [0], ["A"]) for s in UNPG_SWEEP],
     ("ri-fix-fmap", [0, 1, 2]),
-    ("arcface-rh", [0, 1, 2]), (BEST_UNPG, [0, 1, 2]),
+    *[(system, [seed]) for seed in (0, 1, 2) for system in ("arcface-rh", BEST_UNPG)],
     ("magface", [1]),
     ("arcface", [1, 2]),
 ]
@@ -125,18 +126,15 @@ def best_unpg_system(folder: Path) -> tuple[str | None, dict]:
 
 def resolve_plan(base: list[tuple], folder: Path) -> list[tuple]:
     """The plan with `BEST_UNPG` replaced by the sweep's best system, or left out (with a note) until it is known."""
-    out = []
-    for entry in base:
-        if entry[0] == BEST_UNPG:
-            best, scores = best_unpg_system(folder)
-            if best is None:
-                print(f"[plan] the deciding UNPG pair waits for the k sweep ({len(scores)} of {len(UNPG_SWEEP)} saved)",
-                      flush=True)
-                continue
-            print(f"[plan] best k on the validation pairs: {best} ({scores})", flush=True)
-            entry = (best, *entry[1:])
-        out.append(entry)
-    return out
+    if all(entry[0] != BEST_UNPG for entry in base):
+        return list(base)
+    best, scores = best_unpg_system(folder)
+    if best is None:
+        print(f"[plan] the deciding UNPG pair waits for the k sweep ({len(scores)} of {len(UNPG_SWEEP)} saved)",
+              flush=True)
+        return [entry for entry in base if entry[0] != BEST_UNPG]
+    print(f"[plan] best k on the validation pairs: {best} ({scores})", flush=True)
+    return [(best, *entry[1:]) if entry[0] == BEST_UNPG else entry for entry in base]
 
 
 def system_steps(args: argparse.Namespace, system: str) -> int:

@@ -39,8 +39,8 @@ def test_issue11_plan_runs_the_headline_and_f2_models_first(bench):
 
 def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench, tmp_path):
     """Issue 21 item 5: RI iterations (150 steps, half A) first, then the fixed target and its feature-map regressor,
-    the k sweep on half A, the feature-map RI over 3 seeds, the deciding pair with the best k on the validation pairs,
-    arcface seeds 1-2; a rerun continues it."""
+    the k sweep on half A, the feature-map RI over 3 seeds, the deciding pair with the best k on the validation pairs
+    (seed by seed), arcface seeds 1-2; a rerun continues it."""
     base = bench.resolve_plan(bench.FULL_PLAN, tmp_path / "full")  # nothing saved: the deciding UNPG system waits
     plan = bench.make_plan([e[:2] for e in base], None, None)
     assert plan[:4] == [("pretrained", 0), ("ri-log-150", 0), ("ri-fix-150", 0), ("ri-fix", 0)]
@@ -66,6 +66,8 @@ def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench,
     base = bench.resolve_plan(bench.FULL_PLAN, tmp_path / "full")
     plan = bench.make_plan([e[:2] for e in base], None, None)
     assert (best, 2) in plan and plan.index((best, 0)) > plan.index(("arcface-rh", 0))
+    deciding = [run for run in plan if run[0] in ("arcface-rh", best) and run[1] > 0]
+    assert deciding == [("arcface-rh", 1), (best, 1), ("arcface-rh", 2), (best, 2)]  # seed by seed: whole pairs
     assert plan.index((best, 2)) < plan.index(("magface", 1)) < plan.index(("arcface", 1))  # F2's MagFace model
     assert bench.plan_halves(base)[(best, 0)] == ["A", "B"]  # seed 0 of the deciding pair adds half B
 
