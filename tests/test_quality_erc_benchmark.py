@@ -346,3 +346,45 @@ def test_bootstrap_needs_a_resample(bench, tmp_path):
     with pytest.raises(SystemExit):
         bench.parse_args(["--ri-model", str(tmp_path), "--bootstrap", "0"])
     assert bench.parse_args(["--ri-model", str(tmp_path)]).bootstrap == 1000
+
+
+@pytest.fixture(scope="module")
+def seeds_bench():
+    yield from load_benchmark(BENCHMARK.parent / "quality_erc_seeds.py", "quality_erc_seeds_benchmark")
+
+
+def _write_seed(folder: Path, ri: float, norm: float, magface: float, folds=(0, 1)) -> None:
+    import json
+
+    folder.mkdir(parents=True)
+    for mix in ("hard", "realistic"):
+        record = {"mix": mix, "how": {"weights": "uniform"}, "folds": list(folds), "seed": 0,
+                  "slots_per_resolution": {}, "shares": {"ri": ri, "norm": norm, "magface norm": magface},
+                  "share_differences": {"reference": "ri", "of": {"norm": {"p": 0.5}, "magface norm": {"p": 0.4}}}}
+        (folder / f"{mix}.json").write_text(json.dumps(record))
+
+
+def test_f2_over_seeds_gives_t_intervals_and_refuses_seeds_that_scored_other_pairs(seeds_bench, tmp_path):
+    from scipy import stats
+
+    ri, norm = [0.21, 0.25, 0.19], [0.20, 0.22, 0.21]
+    for k in range(3):
+        _write_seed(tmp_path / f"s{k}", ri[k], norm[k], magface=math.nan if k == 1 else 0.2)
+    assert seeds_bench.main(["s0", "s1", "s2", "--name", "all", "--results-dir", str(tmp_path)]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "all" / "seeds.json").read_text())["realistic"]
+    lead = summary["lead"]["norm"]
+    diffs = np.subtract(ri, norm)
+    expected = stats.ttest_1samp(diffs, 0.0)
+    assert lead["mean"] == pytest.approx(diffs.mean()) and lead["p"] == pytest.approx(expected.pvalue)
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+    assert (lead["low"], lead["high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert lead["bootstrap_p"] == [0.5, 0.5, 0.5]
+    assert summary["left_out"] == ["magface norm"] and "magface norm" not in summary["shares"]  # nan on seed 1
+    _write_seed(tmp_path / "other", 0.2, 0.2, 0.2, folds=(0, 1, 2))
+    with pytest.raises(ValueError, match=r"other/hard\.json: \['folds'\] differ"):
+        seeds_bench.main(["s0", "other", "--name", "x", "--results-dir", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="missing/hard.json"):
+        seeds_bench.main(["s0", "missing", "--name", "x", "--results-dir", str(tmp_path)])
+    assert seeds_bench.slug("ers 1-cos(v,UI)") == "ers_1_cos_v_ui"
