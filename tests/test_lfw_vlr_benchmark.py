@@ -40,7 +40,7 @@ def test_issue11_plan_runs_the_headline_and_f2_models_first(bench):
 def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench, tmp_path):
     """Issue 21 item 5: RI iterations (150 steps, half A) first, then the fixed target and its feature-map regressor,
     the k sweep on half A, the feature-map RI over 3 seeds, the deciding pair with the best k on the validation pairs
-    (seed by seed), arcface seeds 1-2; a rerun continues it."""
+    (seed by seed; F2's MagFace model after seed 0), arcface seeds 1-2; a rerun continues it."""
     base = bench.resolve_plan(bench.FULL_PLAN, tmp_path / "full")  # nothing saved: the deciding UNPG system waits
     plan = bench.make_plan([e[:2] for e in base], None, None)
     assert plan[:4] == [("pretrained", 0), ("ri-log-150", 0), ("ri-fix-150", 0), ("ri-fix", 0)]
@@ -68,8 +68,27 @@ def test_issue21_plan_order_halves_budgets_and_the_best_k_from_validation(bench,
     assert (best, 2) in plan and plan.index((best, 0)) > plan.index(("arcface-rh", 0))
     deciding = [run for run in plan if run[0] in ("arcface-rh", best) and run[1] > 0]
     assert deciding == [("arcface-rh", 1), (best, 1), ("arcface-rh", 2), (best, 2)]  # seed by seed: whole pairs
-    assert plan.index((best, 2)) < plan.index(("magface", 1)) < plan.index(("arcface", 1))  # F2's MagFace model
+    assert plan.index((best, 0)) < plan.index(("magface", 1)) < plan.index(("arcface-rh", 1))  # F2's MagFace model
+    assert plan.index((best, 2)) < plan.index(("arcface", 1))
     assert bench.plan_halves(base)[(best, 0)] == ["A", "B"]  # seed 0 of the deciding pair adds half B
+
+
+def test_ri_systems_keep_the_training_defaults_their_records_were_made_with(bench):
+    """Issue 21 made the fixed RI the training default; the systems saved before keep the old one through flags that
+    reach training but not the records' identity, so the saved records stay current and mean what they did."""
+    from rankface.training.face_arguments import parse_face_training_args
+
+    args = bench.parse_args([])
+
+    def resolved(system):
+        settings = parse_face_training_args(bench.training_flags(args, system, 0, "A", Path("out")))
+        return settings.ri_target_prototypes, settings.ri_form, settings.ri_quality_input
+
+    assert resolved("ri") == resolved("ri-log-150") == ("classifier", "product", "embedding")
+    assert resolved("ri-fix") == resolved("ri-fix-150") == ("initial", "product_clamped", "embedding")
+    assert resolved("ri-fix-fmap") == ("initial", "product_clamped", "feature_map")
+    assert "overrides" not in bench.run_settings(args, "ri", 0, "A")  # the identity of ri's saved records
+    assert bench.run_settings(args, "ri-fix", 0, "A")["overrides"] == bench.system_overrides("ri-fix")
 
 
 def test_ri_systems_share_the_ri_recipe_and_differ_only_in_their_switches(bench):
