@@ -90,6 +90,7 @@ from _lfw_vlr_plan import (  # noqa: F401 - re-exported: the tests read the plan
     UNPG_SWEEP,
     best_unpg_system,
     make_plan,
+    pinned_old_defaults,
     plan_halves,
     resolve_plan,
     system_overrides,
@@ -233,7 +234,7 @@ def training_flags(args: argparse.Namespace, system: str, seed: int, half: str, 
         "--resume_from_checkpoint", "latest", "--quiet", str(args.quiet).lower(),
         # the benchmark reads the shared Parquet, whose images all decode (README)
         "--check_images", "false", "--min_images_per_class", str(args.min_images_per_class),
-        *system_overrides(system),
+        *pinned_old_defaults(system), *system_overrides(system),
     ]
 
 

@@ -440,3 +440,18 @@ def test_ri_with_the_fixed_target_logs_xi_per_resolution_bucket(lfw_like, tiny_e
         parse_face_training_args(["--ri", "true", "--ri_log_steps", "3", "--eval_steps", "2"])
     with pytest.raises(ValueError, match="ri_quality_input must be one of"):
         parse_face_training_args(["--ri", "true", "--ri_quality_input", "pixels"])
+
+
+def test_ri_defaults_are_issue_21s_fix_and_the_paper_stays_selectable():
+    """The fixed RI is the default when fine-tuning; from scratch, where the starting encoder is random, 'auto' takes
+    the classifier's rows and an explicit 'initial' is refused with the reason; the paper's settings parse as given."""
+    fixed = parse_face_training_args(["--ri", "true"])
+    assert (fixed.ri_target_prototypes, fixed.ri_form, fixed.ri_quality_input) == (
+        "initial", "product_clamped", "feature_map")
+    assert parse_face_training_args(["--ri", "true", "--from_scratch", "true"]).ri_target_prototypes == "classifier"
+    with pytest.raises(ValueError, match="from_scratch makes random"):
+        parse_face_training_args(["--ri", "true", "--from_scratch", "true", "--ri_target_prototypes", "initial"])
+    paper = parse_face_training_args(["--ri", "true", "--ri_target_prototypes", "classifier", "--ri_form", "product",
+                                      "--ri_quality_input", "embedding"])
+    assert (paper.ri_target_prototypes, paper.ri_form, paper.ri_quality_input) == (
+        "classifier", "product", "embedding")
