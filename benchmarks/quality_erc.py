@@ -78,8 +78,11 @@ CALIBRATION_FOLDS = (0, 5)  # one fold per half: the pairs the realistic weights
 FMR = 1e-2
 UPTO = 0.3
 DECIMALS = 5
+# the protocol's keys in its order (ui_share: the ERS-style 1 - cos(v, UI centre)), then ui_norm_share (its product
+# with the norm, which the protocol also asks for)
 RESULT_KEYS = ("ri_pauc", "norm_pauc", "random_pauc", "oracle_pauc", "ratio_ri_to_norm", "ri_share", "norm_share",
-               "magface_share", "resolution_share", "ers_share", "ers_norm_share", "fnmr_d0", "mix", "mode")
+               "magface_share", "resolution_share", "ui_share", "ri_auc_24v8", "fnmr_d0", "mix", "mode",
+               "ui_norm_share")
 ERS, ERS_NORM = "ers 1-cos(v,UI)", "ers x norm"  # quality names in the tables
 
 
@@ -479,8 +482,10 @@ def share_differences(scores: np.ndarray, same: np.ndarray, slot_quality: Mappin
     return out
 
 
-def headline(curves: Mapping[str, ERCCurve], fnmr_d0: float, mix: str, mode: str) -> dict[str, str]:
-    """The RESULT values of one mix; `nan` for a quality that was not scored."""
+def headline(curves: Mapping[str, ERCCurve], fnmr_d0: float, mix: str, mode: str, ri_auc_24v8: float = math.nan
+             ) -> dict[str, str]:
+    """The RESULT values of one mix; `nan` for a quality that was not scored. `ri_auc_24v8`: the AUC that RI ranks an
+    image at 24 px above one at 8 px (`separation`)."""
     shares = attainable_share(curves)
 
     def pauc(name: str) -> float:
@@ -490,10 +495,10 @@ def headline(curves: Mapping[str, ERCCurve], fnmr_d0: float, mix: str, mode: str
               "oracle_pauc": pauc("resolution oracle")}
     values["ratio_ri_to_norm"] = values["ri_pauc"] / values["norm_pauc"] if values["norm_pauc"] > 0 else math.nan
     for key, name in (("ri_share", "ri"), ("norm_share", "norm"), ("magface_share", "magface norm"),
-                      ("resolution_share", "resolution oracle"), ("ers_share", ERS), ("ers_norm_share", ERS_NORM)):
+                      ("resolution_share", "resolution oracle"), ("ui_share", ERS), ("ui_norm_share", ERS_NORM)):
         values[key] = shares.get(name, math.nan)
-    values["fnmr_d0"] = fnmr_d0
-    out = {k: "nan" if math.isnan(v) else (f"{v:.3f}" if "share" in k or k == "fnmr_d0" else f"{v:.5f}")
+    values["fnmr_d0"], values["ri_auc_24v8"] = fnmr_d0, ri_auc_24v8
+    out = {k: "nan" if math.isnan(v) else (f"{v:.3f}" if "share" in k or k in ("fnmr_d0", "ri_auc_24v8") else f"{v:.5f}")
            for k, v in values.items()}
     return {**out, "mix": mix, "mode": mode}
 
@@ -727,7 +732,7 @@ def run_mix(mix: str, args, context: dict, stores: dict, out_dir: Path) -> tuple
                                     "failures from successes within one?")
     lines.append(f"\nplots: {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}, "
                  f"{hist.relative_to(ROOT) if hist.is_relative_to(ROOT) else hist}")
-    values = headline(curves, fnmr_d0, mix, args.mode)
+    values = headline(curves, fnmr_d0, mix, args.mode, sep["between"].get("ri", math.nan))
     record = {"mix": mix, "how": how, "fnmr_d0": fnmr_d0, "values": values, "shares": shares,
               "share_differences": {"reference": "ri", "resamples": args.bootstrap, "of": differences},
               "separation": sep,

@@ -126,10 +126,14 @@ def test_headline_and_result_line(bench):
     res = bench.draw_resolutions(n, seed=0)
     scores = np.where(same, 0.5, 0.0) + rng.normal(0, 0.3, n)
     curves = bench.system_curves(scores, same, {"ri": rng.random((n, 2)), "norm": rng.random((n, 2))}, res)
-    values = bench.headline(curves, 0.321, "realistic", "quick")
+    values = bench.headline(curves, 0.321, "realistic", "quick", ri_auc_24v8=0.9876)
     line = bench.result_line(values)
     assert [kv.split("=")[0] for kv in line.split()[1:]] == list(bench.RESULT_KEYS)
-    assert line.endswith("fnmr_d0=0.321 mix=realistic mode=quick")
+    protocol = ("ri_pauc norm_pauc random_pauc oracle_pauc ratio_ri_to_norm ri_share norm_share magface_share "
+                "resolution_share ui_share ri_auc_24v8 fnmr_d0 mix mode").split()  # benchmarks.md F2, in its order
+    assert list(bench.RESULT_KEYS[:len(protocol)]) == protocol
+    assert "ri_auc_24v8=0.988 fnmr_d0=0.321 mix=realistic mode=quick" in line
+    assert values["ui_share"] == "nan"  # no UI centre scored here
     assert float(values["norm_pauc"]) == pytest.approx(curves["norm"].pauc(0.3), abs=1e-5)
     assert float(values["oracle_pauc"]) == pytest.approx(curves["resolution oracle"].pauc(0.3), abs=1e-5)
     assert float(values["ratio_ri_to_norm"]) == pytest.approx(curves["ri"].pauc(0.3) / curves["norm"].pauc(0.3),
