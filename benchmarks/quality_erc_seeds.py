@@ -3,8 +3,8 @@ the F1 seeds whose models `benchmarks/quality_erc.py` scored (one results folder
 
     python benchmarks/quality_erc_seeds.py ri-fix-fmap-seed0 ri-fix-fmap-seed1 ri-fix-fmap-seed2 --name ri-fix-fmap
 
-Each seed's folder gives every quality's share on every mix (the same pairs and per-image resolutions for every
-seed: the folders must agree on folds, mix and draw seed). Per mix and quality it prints the mean share over seeds
+Each seed's folder gives every quality's share on every mix (the same pairs and resolution draw for every seed: the
+folders must agree on folds, mix, draw seed and resolutions; the realistic mix's weights are calibrated per model). Per mix and quality it prints the mean share over seeds
 with a 95 % t-interval over seeds, and RI's share minus the rival's with a paired t-test over seeds; each seed's own
 bootstrap p (over pairs, from `quality_erc.py`) is listed beside it. The summary goes to
 `benchmarks/results/quality_erc/<name>/seeds.json` (written whole or not at all).
@@ -24,7 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality_erc"
 MIXES = ("hard", "realistic")
-SAME_ACROSS_SEEDS = ("mix", "how", "folds", "seed", "slots_per_resolution")  # what makes the seeds' pairs the same
+# what the seeds must share: the pairs (folds), the draw's seed and the resolutions drawn from. The realistic mix's
+# weights are calibrated per model (FNMR at d = 0 in 10-40 %, benchmarks.md), so they may differ; they are listed.
+SAME_ACROSS_SEEDS = ("mix", "folds", "seed", "choices")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,6 +51,7 @@ def load_mix(results: Path, modes: Sequence[str], mix: str) -> list[dict]:
         for key in ("shares", "share_differences"):
             if key not in record:
                 raise ValueError(f"{path}: field {key!r} missing (rerun benchmarks/quality_erc.py --mode {mode})")
+        record["choices"] = record.get("how", {}).get("choices")
         if records:
             differing = [k for k in SAME_ACROSS_SEEDS if record.get(k) != records[0].get(k)]
             if differing:
@@ -88,12 +91,17 @@ def combine(records: Sequence[dict], modes: Sequence[str]) -> dict:
                      "bootstrap_p": [r["share_differences"]["of"][q]["p"] for r in records]}
                  for q in rivals},
         "left_out": sorted(set(records[0]["shares"]) - set(qualities)),
+        "lambda": [r["how"].get("lambda") for r in records],  # the realistic mix's weights (None: uniform)
+        "fnmr_d0": [r.get("fnmr_d0") for r in records],
     }
 
 
 def table(summary: dict, mix: str) -> str:
     ref = summary["reference"]
-    lines = [f"mix {mix} ({len(summary['seeds'])} seeds: {', '.join(summary['seeds'])})",
+    calibration = "" if summary["lambda"][0] is None else (
+        "; lambda " + ", ".join(f"{lam:.3f}" for lam in summary["lambda"]))
+    lines = [f"mix {mix} ({len(summary['seeds'])} seeds: {', '.join(summary['seeds'])}; FNMR at d = 0 "
+             + ", ".join(f"{f:.3f}" for f in summary["fnmr_d0"]) + calibration + ")",
              f"| quality | share, mean [95 % over seeds] | {ref} minus it [95 %], p over seeds | per-seed bootstrap p |",
              "|---|---:|---:|---:|"]
     for quality, share in summary["shares"].items():

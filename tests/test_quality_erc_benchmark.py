@@ -362,7 +362,8 @@ def _write_seed(folder: Path, ri: float, norm: float, magface: float, folds=(0, 
 
     folder.mkdir(parents=True)
     for mix in ("hard", "realistic"):
-        record = {"mix": mix, "how": {"weights": "uniform"}, "folds": list(folds), "seed": 0,
+        record = {"mix": mix, "how": {"choices": [8, 112], "lambda": ri if mix == "realistic" else None},
+                  "folds": list(folds), "seed": 0, "fnmr_d0": 0.3,
                   "slots_per_resolution": {}, "shares": {"ri": ri, "norm": norm, "magface norm": magface},
                   "share_differences": {"reference": "ri", "of": {"norm": {"p": 0.5}, "magface norm": {"p": 0.4}}}}
         (folder / f"{mix}.json").write_text(json.dumps(record))
@@ -386,6 +387,7 @@ def test_f2_over_seeds_gives_t_intervals_and_refuses_seeds_that_scored_other_pai
     assert (lead["low"], lead["high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
     assert lead["bootstrap_p"] == [0.5, 0.5, 0.5]
     assert summary["left_out"] == ["magface norm"] and "magface norm" not in summary["shares"]  # nan on seed 1
+    assert summary["lambda"] == ri  # calibrated per model: may differ, and is listed
     _write_seed(tmp_path / "other", 0.2, 0.2, 0.2, folds=(0, 1, 2))
     with pytest.raises(ValueError, match=r"other/hard\.json: \['folds'\] differ"):
         seeds_bench.main(["s0", "other", "--name", "x", "--results-dir", str(tmp_path)])
