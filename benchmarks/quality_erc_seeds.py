@@ -3,10 +3,10 @@ the F1 seeds whose models `benchmarks/quality_erc.py` scored (one results folder
 
     python benchmarks/quality_erc_seeds.py ri-fix-fmap-seed0 ri-fix-fmap-seed1 ri-fix-fmap-seed2 --name ri-fix-fmap
 
-Each seed's folder gives every quality's share on every mix (the same pairs and resolution draw for every seed: the
-folders must agree on folds, mix, draw seed and resolutions; the realistic mix's weights are calibrated per model). Per mix and quality it prints the mean share over seeds
-with a 95 % t-interval over seeds, and RI's share minus the rival's with a paired t-test over seeds; each seed's own
-bootstrap p (over pairs, from `quality_erc.py`) is listed beside it. The summary goes to
+Each seed's folder gives every quality's share on every mix. The folders must agree on folds, mix, draw seed and
+resolutions (the realistic mix's weights are calibrated per model, so they may differ). Per mix and quality it prints
+the mean share over seeds with a 95 % t-interval over seeds, and RI's share minus the rival's with a paired t-test
+over seeds; each seed's own bootstrap p (over pairs, from `quality_erc.py`) is listed beside it. The summary goes to
 `benchmarks/results/quality_erc/<name>/seeds.json` (written whole or not at all).
 """
 
