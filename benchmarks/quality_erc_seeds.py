@@ -51,14 +51,18 @@ def load_mix(results: Path, modes: Sequence[str], mix: str) -> list[dict]:
         for key in ("shares", "share_differences"):
             if key not in record:
                 raise ValueError(f"{path}: field {key!r} missing (rerun benchmarks/quality_erc.py --mode {mode})")
-        record["choices"] = record.get("how", {}).get("choices")
         if records:
-            differing = [k for k in SAME_ACROSS_SEEDS if record.get(k) != records[0].get(k)]
+            differing = [k for k in SAME_ACROSS_SEEDS if pairs_setting(record, k) != pairs_setting(records[0], k)]
             if differing:
                 raise ValueError(f"{path}: {differing} differ from {results / modes[0] / f'{mix}.json'}: the seeds "
                                  "must score the same pairs at the same resolutions")
         records.append(record)
     return records
+
+
+def pairs_setting(record: dict, key: str):
+    """One of `SAME_ACROSS_SEEDS` of an F2 record (the resolutions drawn from sit in its `how`)."""
+    return record.get("how", {}).get("choices") if key == "choices" else record.get(key)
 
 
 def t_summary(values: Sequence[float]) -> dict:
