@@ -181,6 +181,11 @@ def train_face(args: FaceTrainingArguments) -> dict:
         write_json(output_dir / "trainer_state.json", state)
         discard_previous_runs(output_dir)  # an overwritten run goes once this one is whole
     accelerator.wait_for_everyone()
+    # The DDP wrapper goes before its process group, as torch's shutdown order asks: a reducer left to this frame's
+    # teardown, after `end_training` destroyed the gloo group, is where a rank of the two-process test hung under
+    # load (its stack ended at this function's return).
+    model = learner = optimizer = loader = None  # not `del`: the step closures above hold `model` as a cell
+    accelerator.free_memory()  # the accelerator's own references to them, then a garbage collection
     accelerator.end_training()
     return final
 
