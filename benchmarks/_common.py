@@ -60,6 +60,22 @@ def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> dic
             "max": float(ratios.max()), "rounds": int(ratios.size), "ratios": ratios.tolist()}
 
 
+def t_summary(values: Sequence[float]) -> dict:
+    """Mean, 95 % t-interval and two-sided one-sample t p (against 0) of per-seed values."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.975, x.size - 1) * sd / np.sqrt(x.size))
+    if sd == 0:
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(mean) / (sd / np.sqrt(x.size)), x.size - 1))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "p": p, "seeds": int(x.size),
+            "values": x.tolist()}
+
+
 def format_spread(stats: dict) -> str:
     """`1.012 (IQR 0.991-1.030, min-max 0.950-1.100, 10 rounds)`."""
     return (f"{stats['median']:.3f} (IQR {stats['q1']:.3f}-{stats['q3']:.3f}, min-max {stats['min']:.3f}-"

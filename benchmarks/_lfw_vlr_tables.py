@@ -129,6 +129,43 @@ def low_far_significance(low_far: dict, complete: dict, claims: list[tuple[str, 
     return rows
 
 
+def low_far_over_seeds(complete: dict, claims: list[tuple[str, str]]) -> list[str]:
+    """Claims at low FAR with the seed as the unit: per seed, Δ = first − second averaged over the two halves; then
+    the mean Δ with its 95 % t-interval and one-sample t p over the seeds both systems have (>= 2). The pooled
+    identity bootstrap above holds the identities' spread; this holds the training runs' spread."""
+    from _common import t_summary
+
+    def per_half(system: str, seed: int, key: str, figure: str) -> dict[str, float] | None:
+        halves = {r["settings"]["half"]: r["low_far"]["keys"][key]["figures"].get(figure)
+                  for r in complete.get((system, seed), []) if key in r.get("low_far", {}).get("keys", {})}
+        halves = {h: v for h, v in halves.items() if v is not None}
+        return halves if len(halves) == 2 else None
+
+    rows = []
+    for system, reference in claims:
+        seeds = sorted({k[1] for k in complete if k[0] == system} & {k[1] for k in complete if k[0] == reference})
+        for key, figure in LOW_FAR_CLAIM_FIGURES:
+            deltas = []
+            for seed in seeds:
+                a, b = per_half(system, seed, key, figure), per_half(reference, seed, key, figure)
+                if a is not None and b is not None:
+                    deltas.append(100 * float(np.mean([a[h] - b[h] for h in sorted(a)])))
+            if len(deltas) < 2:
+                continue
+            t = t_summary(deltas)
+            star = " *" if t["p"] < 0.05 else ""
+            rows.append(f"| {system} vs {reference} | {figure.replace('tar', 'TAR')} {key} | "
+                        + ", ".join(f"{d:+.2f}" for d in deltas)
+                        + f" | {t['mean']:+.2f} [{t['low']:+.2f}, {t['high']:+.2f}] | {t['p']:.3g}{star} |")
+    if not rows:
+        return []
+    title = ("\nLow FAR over seeds (Δ per seed: first − second, points, mean over the two halves; 95 % t-interval "
+             "and one-sample t p over seeds):")
+    return [title, "",
+            "| claim | figure | Δ per seed | mean Δ [95 % CI] | p |", "|---|---|---|---:|---:|", *rows,
+            "(*: p < 0.05)"]
+
+
 def one_half_low_far_table(results: dict, partial: list, reference: str, keys=("lr-lr@16", "lr-lr@8"),
                            far: str = "tar@0.0001") -> list[str]:
     """TAR at one FAR of the runs that have one half only (the UNPG k sweep, the RI iterations), each against

@@ -619,6 +619,7 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
         lines += low_far_table(low_far, complete)
         lines += significance_table(significance(complete, metrics, all_pairs, args.bootstrap)
                                     + low_far_significance(low_far, complete))
+        lines += _tables.low_far_over_seeds(complete, CLAIMS)
         lines += ablation_table(metrics)
     curves = {}
     for (system, _seed), records in results.items():

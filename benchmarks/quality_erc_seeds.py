@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from _common import t_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality_erc"
@@ -63,22 +64,6 @@ def load_mix(results: Path, modes: Sequence[str], mix: str) -> list[dict]:
 def pairs_setting(record: dict, key: str):
     """One of `SAME_ACROSS_SEEDS` of an F2 record (the resolutions drawn from sit in its `how`)."""
     return record.get("how", {}).get("choices") if key == "choices" else record.get(key)
-
-
-def t_summary(values: Sequence[float]) -> dict:
-    """Mean, 95 % t-interval and two-sided one-sample t p (against 0) of per-seed values."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    mean = float(x.mean())
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, x.size - 1) * sd / np.sqrt(x.size))
-    if sd == 0:
-        p = 1.0 if mean == 0 else 0.0
-    else:
-        p = float(2 * stats.t.sf(abs(mean) / (sd / np.sqrt(x.size)), x.size - 1))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "p": p, "seeds": int(x.size),
-            "values": x.tolist()}
 
 
 def combine(records: Sequence[dict], modes: Sequence[str]) -> dict:

@@ -272,6 +272,37 @@ def test_low_far_metrics_average_halves_and_give_the_unpg_result_keys(bench):
     assert any("TAR@1e-4" in line for line in bench.low_far_table(low, complete))
 
 
+def test_low_far_over_seeds_takes_the_seed_as_the_unit(bench):
+    """Δ per seed is the mean over halves of first − second; the interval and p are scipy's one-sample t over seeds.
+    A seed that one system lacks, or a half without low-FAR figures, leaves that seed out."""
+    from scipy import stats
+
+    def record(half: str, tar: float) -> dict:
+        return {"settings": {"half": half}, "low_far": {"keys": {"lr-lr@16": {"figures": {"tar@0.0001": tar}}}}}
+
+    unpg = {0: (0.50, 0.40), 1: (0.46, 0.44), 2: (0.52, 0.38)}
+    base = {0: (0.45, 0.41), 1: (0.44, 0.43), 2: (0.47, 0.36)}
+    complete = {(system, seed): [record("A", a), record("B", b)]
+                for system, values in (("arcface+unpg-rh", unpg), ("arcface-rh", base)) for seed, (a, b) in values.items()}
+    complete[("arcface+unpg-rh", 3)] = [record("A", 0.9), record("B", 0.9)]  # no arcface-rh seed 3: not paired
+    lines = bench._tables.low_far_over_seeds(complete, [("arcface+unpg-rh", "arcface-rh")])
+    deltas = [100 * ((unpg[k][0] - base[k][0]) + (unpg[k][1] - base[k][1])) / 2 for k in range(3)]
+    test = stats.ttest_1samp(deltas, 0.0)
+    half = stats.t.ppf(0.975, 2) * np.std(deltas, ddof=1) / np.sqrt(3)
+    row = next(line for line in lines if line.startswith("| arcface+unpg-rh vs arcface-rh | TAR@0.0001 lr-lr@16 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == ", ".join(f"{d:+.2f}" for d in deltas)
+    mean = np.mean(deltas)
+    assert cells[3] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    assert cells[4].rstrip(" *") == f"{test.pvalue:.3g}"
+    complete[("arcface-rh", 2)] = [record("A", 0.47)]  # one half only: seed 2 drops, two seeds remain
+    row = next(line for line in bench._tables.low_far_over_seeds(complete, [("arcface+unpg-rh", "arcface-rh")])
+               if "lr-lr@16" in line)
+    assert row.split("|")[3].strip() == ", ".join(f"{d:+.2f}" for d in deltas[:2])
+    del complete[("arcface-rh", 1)]
+    assert bench._tables.low_far_over_seeds(complete, [("arcface+unpg-rh", "arcface-rh")]) == []  # one seed: no row
+
+
 def test_unpg_mechanism_is_saved_per_step_tabulated_and_plotted(bench, tmp_path):
     log = [{"step": 0, "val": {}}]
     for step in range(1, 7):
