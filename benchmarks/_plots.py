@@ -30,6 +30,16 @@ COLOURS = {
     "ri+reg": "#ff7f0e",
     "ri+reg+id": "#e377c2",
     "ri-headlr": "#8c564b",
+    # issue 21: the random-head UNPG sweep (arcface-rh is its baseline) and the fixed RI
+    "arcface-rh": "#393b79",
+    "arcface+unpg-rh-k1": "#6b6ecf",
+    "arcface+unpg-rh": "#17becf",
+    "arcface+unpg-rh-k3": "#e6550d",
+    "arcface+unpg-rh-nofilter": "#843c39",
+    "ri-fix": "#ff9896",
+    "ri-fix-fmap": "#b22222",
+    "ri-fix-150": "#e7ba52",
+    "ri-log-150": "#8c6d31",
     # F2 qualities beyond the systems' own
     "norm": "#bcbd22",  # the embedding norm of the RI model
     "magface norm": "#9467bd",
@@ -161,34 +171,62 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Sequence[tuple[int, Mapping
 
 
 def plot_step_series(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], path: str | os.PathLike,
-                     panels: Mapping[str, tuple[str, Sequence[str]]], title: str) -> Path:
-    """Training-log quantities against optimizer step (e.g. UNPG's mechanism), one panel per entry of `panels`,
-    one colour per system; several series in a panel are told apart by their dashes.
+                     panels: Mapping[str, tuple[str, Sequence[str]]], title: str, smooth: int = 1,
+                     labels: Mapping[str, str] | None = None) -> Path:
+    """Training-log quantities against optimizer step (e.g. UNPG's mechanism), one panel per entry of `panels`:
+    the colour says the system (the legend under the panels), the dashes say the series (each panel's legend).
 
     Args:
         runs: `{system: [run, ...]}`, a run being columns `{"step": [S], name: [S], ...}` (one per seed and half).
         panels: `{panel title: (y label, [series names])}`.
+        smooth: draw the centred moving mean over this many logged steps (per-step logs are too noisy to compare
+            systems by eye); 1 draws the values as logged.
+        labels: the legend's words for a series name (default: the name).
     """
     if not runs:
         raise ValueError("plot_step_series: no runs")
+    from matplotlib.lines import Line2D
+
     plt = _pyplot()
     dashes = ("-", "--", ":", "-.")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 4.0), dpi=120, squeeze=False)
+    # constrained layout makes room for the figure legend under the panels (tight_layout would ignore it)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 4.6), dpi=120, squeeze=False,
+                             layout="constrained")
     for ax, (panel, (ylabel, names)) in zip(axes[0], panels.items(), strict=True):
+        drawn = set()
         for system, system_runs in runs.items():
-            for k, run in enumerate(system_runs):
+            for run in system_runs:
                 for style, name in zip(dashes, names, strict=False):
-                    if name not in run:
-                        continue
-                    label = f"{system}: {name}" if k == 0 else None
-                    ax.plot(run["step"], run[name], style, color=colour(system), lw=1.0, alpha=0.8, label=label)
+                    if name in run:
+                        ax.plot(run["step"], moving_mean(run[name], smooth), style, color=colour(system), lw=1.1,
+                                alpha=0.85)
+                        drawn.add(name)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         ax.set_title(panel, fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=10)
+        if len(drawn) > 1:
+            ax.legend(handles=[Line2D([], [], color="black", linestyle=style, label=(labels or {}).get(name, name))
+                               for style, name in zip(dashes, names, strict=False) if name in drawn],
+                      fontsize=7, frameon=False)
+    fig.legend(handles=[Line2D([], [], color=colour(system), lw=2, label=system) for system in runs],
+               loc="outside lower center", ncol=min(len(runs), 5), fontsize=8, frameon=False)
+    note = f" (moving mean over {smooth} steps)" if smooth > 1 else ""
+    fig.suptitle(title + note, fontsize=10)
     return save_png(fig, path)
+
+
+def moving_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """Centred moving mean over `window` points that skips NaN (a step without the quantity) instead of spreading
+    it; a point whose whole window is NaN stays NaN."""
+    x = np.asarray(values, dtype=np.float64)
+    if window <= 1:
+        return x
+    finite = np.isfinite(x)
+    kernel = np.ones(window)
+    total = np.convolve(np.where(finite, x, 0.0), kernel, mode="same")
+    count = np.convolve(finite.astype(np.float64), kernel, mode="same")
+    return np.divide(total, count, out=np.full_like(x, np.nan), where=count > 0)
 
 
 def plot_erc_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,

@@ -647,7 +647,10 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
                                                                     "unpg_hardest_class_mean", "unpg_lower"]),
                     "appended pairs' share of non-target mass": ("share (mean over rows)", ["unpg_share"])},
             title=f"UNPG's mechanism per step ({args.mode}): pairs kept of all, bounds, hardest kept pair vs each "
-                  "row's hardest class-negative cosine (mean), share of the softmax mass")
+                  "row's hardest class-negative cosine (mean), share of the softmax mass", smooth=25,
+            labels={"unpg_pairs": "all pairs", "negatives": "pairs kept", "unpg_upper": "upper bound",
+                    "unpg_kept_max": "hardest kept pair", "unpg_hardest_class_mean": "hardest class negative",
+                    "unpg_lower": "lower bound"})
         lines.append(f"\nUNPG mechanism: {png.relative_to(ROOT)}")
         lines += mechanism_table(mechanism)
     lines += ri_log_report(args, results)

@@ -321,8 +321,14 @@ def test_unpg_mechanism_is_saved_per_step_tabulated_and_plotted(bench, tmp_path)
     import _plots
 
     png = _plots.plot_step_series({"arcface+unpg": [cols]}, tmp_path / "m.png",
-                                  {"pairs": ("pairs", ["unpg_pairs", "negatives"])}, "t")
+                                  {"pairs": ("pairs", ["unpg_pairs", "negatives"])}, "t", smooth=3,
+                                  labels={"negatives": "pairs kept"})
     assert png.is_file() and png.stat().st_size > 0
+    # the smoothing skips a step without the quantity instead of spreading its NaN over the window
+    smoothed = _plots.moving_mean(cols["unpg_upper"], 3)
+    assert smoothed[2] == pytest.approx(0.25) and smoothed[0] == pytest.approx(0.25)
+    assert np.all(np.isnan(_plots.moving_mean([np.nan, np.nan, 1.0], 1)[:2]))
+    assert _plots.moving_mean([1.0, 2.0, 6.0, 3.0], 3).tolist() == pytest.approx([1.5, 3.0, 11 / 3, 4.5])
 
 
 def test_ri_log_report_tabulates_xi_and_xi_hat_per_resolution_and_plots_them(bench, tmp_path, monkeypatch):

@@ -194,7 +194,8 @@ def save_png(fig, path: str | os.PathLike) -> Path:
 
     buffer = io.BytesIO()
     try:
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # a figure that chose its layout (e.g. constrained) keeps it
+            fig.tight_layout()
         fig.savefig(buffer, format="png")
     finally:
         plt.close(fig)
