@@ -104,7 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-image resolution draw")
     parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="paired bootstrap resamples of the pairs for RI's share minus each other quality's")
+                        help="paired bootstrap resamples (over identities) for RI's share minus each other quality's")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--mode", default=None, help="results folder name (default: quick / full)")
@@ -452,13 +452,33 @@ def attainable_share(curves: Mapping[str, ERCCurve]) -> dict[str, float]:
             for name, c in curves.items() if name not in ("random", "error oracle")}
 
 
+def identity_resample(identities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap resample of pairs over identities, as pair indices (a pair drawn k times appears k times).
+
+    The identities are drawn with replacement; a genuine pair counts once per copy of its identity, an impostor pair
+    once per copy of each of its two identities (Owen's pigeonhole bootstrap for crossed designs: the weight is the
+    product of the two multiplicities). LFW's pairs share identities, so resampling pairs alone treats correlated
+    pairs as independent and gives intervals that are too narrow.
+
+    Args:
+        identities: `[P, 2]` the identity of each pair's two images.
+    """
+    distinct, index = np.unique(identities, return_inverse=True)
+    index = index.reshape(identities.shape)
+    copies = np.bincount(rng.integers(0, distinct.size, distinct.size), minlength=distinct.size)
+    first, second = copies[index[:, 0]], copies[index[:, 1]]
+    weight = np.where(index[:, 0] == index[:, 1], first, first * second)
+    return np.repeat(np.arange(len(identities)), weight)
+
+
 def share_differences(scores: np.ndarray, same: np.ndarray, slot_quality: Mapping[str, np.ndarray],
-                      resolutions: np.ndarray, reference: str = "ri", resamples: int = 1000, seed: int = 0
-                      ) -> dict[str, dict[str, float]]:
+                      resolutions: np.ndarray, reference: str = "ri", resamples: int = 1000, seed: int = 0,
+                      identities: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """`reference`'s share of the attainable improvement minus each other quality's (and the resolution oracle's),
-    with a 95 % interval and a two-sided p from a paired bootstrap over pairs: every resample draws the pairs once and
-    recomputes all curves on them (threshold, random and error-oracle references included), so the two shares of a
-    difference always come from the same pairs.
+    with a 95 % interval and a two-sided p from a paired bootstrap: every resample draws once (the identities with
+    `identities [P, 2]`, see `identity_resample`; the pairs without) and recomputes all curves on the drawn pairs
+    (threshold, random and error-oracle references included), so the two shares of a difference always come from the
+    same pairs.
 
     Returns:
         `{other: {"difference", "low", "high", "p"}}`; the difference is the one on all pairs.
@@ -472,10 +492,16 @@ def share_differences(scores: np.ndarray, same: np.ndarray, slot_quality: Mappin
 
     observed = differences(None, seed)
     rng = np.random.default_rng(seed)
-    draws = [differences(rng.integers(0, len(scores), len(scores)), seed + b) for b in range(resamples)]
+    draw = ((lambda: identity_resample(identities, rng)) if identities is not None
+            else (lambda: rng.integers(0, len(scores), len(scores))))
+    draws = [differences(draw(), seed + b) for b in range(resamples)]
     out = {}
     for name, difference in observed.items():
         values = np.array([d[name] for d in draws])
+        values = values[np.isfinite(values)]  # a resample without a single false non-match has no share at all
+        if values.size == 0:
+            out[name] = {"difference": float(difference), "low": math.nan, "high": math.nan, "p": math.nan}
+            continue
         p = min(1.0, 2 * min(np.mean(values <= 0), np.mean(values >= 0)))
         out[name] = {"difference": float(difference), "low": float(np.quantile(values, 0.025)),
                      "high": float(np.quantile(values, 0.975)), "p": float(p)}
@@ -696,8 +722,9 @@ def run_mix(mix: str, args, context: dict, stores: dict, out_dir: Path) -> tuple
         share = shares.get(name, 0.0 if name == "random" else 1.0)
         lines.append(f"| {name} | {curve.pauc(UPTO):.5f} | {share:.3f} |")
     lines.append("\n" + goal_line(shares))
-    differences = share_differences(scores, same, slot_quality, res, resamples=args.bootstrap, seed=args.seed)
-    lines += ["", (f"RI's share minus each other's (paired bootstrap over pairs, {args.bootstrap} resamples, 95 % "
+    differences = share_differences(scores, same, slot_quality, res, resamples=args.bootstrap, seed=args.seed,
+                                    identities=context["identities"])
+    lines += ["", (f"RI's share minus each other's (paired bootstrap over identities, {args.bootstrap} resamples, 95 % "
                    "interval; one seed of the models):"), "", "| RI minus | difference | 95 % interval | p |",
               "|---|---:|---:|---:|"]
     lines += [f"| {name} | {d['difference']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p']:.3f} |"
@@ -734,7 +761,8 @@ def run_mix(mix: str, args, context: dict, stores: dict, out_dir: Path) -> tuple
                  f"{hist.relative_to(ROOT) if hist.is_relative_to(ROOT) else hist}")
     values = headline(curves, fnmr_d0, mix, args.mode, sep["between"].get("ri", math.nan))
     record = {"mix": mix, "how": how, "fnmr_d0": fnmr_d0, "values": values, "shares": shares,
-              "share_differences": {"reference": "ri", "resamples": args.bootstrap, "of": differences},
+              "share_differences": {"reference": "ri", "resamples": args.bootstrap, "unit": "identities",
+                                    "of": differences},
               "separation": sep,
               "pauc": {n: c.pauc(UPTO) for n, c in curves.items()},
               "curves": {n: {"discard": rounded(c.discard), "fnmr": [None if not np.isfinite(v) else round(float(v), 5)
@@ -771,6 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "same": np.array([all_pairs[i].same for i in pair_indices]), "folds": folds,
                "pair_half": np.array([half_of(int(f)) for f in folds]), "halves": sorted({half_of(int(f)) for f in folds}),
                "load_images": load_images, "num_all_pairs": len(all_pairs)}
+    context["identities"] = np.asarray(dataset["label"])[context["rows"]]  # [P, 2]: the bootstrap's unit
     print(f"{data_report.summary()}; mode={args.mode} folds={args.folds} pairs={len(pair_indices)} seed={args.seed} "
           f"mixes={args.mixes}", flush=True)
     stores = {kind: build_stores(getattr(args, f"{kind}_model"), kind, context, out_dir, args)

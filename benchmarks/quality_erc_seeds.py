@@ -6,7 +6,7 @@ the F1 seeds whose models `benchmarks/quality_erc.py` scored (one results folder
 Each seed's folder gives every quality's share on every mix. The folders must agree on folds, mix, draw seed and
 resolutions (the realistic mix's weights are calibrated per model, so they may differ). Per mix and quality it prints
 the mean share over seeds with a 95 % t-interval over seeds, and RI's share minus the rival's with a paired t-test
-over seeds; each seed's own bootstrap p (over pairs, from `quality_erc.py`) is listed beside it. The summary goes to
+over seeds; each seed's own bootstrap p (over identities, from `quality_erc.py`) is listed beside it. The summary goes to
 `benchmarks/results/quality_erc/<name>/seeds.json` (written whole or not at all).
 """
 
@@ -27,7 +27,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "quality_erc"
 MIXES = ("hard", "realistic")
 # what the seeds must share: the pairs (folds), the draw's seed and the resolutions drawn from. The realistic mix's
 # weights are calibrated per model (FNMR at d = 0 in 10-40 %, benchmarks.md), so they may differ; they are listed.
-SAME_ACROSS_SEEDS = ("mix", "folds", "seed", "choices")
+# The per-seed bootstrap p's must come from one kind of resampling (over identities, or over pairs before it).
+SAME_ACROSS_SEEDS = ("mix", "folds", "seed", "choices", "bootstrap unit")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -62,8 +63,13 @@ def load_mix(results: Path, modes: Sequence[str], mix: str) -> list[dict]:
 
 
 def pairs_setting(record: dict, key: str):
-    """One of `SAME_ACROSS_SEEDS` of an F2 record (the resolutions drawn from sit in its `how`)."""
-    return record.get("how", {}).get("choices") if key == "choices" else record.get(key)
+    """One of `SAME_ACROSS_SEEDS` of an F2 record (the resolutions drawn from sit in its `how`; a record without a
+    bootstrap unit resampled pairs)."""
+    if key == "choices":
+        return record.get("how", {}).get("choices")
+    if key == "bootstrap unit":
+        return record.get("share_differences", {}).get("unit", "pairs")
+    return record.get(key)
 
 
 def combine(records: Sequence[dict], modes: Sequence[str]) -> dict:
@@ -82,6 +88,7 @@ def combine(records: Sequence[dict], modes: Sequence[str]) -> dict:
         "left_out": sorted(set(records[0]["shares"]) - set(qualities)),
         "lambda": [r["how"].get("lambda") for r in records],  # the realistic mix's weights (None: uniform)
         "fnmr_d0": [r.get("fnmr_d0") for r in records],
+        "bootstrap_unit": pairs_setting(records[0], "bootstrap unit"),
     }
 
 
@@ -91,7 +98,8 @@ def table(summary: dict, mix: str) -> str:
         "; lambda " + ", ".join(f"{lam:.3f}" for lam in summary["lambda"]))
     lines = [f"mix {mix} ({len(summary['seeds'])} seeds: {', '.join(summary['seeds'])}; FNMR at d = 0 "
              + ", ".join(f"{f:.3f}" for f in summary["fnmr_d0"]) + calibration + ")",
-             f"| quality | share, mean [95 % over seeds] | {ref} minus it [95 %], p over seeds | per-seed bootstrap p |",
+             (f"| quality | share, mean [95 % over seeds] | {ref} minus it [95 %], p over seeds | per-seed bootstrap p "
+              f"(over {summary['bootstrap_unit']}) |"),
              "|---|---:|---:|---:|"]
     for quality, share in summary["shares"].items():
         lead = summary["lead"].get(quality)

@@ -313,6 +313,39 @@ def test_share_differences_pair_the_resamples_and_find_a_real_gap(bench):
     assert got["noise"]["low"] <= got["noise"]["difference"] <= got["noise"]["high"]
 
 
+def test_identity_resample_weights_each_pair_by_its_identities_copies(bench):
+    """A genuine pair appears once per copy of its identity, an impostor pair once per copy of each identity (the
+    product), checked against the identity draw that the same generator makes."""
+    identities = np.array([[7, 7], [7, 3], [3, 9], [9, 9], [5, 3]])
+    draw = np.random.default_rng(11).integers(0, 4, 4)  # what identity_resample draws first: 4 of the sorted [3 5 7 9]
+    copies = dict(zip([3, 5, 7, 9], np.bincount(draw, minlength=4), strict=True))
+    expected = [copies[7], copies[7] * copies[3], copies[3] * copies[9], copies[9], copies[5] * copies[3]]
+    index = bench.identity_resample(identities, np.random.default_rng(11))
+    assert np.bincount(index, minlength=5).tolist() == expected
+    # expected draws: 1 for a genuine pair; 1 - 1/I for an impostor pair (the I multinomial copies covary by -1/I)
+    rng = np.random.default_rng(0)
+    many = np.stack([np.bincount(bench.identity_resample(identities, rng), minlength=5) for _ in range(20000)])
+    assert many.mean(axis=0) == pytest.approx([1, 0.75, 0.75, 1, 0.75], abs=0.03)
+
+
+def test_share_differences_over_identities_are_wider_when_pairs_share_identities(bench):
+    """200 pairs, each repeated 5 times under its own identities: resampling the 1,000 pairs takes the copies for
+    independent evidence, resampling identities does not, so its interval is the wider; the difference on all pairs
+    is the same either way."""
+    rng, same, res, scores, errors = pairs_with_known_errors(bench, 200, seed=4, resolution_seed=2)
+    knows = np.stack([np.where(errors, 0.0, 1.0)] * 2, 1) + rng.normal(0, 1e-3, (200, 2))
+    base = {"scores": scores, "same": same, "res": res, "ri": knows, "noise": rng.random((200, 2))}
+    copies = {k: np.repeat(v, 5, axis=0) for k, v in base.items()}
+    own = np.arange(200)
+    identities = np.repeat(np.stack([own, np.where(same, own, own + 200)], 1), 5, axis=0)
+    args = (copies["scores"], copies["same"], {"ri": copies["ri"], "noise": copies["noise"]}, copies["res"])
+    by_pairs = bench.share_differences(*args, resamples=200, seed=0)
+    by_ids = bench.share_differences(*args, resamples=200, seed=0, identities=identities)
+    assert by_ids["noise"]["difference"] == by_pairs["noise"]["difference"]
+    width = {k: d["noise"]["high"] - d["noise"]["low"] for k, d in (("pairs", by_pairs), ("ids", by_ids))}
+    assert width["ids"] > 1.5 * width["pairs"]  # about sqrt(5) in theory
+
+
 @pytest.mark.parametrize("match_with", ["v", "v+att"])
 def test_ers_quality_is_one_minus_cos_to_the_saved_ui_centre_and_old_caches_gain_it(bench, tmp_path, match_with):
     """Issue 21: the ERS-style score 1 - cos(v, UI centre) of the RI model's backbone embedding, and its product
