@@ -129,6 +129,10 @@ def _train(args: RerankerTrainingArguments) -> dict:
         write_model_card(output_dir / "model", args, data, final, state["step"])
         discard_previous_runs(output_dir)  # a run without checkpoints: the overwritten run goes once this one is whole
     accelerator.wait_for_everyone()
+    # The DDP wrappers go before their process group (torch's shutdown order; see train_face, where a rank hung in
+    # this frame's teardown): drop every reference here, then the accelerator's.
+    models = optimizers = learners = prepared = model = optimizer = loader = None
+    accelerator.free_memory()
     accelerator.end_training()
     # Accelerate keeps one precision per process; forget it, so that a later `train` here (a sweep, a notebook) can
     # ask for another. The process group (PartialState) stays.
