@@ -426,4 +426,12 @@ def test_f2_over_seeds_gives_t_intervals_and_refuses_seeds_that_scored_other_pai
         seeds_bench.main(["s0", "other", "--name", "x", "--results-dir", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="missing/hard.json"):
         seeds_bench.main(["s0", "missing", "--name", "x", "--results-dir", str(tmp_path)])
+    assert summary["bootstrap_unit"] == "pairs"  # records saved before the identity bootstrap
+    _write_seed(tmp_path / "by-ids", 0.2, 0.2, 0.2)
+    for mix in ("hard", "realistic"):  # a seed rerun since: its bootstrap p's resampled identities
+        record = json.loads((tmp_path / "by-ids" / f"{mix}.json").read_text())
+        record["share_differences"]["unit"] = "identities"
+        (tmp_path / "by-ids" / f"{mix}.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"by-ids/hard\.json: \['bootstrap unit'\] differ"):
+        seeds_bench.main(["s0", "by-ids", "--name", "x", "--results-dir", str(tmp_path)])
     assert seeds_bench.slug("ers 1-cos(v,UI)") == "ers_1_cos_v_ui"
