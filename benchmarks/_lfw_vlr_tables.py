@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from _common import t_summary
 from _plots import plot_step_series
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,8 +134,6 @@ def low_far_over_seeds(complete: dict, claims: list[tuple[str, str]]) -> list[st
     """Claims at low FAR with the seed as the unit: per seed, Δ = first − second averaged over the two halves; then
     the mean Δ with its 95 % t-interval and one-sample t p over the seeds both systems have (>= 2). The pooled
     identity bootstrap above holds the identities' spread; this holds the training runs' spread."""
-    from _common import t_summary
-
     def per_half(system: str, seed: int, key: str, figure: str) -> dict[str, float] | None:
         halves = {r["settings"]["half"]: r["low_far"]["keys"][key]["figures"].get(figure)
                   for r in complete.get((system, seed), []) if key in r.get("low_far", {}).get("keys", {})}
