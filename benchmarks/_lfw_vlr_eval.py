@@ -174,10 +174,14 @@ def low_far_metrics(records: list[list[dict]]) -> dict | None:
 
     Each figure is the mean over halves and seeds (TAR in %); its interval comes from the mean of the bootstrap
     vectors (resample i of every record drawn with the same seed over the same identities of its half), and that
-    mean vector is kept for paired tests. None when a record lacks the low-FAR entry.
+    mean vector is kept for paired tests. Only the seeds whose records all carry the low-FAR entry count (a model
+    trained before the evaluation existed, and not kept, has none), and `seeds` says how many did; None when no
+    seed did.
     """
-    flat = [r for seed_records in records for r in seed_records]
-    if not flat or any("low_far" not in r for r in flat):
+    scored = [seed_records for seed_records in records
+              if seed_records and all("low_far" in r for r in seed_records)]
+    flat = [r for seed_records in scored for r in seed_records]
+    if not flat:
         return None
     out = {}
     for key in flat[0]["low_far"]["keys"]:
@@ -191,6 +195,7 @@ def low_far_metrics(records: list[list[dict]]) -> dict | None:
                      for k, v in boot.items()},
             "boot": {k: 100 * v for k, v in boot.items()},
             "halves": sorted({r["settings"]["half"] for r in flat}),
+            "seeds": len(scored),
             "pairing": sorted({(r["settings"]["half"], r["low_far"]["identities_sha"], r["low_far"]["seed"],
                                 r["low_far"]["resamples"]) for r in flat}),
         }

@@ -98,7 +98,7 @@ def low_far_table(low_far: dict, complete: dict) -> list[str]:
         for system, m in low_far.items():
             if key not in m:
                 continue
-            seeds = sum(1 for k in complete if k[0] == system)
+            seeds = m[key]["seeds"]
             cells = [f"{m[key]['figures'][f]:.2f} [{m[key]['ci95'][f][0]:.2f}, {m[key]['ci95'][f][1]:.2f}]"
                      for f in LOW_FAR_TABLE_FIGURES]
             cells += [f"{m[key]['figures'][f]:.3f}" for f in ("p99.9", "p99.99")]
@@ -115,11 +115,11 @@ def low_far_significance(low_far: dict, complete: dict, claims: list[tuple[str, 
     for system, reference in claims:
         if system not in low_far or reference not in low_far:
             continue
-        seeds = [len({k[1] for k in complete if k[0] == s}) for s in (system, reference)]
         for key, figure in LOW_FAR_CLAIM_FIGURES:
             a, b = low_far[system].get(key), low_far[reference].get(key)
             if a is None or b is None:
                 continue
+            seeds = (a["seeds"], b["seeds"])
             if a["pairing"] != b["pairing"]:
                 continue  # other identities, seed or resample count: the resamples do not pair
             test = bootstrap_difference(a["boot"][figure], b["boot"][figure])

@@ -272,6 +272,31 @@ def test_low_far_metrics_average_halves_and_give_the_unpg_result_keys(bench):
     assert any("TAR@1e-4" in line for line in bench.low_far_table(low, complete))
 
 
+def test_low_far_metrics_count_only_the_seeds_that_were_scored(bench):
+    """A seed whose model predates the low-FAR evaluation (no entry in one of its records) is left out of the mean,
+    and the table's seeds column says how many seeds the figures rest on; no scored seed gives no row."""
+    def records(seed: int, scored: bool) -> list[dict]:
+        out = []
+        for half in ("A", "B"):
+            record = {"settings": {"half": half}}
+            if scored or half == "A":
+                embeddings, labels = _low_far_embeddings(seed + (half == "B"), 0.0)
+                record["low_far"] = bench.low_far_half(embeddings, labels, resolutions=(16,), resamples=50)
+            out.append(record)
+        return out
+
+    complete = {("arcface", 0): records(0, scored=False), ("arcface", 1): records(1, scored=True),
+                ("arcface", 2): records(2, scored=True)}
+    low = bench.low_far_metrics([complete[("arcface", seed)] for seed in range(3)])
+    scored = [r["low_far"]["keys"]["lr-lr@16"]["figures"]["tar@0.0001"] for seed in (1, 2)
+              for r in complete[("arcface", seed)]]
+    assert low["lr-lr@16"]["seeds"] == 2
+    assert low["lr-lr@16"]["figures"]["tar@0.0001"] == pytest.approx(100 * np.mean(scored))
+    row = next(line for line in bench.low_far_table({"arcface": low}, complete) if line.startswith("| arcface |"))
+    assert row.split(" | ")[1] == "2"
+    assert bench.low_far_metrics([complete[("arcface", 0)]]) is None
+
+
 def test_low_far_over_seeds_takes_the_seed_as_the_unit(bench):
     """Δ per seed is the mean over halves of first − second; the interval and p are scipy's one-sample t over seeds.
     A seed that one system lacks, or a half without low-FAR figures, leaves that seed out."""
