@@ -106,7 +106,7 @@ def low_far_table(low_far: dict, complete: dict) -> list[str]:
     return lines
 
 
-def low_far_significance(low_far: dict, complete: dict, claims: list[tuple[str, str]]) -> list[dict]:
+def low_far_significance(low_far: dict, claims: list[tuple[str, str]]) -> list[dict]:
     """Claims at low FAR: a paired bootstrap over identities (each system's resample i of a half uses the same
     identity draws, so the mean bootstrap vectors are compared resample by resample)."""
     from rankface.evaluation.verification import bootstrap_difference

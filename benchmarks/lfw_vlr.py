@@ -618,7 +618,7 @@ def render(args: argparse.Namespace, metrics: dict, complete: dict, results: dic
         low_far = {s: v for s, v in low_far.items() if v}
         lines += low_far_table(low_far, complete)
         lines += significance_table(significance(complete, metrics, all_pairs, args.bootstrap)
-                                    + low_far_significance(low_far, complete))
+                                    + low_far_significance(low_far))
         lines += _tables.low_far_over_seeds(complete, CLAIMS)
         lines += ablation_table(metrics)
     curves = {}
@@ -739,8 +739,8 @@ def ri_log_report(args: argparse.Namespace, results: dict) -> list[str]:
     return _tables.ri_log_report(RESULTS / args.mode, results)
 
 
-def low_far_significance(low_far: dict, complete: dict) -> list[dict]:
-    return _tables.low_far_significance(low_far, complete, CLAIMS)
+def low_far_significance(low_far: dict) -> list[dict]:
+    return _tables.low_far_significance(low_far, CLAIMS)
 
 
 def result_values(args: argparse.Namespace, metrics: dict, low_far: dict | None = None) -> dict[str, str]:

@@ -263,7 +263,7 @@ def test_low_far_metrics_average_halves_and_give_the_unpg_result_keys(bench):
     low = {s: bench.low_far_metrics([complete[(s, 0)]]) for s in ("arcface", "arcface+unpg")}
     halves = [r["low_far"]["keys"]["lr-lr@16"]["figures"]["tar@0.0001"] for r in complete[("arcface", 0)]]
     assert low["arcface"]["lr-lr@16"]["figures"]["tar@0.0001"] == pytest.approx(100 * np.mean(halves))
-    rows = bench.low_far_significance(low, complete)
+    rows = bench.low_far_significance(low)
     row = next(r for r in rows if r["figure"] == "all-pairs TAR@0.0001 lr-lr@16")
     assert row["claim"] == "arcface+unpg vs arcface" and row["diff"] > 0 and row["p"] < 0.05
     values = bench.result_values(bench.parse_args(["--quick"]), {}, low)
