@@ -119,10 +119,10 @@ def low_far_significance(low_far: dict, claims: list[tuple[str, str]]) -> list[d
             a, b = low_far[system].get(key), low_far[reference].get(key)
             if a is None or b is None:
                 continue
-            seeds = (a["seeds"], b["seeds"])
             if a["pairing"] != b["pairing"]:
                 continue  # other identities, seed or resample count: the resamples do not pair
             test = bootstrap_difference(a["boot"][figure], b["boot"][figure])
+            seeds = (a["seeds"], b["seeds"])
             rows.append({"claim": f"{system} vs {reference}", "seeds": f"{seeds[0]}/{seeds[1]}",
                          "figure": f"all-pairs {figure.replace('tar', 'TAR')} {key}",
                          "diff": a["figures"][figure] - b["figures"][figure], "p": test["p"], "ci95": test["ci95"],
